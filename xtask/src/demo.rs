@@ -1,0 +1,627 @@
+//! `cargo xtask demo`: Outpost's trust model end to end, narrated, with the real `outpost` CLI.
+//!
+//! The demo is data: a list of chapters, each a short story and a list of steps, each step an
+//! action (run the CLI, copy or tamper with a file) and the exit code it must have. The runner
+//! prints every command before running it and its output indented, checks every expectation,
+//! and ends with a summary table; it fails if any expectation did not hold. To show something
+//! new, add a chapter or a step to [`chapters`].
+//!
+//! Everything happens in a fresh `target/demo/` (wiped at the start), with
+//! `OUTPOST_PASSPHRASE=demo-passphrase` encrypting the demo's private keys.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::install::ensure_apt_packages;
+use crate::models::MODELS_DIR;
+use crate::process::{Captured, cargo, repo_root, run, run_captured, shell_quote, step, target_dir};
+use crate::tamper;
+
+/// Apt packages the demo needs. None yet: the trust walkthrough needs only the CLI and the
+/// committed models. The fleet and the console will add theirs here.
+const DEMO_APT_PACKAGES: &[&str] = &[];
+
+/// The passphrase that encrypts the demo's private keys, given to the CLI through the
+/// environment so nothing prompts.
+const PASSPHRASE: (&str, &str) = ("OUTPOST_PASSPHRASE", "demo-passphrase");
+
+/// The committed files the demo uses, copied into `target/demo/models/`.
+const MODEL_FILES: &[&str] = &[
+    "mlp_classifier.onnx",
+    "mlp_classifier.baseline.csv",
+    "mlp_classifier.golden.json",
+    "mlp_classifier.bad_golden.json",
+    "mlp_classifier.lineage.json",
+    "invalid.onnx",
+];
+
+/// Longest a single step may take before the demo gives up on it (a CLI that prompts for a
+/// passphrase on the terminal would otherwise hang the demo).
+const STEP_TIME_LIMIT: Duration = Duration::from_secs(300);
+
+/// One part of the story.
+struct Chapter {
+    title: &'static str,
+    /// What this chapter shows and why it matters, in a few sentences.
+    story: &'static str,
+    steps: Vec<Step>,
+}
+
+/// One thing the demo does and what must come of it.
+struct Step {
+    /// Short name for the summary table.
+    label: String,
+    action: Action,
+    expect: Expect,
+}
+
+enum Action {
+    /// Runs `outpost` with these arguments in the demo folder.
+    Outpost(Vec<String>),
+    /// Checks that these files (relative to the demo folder) exist.
+    FilesExist(Vec<String>),
+    /// Copies a file within the demo folder.
+    Copy { from: &'static str, to: &'static str },
+    /// Writes `to`, a copy of `from` with exactly one byte changed.
+    Tamper { from: &'static str, to: &'static str, how: Tampering },
+}
+
+enum Tampering {
+    /// Flip a bit in the middle of the bytes of this file (relative to the demo folder)
+    /// where they occur inside `from`.
+    ByteInsideFile(&'static str),
+    /// Replace a base64 character in the middle of the JSON string after this text.
+    Base64After(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// The CLI exits with this code. 0 is acceptance; 1 is a refusal, which must say why.
+    Exit(i32),
+    /// The CLI may accept or refuse; what matters is checked by a later step.
+    Either,
+    /// A file operation of the demo itself succeeds.
+    Done,
+}
+
+const ACCEPTED: Expect = Expect::Exit(0);
+const REFUSED: Expect = Expect::Exit(1);
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exit(0) => f.write_str("exit 0"),
+            Self::Exit(1) => f.write_str("exit 1 (refused)"),
+            Self::Exit(code) => write!(f, "exit {code}"),
+            Self::Either => f.write_str("exit 0 or 1"),
+            Self::Done => f.write_str("done"),
+        }
+    }
+}
+
+/// What a step actually did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Exited(i32),
+    Killed,
+    TimedOut,
+    Done,
+    Error(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exit {code}"),
+            Self::Killed => f.write_str("killed by a signal"),
+            Self::TimedOut => write!(f, "timed out after {} s", STEP_TIME_LIMIT.as_secs()),
+            Self::Done => f.write_str("done"),
+            Self::Error(message) => write!(f, "error: {message}"),
+        }
+    }
+}
+
+/// Whether `outcome` meets `expect`; a refusal must also have printed a reason.
+fn judge(expect: Expect, outcome: &Outcome, reason: Option<&str>) -> Result<(), String> {
+    match (expect, outcome) {
+        (Expect::Exit(1), Outcome::Exited(1)) if reason.is_none() => {
+            Err("refused without printing a reason".to_string())
+        }
+        (Expect::Exit(wanted), Outcome::Exited(got)) if wanted == *got => Ok(()),
+        (Expect::Either, Outcome::Exited(0 | 1)) | (Expect::Done, Outcome::Done) => Ok(()),
+        _ => Err(format!("expected {expect}, got {outcome}")),
+    }
+}
+
+/// The reason a command gave: its last non-empty stderr line, else its last stdout line.
+fn reason_of(captured: &Captured) -> Option<String> {
+    let last_line = |text: &str| text.lines().rev().map(str::trim).find(|line| !line.is_empty()).map(str::to_string);
+    last_line(&captured.stderr).or_else(|| last_line(&captured.stdout))
+}
+
+fn outpost(label: &str, args: &str, expect: Expect) -> Step {
+    Step {
+        label: label.to_string(),
+        action: Action::Outpost(args.split_whitespace().map(str::to_string).collect()),
+        expect,
+    }
+}
+
+/// The key holders of the demo: name, role, and who they are.
+const KEYS: &[(&str, &str, &str)] = &[
+    ("root1", "root", "root key holder 1 (kept offline)"),
+    ("root2", "root", "root key holder 2 (kept offline)"),
+    ("alice", "approver", "approver"),
+    ("bob", "approver", "approver"),
+    ("carol", "approver", "approver"),
+    ("ci", "publisher", "the CI pipeline that publishes models"),
+    ("mallory", "publisher", "an attacker's key, not in the trust root"),
+];
+
+/// The demo, in order.
+fn chapters() -> Vec<Chapter> {
+    let mut key_steps: Vec<Step> = KEYS
+        .iter()
+        .map(|(name, role, _)| {
+            outpost(&format!("generate key {name} ({role})"), &format!("keys generate --name {name} --role {role} --out keys/"), ACCEPTED)
+        })
+        .collect();
+    key_steps.push(Step {
+        label: "key files written".into(),
+        action: Action::FilesExist(
+            KEYS.iter()
+                .flat_map(|(name, _, _)| [format!("keys/{name}.key.json"), format!("keys/{name}.pub.json")])
+                .collect(),
+        ),
+        expect: Expect::Done,
+    });
+
+    vec![
+        Chapter {
+            title: "a. Keys",
+            story: "Every person and pipeline holds its own ed25519 key: two root key holders, three \
+                    approvers (alice, bob, carol), the CI pipeline that publishes models (ci), and an \
+                    attacker (mallory) whose key is not in the trust root. Private keys are stored \
+                    encrypted (keys/NAME.key.json); public keys (keys/NAME.pub.json) are shared.",
+            steps: key_steps,
+        },
+        Chapter {
+            title: "b. Trust root",
+            story: "The trust root says whose signatures count and how many are needed: 2 of the 2 \
+                    root keys to change it, 2 of the 3 approvers to roll out, ci to publish. It is \
+                    installed on every device at enrollment; the device verifies everything against \
+                    it itself, so a compromised control server cannot change what devices install.",
+            steps: vec![
+                outpost(
+                    "create trust root (2 of 2 roots)",
+                    "trust init --root keys/root1.pub.json --root keys/root2.pub.json --root-threshold 2 \
+                     --approver keys/alice.pub.json --approver keys/bob.pub.json --approver keys/carol.pub.json \
+                     --approvals 2 --publisher keys/ci.pub.json --expires-in 365 \
+                     --sign keys/root1.key.json --sign keys/root2.key.json --out root.json",
+                    ACCEPTED,
+                ),
+                outpost("show trust root", "trust show root.json", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "c. Publishing a model",
+            story: "CI packages the model with its baseline profile, golden test set and lineage. \
+                    `bundle create` loads the model with tract and runs the golden set before it \
+                    writes anything; `bundle sign` adds the publisher's signature over the manifest, \
+                    which pins the SHA-256 and size of every file. (An unsigned copy is kept for \
+                    mallory.)",
+            steps: vec![
+                outpost(
+                    "create bundle",
+                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer --version 1.0.0 \
+                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.golden.json \
+                     --lineage models/mlp_classifier.lineage.json --out model.bundle",
+                    ACCEPTED,
+                ),
+                Step {
+                    label: "keep an unsigned copy".into(),
+                    action: Action::Copy { from: "model.bundle", to: "mallory.bundle" },
+                    expect: Expect::Done,
+                },
+                outpost("sign bundle as ci", "bundle sign --key keys/ci.key.json model.bundle", ACCEPTED),
+                outpost("inspect bundle", "bundle inspect model.bundle", ACCEPTED),
+                outpost("verify signed bundle", "bundle verify --trust root.json model.bundle", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "d. Refusals",
+            story: "Nothing broken or unauthorised gets through. A model whose outputs do not match \
+                    its golden set, or that tract cannot load, is never packaged. A bundle with one \
+                    byte changed in the model or in the signed manifest, or signed by a key the trust \
+                    root does not name, fails verification: each refusal exits 1 and says why.",
+            steps: vec![
+                outpost(
+                    "create: golden mismatch",
+                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer --version 1.0.0 \
+                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.bad_golden.json \
+                     --lineage models/mlp_classifier.lineage.json --out bad-golden.bundle",
+                    REFUSED,
+                ),
+                outpost(
+                    "create: invalid ONNX",
+                    "bundle create --model models/invalid.onnx --name fraud-scorer --version 1.0.0 \
+                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.golden.json \
+                     --lineage models/mlp_classifier.lineage.json --out invalid.bundle",
+                    REFUSED,
+                ),
+                Step {
+                    label: "flip a bit in model.onnx".into(),
+                    action: Action::Tamper {
+                        from: "model.bundle",
+                        to: "tampered-model.bundle",
+                        how: Tampering::ByteInsideFile("models/mlp_classifier.onnx"),
+                    },
+                    expect: Expect::Done,
+                },
+                outpost("verify: tampered model", "bundle verify --trust root.json tampered-model.bundle", REFUSED),
+                Step {
+                    label: "change a manifest character".into(),
+                    action: Action::Tamper {
+                        from: "model.bundle",
+                        to: "tampered-manifest.bundle",
+                        how: Tampering::Base64After("\"payload\":\""),
+                    },
+                    expect: Expect::Done,
+                },
+                outpost(
+                    "verify: tampered manifest",
+                    "bundle verify --trust root.json tampered-manifest.bundle",
+                    REFUSED,
+                ),
+                outpost("sign copy as mallory", "bundle sign --key keys/mallory.key.json mallory.bundle", ACCEPTED),
+                outpost("verify: signed by mallory", "bundle verify --trust root.json mallory.bundle", REFUSED),
+            ],
+        },
+        Chapter {
+            title: "e. Rollout plan",
+            story: "A rollout plan names the bundle's digest, the cohort of devices (by tag), a \
+                    fleet-wide sequence number and an expiry. It counts only with 2 distinct approver \
+                    signatures, and a device outside the cohort refuses it. A publisher's signature \
+                    is no approval.",
+            steps: vec![
+                outpost(
+                    "create plan for site=berlin",
+                    "plan create --bundle model.bundle --cohort site=berlin --seq 1 --expires-in 24 --out rollout.plan",
+                    ACCEPTED,
+                ),
+                outpost("approve as alice", "plan sign --key keys/alice.key.json rollout.plan", ACCEPTED),
+                outpost("verify: 1 of 2 approvals", "plan verify --trust root.json rollout.plan", REFUSED),
+                outpost("approve as bob", "plan sign --key keys/bob.key.json rollout.plan", ACCEPTED),
+                outpost("verify: 2 of 2 approvals", "plan verify --trust root.json rollout.plan", ACCEPTED),
+                outpost(
+                    "verify: device in paris",
+                    "plan verify --trust root.json rollout.plan --device-tags site=paris",
+                    REFUSED,
+                ),
+                outpost(
+                    "create second plan",
+                    "plan create --bundle model.bundle --cohort site=berlin --seq 2 --expires-in 24 --out publisher.plan",
+                    ACCEPTED,
+                ),
+                outpost("approve as alice", "plan sign --key keys/alice.key.json publisher.plan", ACCEPTED),
+                // The CLI may refuse to sign with a publisher key at all; either way the
+                // verification below must not count it.
+                outpost("sign as ci (publisher)", "plan sign --key keys/ci.key.json publisher.plan", Expect::Either),
+                outpost("verify: alice + ci", "plan verify --trust root.json publisher.plan", REFUSED),
+            ],
+        },
+    ]
+}
+
+/// One row of the summary table.
+struct Row {
+    step: String,
+    expected: String,
+    got: String,
+    ok: bool,
+}
+
+pub fn run_demo() -> Result<()> {
+    let repo = repo_root();
+    ensure_apt_packages(DEMO_APT_PACKAGES)?;
+    let outpost = build_outpost()?;
+    let demo_dir = repo.join("target").join("demo");
+    prepare(&repo, &demo_dir)?;
+
+    println!();
+    println!("Outpost trust model, end to end. Every command below is the real `outpost` CLI");
+    println!("({}), run in {} with {}={}.", outpost.display(), demo_dir.display(), PASSPHRASE.0, PASSPHRASE.1);
+
+    let mut rows = Vec::new();
+    for chapter in chapters() {
+        println!();
+        println!("━━ {} {}", chapter.title, "━".repeat(60usize.saturating_sub(chapter.title.len())));
+        println!("{}", wrap(&squeeze(chapter.story), 90));
+        for step in chapter.steps {
+            rows.push(perform(&outpost, &demo_dir, step));
+        }
+    }
+
+    println!();
+    println!("━━ f. Summary {}", "━".repeat(49));
+    print!("{}", summary_table(&rows));
+    let failed = rows.iter().filter(|row| !row.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} demo expectations failed (see the table above)", rows.len());
+    }
+    println!("\nAll {} expectations held. The files are in {}.", rows.len(), demo_dir.display());
+    Ok(())
+}
+
+/// Builds the CLI and returns its path.
+fn build_outpost() -> Result<PathBuf> {
+    run("building the outpost CLI", cargo().args(["build", "-p", "outpost-control", "--bin", "outpost"])).context(
+        "the demo needs the `outpost` CLI (control/, binary `outpost`) and it did not build; \
+         see the compiler output above",
+    )?;
+    let binary = target_dir().join("debug").join("outpost");
+    if !binary.is_file() {
+        bail!("cargo built outpost-control but there is no {}", binary.display());
+    }
+    Ok(binary)
+}
+
+/// Wipes and recreates the demo folder and copies the committed model files into it.
+fn prepare(repo: &Path, demo_dir: &Path) -> Result<()> {
+    step!("preparing a fresh {}", demo_dir.display());
+    if demo_dir.exists() {
+        std::fs::remove_dir_all(demo_dir).with_context(|| format!("removing {}", demo_dir.display()))?;
+    }
+    let models = demo_dir.join("models");
+    std::fs::create_dir_all(&models).with_context(|| format!("creating {}", models.display()))?;
+    for name in MODEL_FILES {
+        let source = repo.join(MODELS_DIR).join(name);
+        std::fs::copy(&source, models.join(name)).with_context(|| format!("copying {}", source.display()))?;
+    }
+    step!("copied {} committed files from {MODELS_DIR}/ to models/", MODEL_FILES.len());
+    Ok(())
+}
+
+/// Runs one step, narrating it, and judges the outcome.
+fn perform(outpost: &Path, demo_dir: &Path, step: Step) -> Row {
+    println!();
+    let (outcome, reason) = match &step.action {
+        Action::Outpost(args) => {
+            let line: Vec<String> = args.iter().map(|arg| shell_quote(arg)).collect();
+            println!("  $ outpost {}", line.join(" "));
+            let mut command = Command::new(outpost);
+            command.args(args).current_dir(demo_dir).env(PASSPHRASE.0, PASSPHRASE.1);
+            match run_captured(&mut command, STEP_TIME_LIMIT) {
+                Ok(captured) => {
+                    print_indented(&captured.stdout);
+                    print_indented(&captured.stderr);
+                    let outcome = match captured.code {
+                        _ if captured.timed_out => Outcome::TimedOut,
+                        Some(code) => Outcome::Exited(code),
+                        None => Outcome::Killed,
+                    };
+                    (outcome, reason_of(&captured))
+                }
+                Err(error) => (Outcome::Error(format!("{error:#}")), None),
+            }
+        }
+        other => {
+            println!("  # {}", describe(other));
+            match file_action(demo_dir, other) {
+                Ok(note) => {
+                    print_indented(&note);
+                    (Outcome::Done, None)
+                }
+                Err(error) => (Outcome::Error(format!("{error:#}")), None),
+            }
+        }
+    };
+    let verdict = judge(step.expect, &outcome, reason.as_deref());
+    match (&verdict, &outcome) {
+        (Ok(()), Outcome::Exited(1)) => {
+            println!("  ✓ refused, as it must be: {}", reason.as_deref().unwrap_or(""));
+        }
+        (Ok(()), _) => println!("  ✓ {outcome}"),
+        (Err(problem), _) => println!("  ✗ {problem}"),
+    }
+    Row { step: step.label, expected: step.expect.to_string(), got: outcome.to_string(), ok: verdict.is_ok() }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Outpost(args) => format!("outpost {}", args.join(" ")),
+        Action::FilesExist(files) => format!("check that {} files exist: {}", files.len(), files.join(" ")),
+        Action::Copy { from, to } => format!("cp {from} {to}"),
+        Action::Tamper { from, to, how: Tampering::ByteInsideFile(file) } => {
+            format!("copy {from} to {to}, flipping one bit in the middle of {file}'s bytes inside it")
+        }
+        Action::Tamper { from, to, how: Tampering::Base64After(text) } => {
+            format!("copy {from} to {to}, changing one base64 character of the {text}… string of manifest.dsse.json")
+        }
+    }
+}
+
+/// Performs a file action of the demo itself; returns a note on what it did.
+fn file_action(demo_dir: &Path, action: &Action) -> Result<String> {
+    match action {
+        Action::Outpost(_) => bail!("not a file action"),
+        Action::FilesExist(files) => {
+            let missing: Vec<&str> =
+                files.iter().filter(|file| !demo_dir.join(file).is_file()).map(String::as_str).collect();
+            if missing.is_empty() { Ok("all present".into()) } else { bail!("missing: {}", missing.join(" ")) }
+        }
+        Action::Copy { from, to } => {
+            std::fs::copy(demo_dir.join(from), demo_dir.join(to)).with_context(|| format!("copying {from}"))?;
+            Ok(String::new())
+        }
+        Action::Tamper { from, to, how } => {
+            let mut bytes = std::fs::read(demo_dir.join(from)).with_context(|| format!("reading {from}"))?;
+            let offset = match how {
+                Tampering::ByteInsideFile(file) => {
+                    let needle = std::fs::read(demo_dir.join(file)).with_context(|| format!("reading {file}"))?;
+                    tamper::flip_byte_inside(&mut bytes, &needle)
+                        .with_context(|| format!("{from} is not an uncompressed tar containing {file}"))?
+                }
+                Tampering::Base64After(text) => tamper::flip_base64_char_after(&mut bytes, text.as_bytes())
+                    .with_context(|| format!("looking for manifest.dsse.json's payload in {from}"))?,
+            };
+            std::fs::write(demo_dir.join(to), &bytes).with_context(|| format!("writing {to}"))?;
+            Ok(format!("changed the byte at offset {offset} of {}", bytes.len()))
+        }
+    }
+}
+
+fn print_indented(text: &str) {
+    for line in text.lines() {
+        println!("      {line}");
+    }
+}
+
+/// Collapses the whitespace of a multi-line string literal into single spaces.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Wraps `text` at word boundaries to lines of at most `width` characters (longer words stay
+/// whole).
+fn wrap(text: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines.join("\n")
+}
+
+/// The summary: step, expected, got, and a mark, in aligned columns.
+fn summary_table(rows: &[Row]) -> String {
+    let header = ("step", "expected", "got");
+    let step_width = rows.iter().map(|row| row.step.chars().count()).chain([header.0.len()]).max().unwrap_or(0);
+    let expected_width =
+        rows.iter().map(|row| row.expected.chars().count()).chain([header.1.len()]).max().unwrap_or(0);
+    let mut table = format!("  {:step_width$}  {:expected_width$}  {}\n", header.0, header.1, header.2);
+    for row in rows {
+        let mark = if row.ok { "✓" } else { "✗ FAILED" };
+        table.push_str(&format!("  {:step_width$}  {:expected_width$}  {}  {mark}\n", row.step, row.expected, row.got));
+    }
+    let passed = rows.iter().filter(|row| row.ok).count();
+    table.push_str(&format!("  {passed} of {} as expected\n", rows.len()));
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(stdout: &str, stderr: &str) -> Captured {
+        Captured { code: Some(1), stdout: stdout.into(), stderr: stderr.into(), timed_out: false }
+    }
+
+    #[test]
+    fn judging_outcomes() {
+        let reason = Some("error: too few approvals: 1 of 2");
+        let cases: &[(Expect, Outcome, Option<&str>, bool)] = &[
+            (ACCEPTED, Outcome::Exited(0), None, true),
+            (ACCEPTED, Outcome::Exited(1), reason, false),
+            (REFUSED, Outcome::Exited(1), reason, true),
+            (REFUSED, Outcome::Exited(1), None, false),
+            (REFUSED, Outcome::Exited(0), None, false),
+            // A crash (a panic exits 101) is not a refusal.
+            (REFUSED, Outcome::Exited(101), reason, false),
+            (REFUSED, Outcome::TimedOut, None, false),
+            (REFUSED, Outcome::Killed, None, false),
+            (Expect::Either, Outcome::Exited(0), None, true),
+            (Expect::Either, Outcome::Exited(1), reason, true),
+            (Expect::Either, Outcome::Exited(2), reason, false),
+            (Expect::Done, Outcome::Done, None, true),
+            (Expect::Done, Outcome::Error("missing: keys/x".into()), None, false),
+        ];
+        for (expect, outcome, reason, ok) in cases {
+            assert_eq!(judge(*expect, outcome, *reason).is_ok(), *ok, "{expect} vs {outcome}");
+        }
+        assert_eq!(
+            judge(REFUSED, &Outcome::Exited(0), None),
+            Err("expected exit 1 (refused), got exit 0".to_string())
+        );
+    }
+
+    #[test]
+    fn the_reason_is_the_last_line_said() {
+        assert_eq!(reason_of(&captured("", "warning\nerror: bad signature\n\n")).as_deref(), Some("error: bad signature"));
+        assert_eq!(reason_of(&captured("refused: not in cohort\n", "")).as_deref(), Some("refused: not in cohort"));
+        assert_eq!(reason_of(&captured(" \n", "\n")), None);
+    }
+
+    #[test]
+    fn the_story_is_well_formed() {
+        let chapters = chapters();
+        let steps: Vec<&Step> = chapters.iter().flat_map(|chapter| &chapter.steps).collect();
+        assert!(steps.len() > 20);
+        for step in &steps {
+            match &step.action {
+                Action::Outpost(args) => {
+                    assert!(matches!(step.expect, Expect::Exit(_) | Expect::Either), "{}", step.label);
+                    assert!(args.iter().all(|arg| !arg.is_empty() && !arg.contains(char::is_whitespace)));
+                }
+                _ => assert_eq!(step.expect, Expect::Done, "{}", step.label),
+            }
+        }
+        // Every model file a command names is copied into the demo folder.
+        for step in &steps {
+            if let Action::Outpost(args) = &step.action {
+                for arg in args.iter().filter_map(|arg| arg.strip_prefix("models/")) {
+                    assert!(MODEL_FILES.contains(&arg), "{arg} is used but not copied");
+                }
+            }
+        }
+        // Each refusal the brief names is in the story.
+        let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
+        assert_eq!(refusals, 8);
+    }
+
+    #[test]
+    fn tampering_a_bundle_like_file_changes_one_byte() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("models"))?;
+        std::fs::write(dir.path().join("models/m.onnx"), b"ONNX-MODEL-BYTES")?;
+        let bundle = b"manifest.dsse.json\0\0{\"payloadType\":\"x\",\"payload\":\"eyJhIjoxMjM0NX0=\"}\0model.onnx\0ONNX-MODEL-BYTES\0\0";
+        std::fs::write(dir.path().join("b.bundle"), bundle)?;
+        for how in [Tampering::ByteInsideFile("models/m.onnx"), Tampering::Base64After("\"payload\":\"")] {
+            file_action(dir.path(), &Action::Tamper { from: "b.bundle", to: "t.bundle", how })?;
+            let tampered = std::fs::read(dir.path().join("t.bundle"))?;
+            assert_eq!(tampered.len(), bundle.len());
+            assert_eq!(tampered.iter().zip(bundle).filter(|(a, b)| a != b).count(), 1);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_summary_lines_up() {
+        let rows = vec![
+            Row { step: "verify signed bundle".into(), expected: "exit 0".into(), got: "exit 0".into(), ok: true },
+            Row { step: "verify: alice + ci".into(), expected: "exit 1 (refused)".into(), got: "exit 0".into(), ok: false },
+        ];
+        assert_eq!(
+            summary_table(&rows),
+            "  step                  expected          got\n\
+             \x20 verify signed bundle  exit 0            exit 0  ✓\n\
+             \x20 verify: alice + ci    exit 1 (refused)  exit 0  ✗ FAILED\n\
+             \x20 1 of 2 as expected\n"
+        );
+    }
+
+    #[test]
+    fn wrapping_keeps_words_and_width() {
+        assert_eq!(wrap(&squeeze("one two\n   three four"), 9), "one two\nthree\nfour");
+        assert_eq!(wrap("unbreakablewords", 4), "unbreakablewords");
+    }
+}
