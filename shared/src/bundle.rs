@@ -121,12 +121,18 @@ pub fn read(bytes: &[u8]) -> Result<RawBundle, VerifyError> {
         if path != expected.as_bytes() {
             return Err(VerifyError::malformed(
                 "bundle",
-                format!("entry {index} is {:?}, expected {expected}", String::from_utf8_lossy(&path)),
+                format!(
+                    "entry {index} is {:?}, expected {expected}",
+                    String::from_utf8_lossy(&path)
+                ),
             ));
         }
         let size = entry.header().size().map_err(|e| VerifyError::malformed("bundle", e))?;
         if size > bytes.len() as u64 {
-            return Err(VerifyError::malformed("bundle", format!("entry {expected} claims {size} bytes")));
+            return Err(VerifyError::malformed(
+                "bundle",
+                format!("entry {expected} claims {size} bytes"),
+            ));
         }
         let mut data = Vec::with_capacity(size as usize);
         std::io::Read::read_to_end(&mut entry, &mut data)
@@ -164,27 +170,39 @@ pub fn verify(
 ) -> Result<Verified<Bundle>, VerifyError> {
     let raw = read(bytes)?;
     trust.check_not_expired(now)?;
-    let payload = raw.manifest.verify(&trust.policy(Role::Publisher, MANIFEST_TYPE))?;
+    let (payload, signers) = raw.manifest.verify(&trust.policy(Role::Publisher, MANIFEST_TYPE))?;
     let manifest = parse_manifest(&payload)?;
     if let Some(expires) = manifest.expires
         && now >= expires
     {
         return Err(VerifyError::Expired { what: "bundle manifest", expired_at: rfc3339(expires) });
     }
-    let files = [(MODEL_FILE, &raw.model), (PROFILE_FILE, &raw.profile), (GOLDEN_FILE, &raw.golden)];
+    let files =
+        [(MODEL_FILE, &raw.model), (PROFILE_FILE, &raw.profile), (GOLDEN_FILE, &raw.golden)];
     if manifest.files.len() != files.len() {
-        return Err(VerifyError::malformed("manifest", "must list exactly model.onnx, profile.json, golden.json"));
+        return Err(VerifyError::malformed(
+            "manifest",
+            "must list exactly model.onnx, profile.json, golden.json",
+        ));
     }
     for (path, data) in files {
         let Some(entry) = manifest.file(path) else {
             return Err(VerifyError::malformed("manifest", format!("does not list {path}")));
         };
         if entry.size != data.len() as u64 {
-            return Err(VerifyError::SizeMismatch { what: path.into(), expected: entry.size, actual: data.len() as u64 });
+            return Err(VerifyError::SizeMismatch {
+                what: path.into(),
+                expected: entry.size,
+                actual: data.len() as u64,
+            });
         }
         let actual = sha256_digest(data);
         if entry.sha256 != actual {
-            return Err(VerifyError::DigestMismatch { what: path.into(), expected: entry.sha256.clone(), actual });
+            return Err(VerifyError::DigestMismatch {
+                what: path.into(),
+                expected: entry.sha256.clone(),
+                actual,
+            });
         }
     }
     let profile: Profile =
@@ -193,12 +211,15 @@ pub fn verify(
     let golden: Golden =
         serde_json::from_slice(&raw.golden).map_err(|e| VerifyError::malformed("golden set", e))?;
     golden.validate().map_err(|e| VerifyError::Malformed { what: "golden set", reason: e })?;
-    Ok(Verified::new(Bundle {
-        manifest,
-        model: raw.model,
-        profile,
-        golden,
-        digest: sha256_digest(bytes),
-        size: bytes.len() as u64,
-    }))
+    Ok(Verified::new(
+        Bundle {
+            manifest,
+            model: raw.model,
+            profile,
+            golden,
+            digest: sha256_digest(bytes),
+            size: bytes.len() as u64,
+        },
+        signers,
+    ))
 }

@@ -82,8 +82,8 @@ impl Envelope {
                 actual: bytes.len() as u64,
             });
         }
-        let envelope: Envelope = serde_json::from_slice(bytes)
-            .map_err(|e| VerifyError::malformed("envelope", e))?;
+        let envelope: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| VerifyError::malformed("envelope", e))?;
         if envelope.to_vec() != bytes {
             return Err(VerifyError::malformed(
                 "envelope",
@@ -106,12 +106,15 @@ impl Envelope {
     }
 
     /// Verifies that at least `threshold` distinct keys of `keys` signed this envelope and
-    /// returns the payload bytes.
+    /// returns the payload bytes with the ids of the keys that were counted.
     ///
     /// A signature by a key outside `keys` is not counted; a signature by a key inside `keys`
     /// that fails to verify is an error of its own (`BadSignature`), because it means the
     /// document was altered after signing.
-    pub fn verify(&self, policy: &SignaturePolicy<'_>) -> Result<Vec<u8>, VerifyError> {
+    pub fn verify(
+        &self,
+        policy: &SignaturePolicy<'_>,
+    ) -> Result<(Vec<u8>, Vec<String>), VerifyError> {
         if self.payload_type != policy.payload_type {
             return Err(VerifyError::WrongPayloadType {
                 expected: policy.payload_type.into(),
@@ -146,7 +149,7 @@ impl Envelope {
             return Err(VerifyError::BadSignature { keyid, role: policy.role });
         }
         if valid.len() >= policy.threshold {
-            return Ok(payload);
+            return Ok((payload, valid.into_iter().map(str::to_string).collect()));
         }
         if valid.is_empty()
             && let Some(first) = self.signatures.first()

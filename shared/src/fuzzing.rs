@@ -14,14 +14,17 @@ pub fn fixture_trust_root() -> Verified<TrustRoot> {
     let a1 = SecretKey::from_seed(&[2; 32], "a1", Role::Approver);
     let a2 = SecretKey::from_seed(&[3; 32], "a2", Role::Approver);
     let publisher = SecretKey::from_seed(&[4; 32], "pub", Role::Publisher);
-    Verified::new(TrustRoot {
-        v: 1,
-        version: 1,
-        expires: time::macros::datetime!(2100-01-01 0:00 UTC),
-        root: KeyGroup { threshold: 1, keys: vec![root.public] },
-        approvers: KeyGroup { threshold: 2, keys: vec![a1.public, a2.public] },
-        publishers: KeyGroup { threshold: 1, keys: vec![publisher.public] },
-    })
+    Verified::new(
+        TrustRoot {
+            v: 1,
+            version: 1,
+            expires: time::macros::datetime!(2100-01-01 0:00 UTC),
+            root: KeyGroup { threshold: 1, keys: vec![root.public] },
+            approvers: KeyGroup { threshold: 2, keys: vec![a1.public, a2.public] },
+            publishers: KeyGroup { threshold: 1, keys: vec![publisher.public] },
+        },
+        vec![],
+    )
 }
 
 fn now() -> OffsetDateTime {

@@ -81,9 +81,8 @@ impl PublicKey {
         let raw = B64
             .decode(&self.public)
             .map_err(|e| KeyError::Malformed(format!("public key is not base64: {e}")))?;
-        let raw: [u8; 32] = raw
-            .try_into()
-            .map_err(|_| KeyError::Malformed("public key is not 32 bytes".into()))?;
+        let raw: [u8; 32] =
+            raw.try_into().map_err(|_| KeyError::Malformed("public key is not 32 bytes".into()))?;
         let key = VerifyingKey::from_bytes(&raw)
             .map_err(|e| KeyError::Malformed(format!("not an ed25519 point: {e}")))?;
         let computed = key_id(&key);
@@ -203,7 +202,8 @@ impl KdfParams {
             .map_err(|e| KeyError::Malformed(format!("salt is not base64: {e}")))?;
         let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32))
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase.as_bytes(), &salt, out.as_mut())
@@ -244,7 +244,8 @@ impl EncryptedKey {
         let cipher = chacha20poly1305::XChaCha20Poly1305::new_from_slice(key.as_ref())
             .map_err(|e| KeyError::Kdf(e.to_string()))?;
         let nonce = B64.decode(&self.nonce).map_err(|_| KeyError::Decrypt)?;
-        let nonce = chacha20poly1305::XNonce::try_from(&nonce[..]).map_err(|_| KeyError::Decrypt)?;
+        let nonce =
+            chacha20poly1305::XNonce::try_from(&nonce[..]).map_err(|_| KeyError::Decrypt)?;
         let ciphertext = B64.decode(&self.ciphertext).map_err(|_| KeyError::Decrypt)?;
         let aad = associated_data(&self.public);
         let plain = Zeroizing::new(

@@ -19,7 +19,11 @@ pub struct Manifest {
     pub version: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires: Option<OffsetDateTime>,
     pub files: Vec<FileEntry>,
     pub inputs: Vec<TensorSpec>,
@@ -68,12 +72,16 @@ pub struct Lineage {
 pub fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
-        Err(format!("model name {name:?} must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"))
+        Err(format!(
+            "model name {name:?} must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"
+        ))
     }
 }
 
@@ -82,7 +90,13 @@ pub fn validate_version(version: &str) -> Result<(), String> {
     let ok = !version.is_empty()
         && version.len() <= 64
         && version.chars().all(|c| c.is_ascii_graphic() && c != '@' && c != '/');
-    if ok { Ok(()) } else { Err(format!("model version {version:?} must be 1-64 printable characters without spaces, @ or /")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "model version {version:?} must be 1-64 printable characters without spaces, @ or /"
+        ))
+    }
 }
 
 impl Manifest {

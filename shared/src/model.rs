@@ -58,8 +58,12 @@ impl InferError {
     pub fn kind(&self) -> &'static str {
         match self {
             InferError::MissingInput(_) | InferError::UnknownInput { .. } => "bad_input_name",
-            InferError::Datatype { .. } | InferError::Tensor(TensorError::Datatype { .. }) => "bad_datatype",
-            InferError::Shape { .. } | InferError::Tensor(TensorError::ElementCount { .. }) => "bad_shape",
+            InferError::Datatype { .. } | InferError::Tensor(TensorError::Datatype { .. }) => {
+                "bad_datatype"
+            }
+            InferError::Shape { .. } | InferError::Tensor(TensorError::ElementCount { .. }) => {
+                "bad_shape"
+            }
             InferError::NonFinite { .. } | InferError::NotRepresentable { .. } => "bad_value",
             InferError::UnknownOutput(_) => "bad_output_name",
             InferError::Run(_) => "runtime",
@@ -117,7 +121,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("inputs", &self.inputs).field("outputs", &self.outputs).finish()
+        f.debug_struct("Model")
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
     }
 }
 
@@ -163,8 +170,12 @@ impl Model {
         // name the first one plainly instead.
         for node in inference.nodes() {
             let op = node.op.name();
-            if let Some(inner) = op.strip_prefix("Unimplemented(").and_then(|s| s.strip_suffix(')')) {
-                return Err(LoadError::UnsupportedOperator { op: inner.to_string(), node: node.name.clone() });
+            if let Some(inner) = op.strip_prefix("Unimplemented(").and_then(|s| s.strip_suffix(')'))
+            {
+                return Err(LoadError::UnsupportedOperator {
+                    op: inner.to_string(),
+                    node: node.name.clone(),
+                });
             }
         }
         let input_names: Vec<String> = inference
@@ -177,12 +188,18 @@ impl Model {
             .output_outlets()
             .map_err(|e| LoadError::Optimize(chain(&e)))?
             .iter()
-            .map(|o| inference.node(o.node).name.clone())
+            .map(|o| {
+                inference
+                    .outlet_label(*o)
+                    .map_or_else(|| inference.node(o.node).name.clone(), str::to_string)
+            })
             .collect();
         let typed = inference.into_typed().map_err(|e| {
             let text = chain(&e);
             match input_names.first() {
-                Some(name) if text.contains("input") => LoadError::InputFact { name: name.clone(), reason: text },
+                Some(name) if text.contains("input") => {
+                    LoadError::InputFact { name: name.clone(), reason: text }
+                }
                 _ => LoadError::Optimize(text),
             }
         })?;
@@ -224,7 +241,12 @@ impl Model {
             if !self.inputs.iter().any(|s| s.name == tensor.name) {
                 return Err(InferError::UnknownInput {
                     name: tensor.name.clone(),
-                    expected: self.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                    expected: self
+                        .inputs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         }
@@ -307,7 +329,11 @@ impl Model {
     }
 
     /// Runs validated inputs (from [`Model::prepare`]) and returns every output.
-    pub fn run_prepared(&self, request: &InferenceRequest, inputs: &[Input]) -> Result<Vec<Output>, InferError> {
+    pub fn run_prepared(
+        &self,
+        request: &InferenceRequest,
+        inputs: &[Input],
+    ) -> Result<Vec<Output>, InferError> {
         let mut values: TVec<TValue> = tvec!();
         for (i, input) in inputs.iter().enumerate() {
             let source = request
@@ -359,8 +385,14 @@ impl Model {
     /// Runs every golden case and compares the outputs with the expectation.
     pub fn check_golden(&self, golden: &Golden) -> Result<(), GoldenCheckError> {
         for (case, expected) in golden.cases.iter().enumerate() {
-            let request = InferenceRequest { id: None, parameters: None, inputs: expected.inputs.clone(), outputs: None };
-            let outputs = self.infer(&request).map_err(|source| GoldenCheckError::Run { case, source })?;
+            let request = InferenceRequest {
+                id: None,
+                parameters: None,
+                inputs: expected.inputs.clone(),
+                outputs: None,
+            };
+            let outputs =
+                self.infer(&request).map_err(|source| GoldenCheckError::Run { case, source })?;
             let tensors: Vec<Tensor> = outputs.iter().map(Output::to_oip).collect();
             golden.compare(case, &tensors)?;
         }
@@ -374,7 +406,8 @@ impl Model {
             .inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<u64> = spec.shape.iter().map(|d| if *d > 0 { *d as u64 } else { 1 }).collect();
+                let shape: Vec<u64> =
+                    spec.shape.iter().map(|d| if *d > 0 { *d as u64 } else { 1 }).collect();
                 let n: u64 = shape.iter().product();
                 let data = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
                 Tensor::new(&spec.name, &spec.datatype, shape, data)
@@ -412,14 +445,19 @@ pub fn build_profile(
         .collect();
     let output_sources = model.outputs().iter().flat_map(|spec| sources_for(spec, None)).collect();
     let classifier = if classifier {
-        model.outputs().first().map(|spec| (spec.name.clone(), spec.shape.last().copied().unwrap_or(0).max(0) as usize))
+        model.outputs().first().map(|spec| {
+            (spec.name.clone(), spec.shape.last().copied().unwrap_or(0).max(0) as usize)
+        })
     } else {
         None
     };
     let mut builder = ProfileBuilder::new(input_sources, output_sources, classifier, bins);
     for (row, request) in requests.iter().enumerate() {
-        let inputs = model.prepare(request).map_err(|source| ProfileBuildError::Run { row, source })?;
-        let outputs = model.run_prepared(request, &inputs).map_err(|source| ProfileBuildError::Run { row, source })?;
+        let inputs =
+            model.prepare(request).map_err(|source| ProfileBuildError::Run { row, source })?;
+        let outputs = model
+            .run_prepared(request, &inputs)
+            .map_err(|source| ProfileBuildError::Run { row, source })?;
         let input_views: Vec<TensorView<'_>> = inputs.iter().map(Input::view).collect();
         let output_views: Vec<TensorView<'_>> = outputs.iter().map(Output::view).collect();
         builder.observe(&input_views, &output_views);

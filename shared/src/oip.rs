@@ -6,8 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Numeric OIP v2 datatypes Outpost serves.
-pub const DATATYPES: &[&str] =
-    &["FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"];
+pub const DATATYPES: &[&str] = &[
+    "FP32", "FP64", "FP16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+    "UINT64",
+];
 
 /// One tensor in a request or response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -130,7 +130,8 @@ impl Plan {
         {
             return Err(VerifyError::Replay { seq: self.seq, last_accepted: last });
         }
-        let selector = Selector::parse(&self.cohort).map_err(|e| VerifyError::malformed("plan", e))?;
+        let selector =
+            Selector::parse(&self.cohort).map_err(|e| VerifyError::malformed("plan", e))?;
         if !selector.matches(tags) {
             return Err(VerifyError::NotInCohort {
                 device: device.into(),
@@ -157,7 +158,11 @@ pub fn parse_unverified(envelope: &Envelope) -> Result<Plan, VerifyError> {
 }
 
 /// Verifies a stored plan envelope: k distinct approver signatures, well formed, not expired.
-pub fn verify(bytes: &[u8], trust: &Verified<TrustRoot>, now: OffsetDateTime) -> Result<Verified<Plan>, VerifyError> {
+pub fn verify(
+    bytes: &[u8],
+    trust: &Verified<TrustRoot>,
+    now: OffsetDateTime,
+) -> Result<Verified<Plan>, VerifyError> {
     verify_envelope(&Envelope::from_slice(bytes)?, trust, now)
 }
 
@@ -168,11 +173,12 @@ pub fn verify_envelope(
     now: OffsetDateTime,
 ) -> Result<Verified<Plan>, VerifyError> {
     trust.check_not_expired(now)?;
-    let payload = envelope.verify(&trust.policy(Role::Approver, PLAN_TYPE))?;
-    let plan: Plan = serde_json::from_slice(&payload).map_err(|e| VerifyError::malformed("plan", e))?;
+    let (payload, approvers) = envelope.verify(&trust.policy(Role::Approver, PLAN_TYPE))?;
+    let plan: Plan =
+        serde_json::from_slice(&payload).map_err(|e| VerifyError::malformed("plan", e))?;
     plan.validate()?;
     if now >= plan.expires {
         return Err(VerifyError::Expired { what: "plan", expired_at: rfc3339(plan.expires) });
     }
-    Ok(Verified::new(plan))
+    Ok(Verified::new(plan, approvers))
 }

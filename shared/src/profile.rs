@@ -107,7 +107,8 @@ impl FeatureSource {
             FeatureSource::Element { index, .. } => {
                 sample.get(*index).map_or(f64::NAN, |v| f64::from(*v))
             }
-            FeatureSource::ChannelMean { channel, .. } | FeatureSource::ChannelStd { channel, .. } => {
+            FeatureSource::ChannelMean { channel, .. }
+            | FeatureSource::ChannelStd { channel, .. } => {
                 let sample_shape = view.sample_shape();
                 let channel_data = if sample_shape.len() >= 2 {
                     let size: usize = sample_shape[1..].iter().product();
@@ -140,7 +141,10 @@ impl FeatureSource {
 
 /// The features to profile for a tensor: element-wise for small samples (named after
 /// `column_names` when given), per-channel mean and standard deviation otherwise.
-pub fn sources_for(spec: &TensorSpec, column_names: Option<&[String]>) -> Vec<(String, FeatureSource)> {
+pub fn sources_for(
+    spec: &TensorSpec,
+    column_names: Option<&[String]>,
+) -> Vec<(String, FeatureSource)> {
     let sample_shape: Vec<i64> =
         if spec.shape.len() >= 2 { spec.shape[1..].to_vec() } else { spec.shape.clone() };
     let known = sample_shape.iter().all(|d| *d > 0);
@@ -161,14 +165,14 @@ pub fn sources_for(spec: &TensorSpec, column_names: Option<&[String]>) -> Vec<(S
     (0..channels)
         .flat_map(|channel| {
             [
-                (format!("{tensor}.mean[{channel}]"), FeatureSource::ChannelMean {
-                    tensor: tensor.clone(),
-                    channel,
-                }),
-                (format!("{tensor}.std[{channel}]"), FeatureSource::ChannelStd {
-                    tensor: tensor.clone(),
-                    channel,
-                }),
+                (
+                    format!("{tensor}.mean[{channel}]"),
+                    FeatureSource::ChannelMean { tensor: tensor.clone(), channel },
+                ),
+                (
+                    format!("{tensor}.std[{channel}]"),
+                    FeatureSource::ChannelStd { tensor: tensor.clone(), channel },
+                ),
             ]
         })
         .collect()
@@ -267,10 +271,12 @@ impl ProfileBuilder {
             features
                 .into_iter()
                 .map(|(name, source, values)| {
-                    let edges = quantile_edges(&values, bins)
-                        .map_err(|source| ProfileError::Histogram { feature: name.clone(), source })?;
-                    let mut histogram = Histogram::new(edges)
-                        .map_err(|source| ProfileError::Histogram { feature: name.clone(), source })?;
+                    let edges = quantile_edges(&values, bins).map_err(|source| {
+                        ProfileError::Histogram { feature: name.clone(), source }
+                    })?;
+                    let mut histogram = Histogram::new(edges).map_err(|source| {
+                        ProfileError::Histogram { feature: name.clone(), source }
+                    })?;
                     let mut moments = Moments::default();
                     for v in &values {
                         histogram.observe(*v);
@@ -314,7 +320,8 @@ mod tests {
 
     #[test]
     fn tabular_inputs_are_profiled_per_column_and_images_per_channel() {
-        let tabular = TensorSpec { name: "features".into(), datatype: "FP32".into(), shape: vec![-1, 3] };
+        let tabular =
+            TensorSpec { name: "features".into(), datatype: "FP32".into(), shape: vec![-1, 3] };
         let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let sources = sources_for(&tabular, Some(&names));
         assert_eq!(sources.len(), 3);
@@ -345,7 +352,8 @@ mod tests {
 
     #[test]
     fn builder_counts_every_sample_and_classes() {
-        let sources = vec![("f".to_string(), FeatureSource::Element { tensor: "x".into(), index: 0 })];
+        let sources =
+            vec![("f".to_string(), FeatureSource::Element { tensor: "x".into(), index: 0 })];
         let out = vec![("p0".to_string(), FeatureSource::Element { tensor: "p".into(), index: 0 })];
         let mut builder = ProfileBuilder::new(sources, out, Some(("p".into(), 2)), 4);
         for i in 0..100 {

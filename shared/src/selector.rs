@@ -38,7 +38,8 @@ fn valid_token(s: &str) -> bool {
 
 impl Selector {
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
-        let error = |reason: String| SelectorError { what: "selector", input: input.into(), reason };
+        let error =
+            |reason: String| SelectorError { what: "selector", input: input.into(), reason };
         let trimmed = input.trim();
         let mut terms = Vec::new();
         if !(trimmed.is_empty() || trimmed == "*") {
@@ -105,7 +106,9 @@ pub fn parse_tags(input: &str) -> Result<BTreeMap<String, String>, SelectorError
             return Err(SelectorError {
                 what: "tags",
                 input: input.into(),
-                reason: format!("`{raw}`: keys and values are 1-64 characters of A-Z a-z 0-9 . _ - / :"),
+                reason: format!(
+                    "`{raw}`: keys and values are 1-64 characters of A-Z a-z 0-9 . _ - / :"
+                ),
             });
         }
         tags.insert(k.to_string(), v.to_string());

@@ -214,8 +214,8 @@ pub fn quantile_edges(values: &[f64], bins: usize) -> Result<Vec<f64>, Histogram
 /// Fixed latency bucket upper bounds in microseconds (roughly ×2 steps from 50 µs to 10 s),
 /// shared by every device so latency histograms merge fleet-wide.
 pub const LATENCY_BUCKETS_US: [u64; 19] = [
-    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800,
-    409_600, 819_200, 1_638_400, 3_276_800, 6_553_600, 10_000_000,
+    50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800, 409_600,
+    819_200, 1_638_400, 3_276_800, 6_553_600, 10_000_000,
 ];
 
 /// Confidence histogram edges for classifier top-1 probability: ten bins over `[0, 1]`.

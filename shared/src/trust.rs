@@ -60,7 +60,10 @@ impl TrustRoot {
                 if key.role != role {
                     return Err(VerifyError::malformed(
                         "trust root",
-                        format!("key {} has role {} but is listed as a {role} key", key.keyid, key.role),
+                        format!(
+                            "key {} has role {} but is listed as a {role} key",
+                            key.keyid, key.role
+                        ),
                     ));
                 }
                 key.verifying_key().map_err(|e| VerifyError::malformed("trust root", e))?;
@@ -76,7 +79,11 @@ impl TrustRoot {
     }
 
     fn groups(&self) -> [(Role, &KeyGroup); 3] {
-        [(Role::Root, &self.root), (Role::Approver, &self.approvers), (Role::Publisher, &self.publishers)]
+        [
+            (Role::Root, &self.root),
+            (Role::Approver, &self.approvers),
+            (Role::Publisher, &self.publishers),
+        ]
     }
 
     /// The group of keys with `role`.
@@ -96,7 +103,13 @@ impl TrustRoot {
             .iter()
             .filter_map(|k| k.verifying_key().ok().map(|vk| (k.keyid.as_str(), vk)))
             .collect();
-        SignaturePolicy { payload_type, role, keys, threshold: group.threshold, root_version: self.version }
+        SignaturePolicy {
+            payload_type,
+            role,
+            keys,
+            threshold: group.threshold,
+            root_version: self.version,
+        }
     }
 
     /// An unsigned envelope holding this root.
@@ -107,7 +120,10 @@ impl TrustRoot {
     /// Fails when the root has expired at `now`.
     pub fn check_not_expired(&self, now: OffsetDateTime) -> Result<(), VerifyError> {
         if now >= self.expires {
-            return Err(VerifyError::Expired { what: "trust root", expired_at: rfc3339(self.expires) });
+            return Err(VerifyError::Expired {
+                what: "trust root",
+                expired_at: rfc3339(self.expires),
+            });
         }
         Ok(())
     }
@@ -134,12 +150,15 @@ pub fn parse_unverified(envelope: &Envelope) -> Result<TrustRoot, VerifyError> {
 
 /// Verifies a trust root installed at enrollment: signed by a threshold of its own root keys
 /// and not expired.
-pub fn verify_initial(bytes: &[u8], now: OffsetDateTime) -> Result<Verified<TrustRoot>, VerifyError> {
+pub fn verify_initial(
+    bytes: &[u8],
+    now: OffsetDateTime,
+) -> Result<Verified<TrustRoot>, VerifyError> {
     let envelope = Envelope::from_slice(bytes)?;
     let candidate = parse_unverified(&envelope)?;
-    envelope.verify(&candidate.policy(Role::Root, TRUST_ROOT_TYPE))?;
+    let (_, signers) = envelope.verify(&candidate.policy(Role::Root, TRUST_ROOT_TYPE))?;
     candidate.check_not_expired(now)?;
-    Ok(Verified::new(candidate))
+    Ok(Verified::new(candidate, signers))
 }
 
 /// Verifies a successor of `current`: a higher version, signed by a threshold of the current
@@ -150,13 +169,14 @@ pub fn verify_rotation(
     now: OffsetDateTime,
 ) -> Result<Verified<TrustRoot>, VerifyError> {
     let envelope = Envelope::from_slice(bytes)?;
-    envelope
-        .verify(&current.policy(Role::Root, TRUST_ROOT_TYPE))
-        .map_err(|e| VerifyError::Rotation { reason: format!("not signed by the current root keys: {e}") })?;
+    envelope.verify(&current.policy(Role::Root, TRUST_ROOT_TYPE)).map_err(|e| {
+        VerifyError::Rotation { reason: format!("not signed by the current root keys: {e}") }
+    })?;
     let candidate = parse_unverified(&envelope)?;
-    envelope
-        .verify(&candidate.policy(Role::Root, TRUST_ROOT_TYPE))
-        .map_err(|e| VerifyError::Rotation { reason: format!("not signed by its own root keys: {e}") })?;
+    let (_, signers) =
+        envelope.verify(&candidate.policy(Role::Root, TRUST_ROOT_TYPE)).map_err(|e| {
+            VerifyError::Rotation { reason: format!("not signed by its own root keys: {e}") }
+        })?;
     if candidate.version <= current.version {
         return Err(VerifyError::Rotation {
             reason: format!(
@@ -166,5 +186,5 @@ pub fn verify_rotation(
         });
     }
     candidate.check_not_expired(now)?;
-    Ok(Verified::new(candidate))
+    Ok(Verified::new(candidate, signers))
 }

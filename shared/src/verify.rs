@@ -7,25 +7,34 @@
 use std::fmt;
 use std::ops::Deref;
 
-/// A value whose signatures and constraints were checked by this crate.
+/// A value whose signatures and constraints were checked by this crate, with the ids of the
+/// keys whose valid signatures were counted.
 #[derive(Debug, Clone)]
-pub struct Verified<T>(T);
+pub struct Verified<T> {
+    value: T,
+    signers: Vec<String>,
+}
 
 impl<T> Verified<T> {
-    pub(crate) fn new(value: T) -> Self {
-        Self(value)
+    pub(crate) fn new(value: T, signers: Vec<String>) -> Self {
+        Self { value, signers }
+    }
+
+    /// Key ids of the distinct valid signatures that were counted.
+    pub fn signers(&self) -> &[String] {
+        &self.signers
     }
 
     /// The verified value, giving up the proof that it was verified.
     pub fn into_inner(self) -> T {
-        self.0
+        self.value
     }
 }
 
 impl<T> Deref for Verified<T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.0
+        &self.value
     }
 }
 
@@ -72,7 +81,9 @@ pub enum VerifyError {
     SizeMismatch { what: String, expected: u64, actual: u64 },
     #[error("{what} expired at {expired_at}")]
     Expired { what: &'static str, expired_at: String },
-    #[error("replayed plan: sequence {seq} is not above the last accepted sequence {last_accepted}")]
+    #[error(
+        "replayed plan: sequence {seq} is not above the last accepted sequence {last_accepted}"
+    )]
     Replay { seq: u64, last_accepted: u64 },
     #[error("device {device} is not in the plan's cohort `{selector}` (device tags: {tags})")]
     NotInCohort { device: String, selector: String, tags: String },

@@ -122,32 +122,55 @@ impl AsRef<str> for Digest {
 /// Cuts untrusted text to at most 120 characters so error messages and events stay readable
 /// and bounded whatever a peer sent.
 pub(crate) fn bounded(text: impl fmt::Display) -> String {
-    const LIMIT: usize = 120;
-    let text = text.to_string();
-    match text.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
+    cut(text.to_string(), 120)
+}
+
+/// A parser's error message, which may quote the input, cut to at most 400 characters: room
+/// for the parser's own explanation plus a bounded quote.
+pub(crate) fn parse_failure(error: impl fmt::Display) -> String {
+    cut(error.to_string(), 400)
+}
+
+fn cut(text: String, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((at, _)) => format!("{}…", &text[..at]),
         None => text,
     }
 }
 
 /// Builds [`WireError::Invalid`].
-pub(crate) fn invalid(message: &'static str, field: &'static str, reason: impl Into<String>) -> WireError {
+pub(crate) fn invalid(
+    message: &'static str,
+    field: &'static str,
+    reason: impl Into<String>,
+) -> WireError {
     WireError::Invalid { message, field, reason: reason.into() }
 }
 
 /// An id: 1 to [`MAX_ID_BYTES`] bytes, no whitespace or control characters.
-pub(crate) fn check_id(message: &'static str, field: &'static str, value: &str) -> Result<(), WireError> {
+pub(crate) fn check_id(
+    message: &'static str,
+    field: &'static str,
+    value: &str,
+) -> Result<(), WireError> {
     if value.is_empty() {
         return Err(invalid(message, field, "must not be empty"));
     }
     if value.len() > MAX_ID_BYTES {
-        return Err(invalid(message, field, format!("{} bytes, the limit is {MAX_ID_BYTES}", value.len())));
+        return Err(invalid(
+            message,
+            field,
+            format!("{} bytes, the limit is {MAX_ID_BYTES}", value.len()),
+        ));
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
             message,
             field,
-            format!("`{}` contains {c:?}; ids have no whitespace or control characters", bounded(value)),
+            format!(
+                "`{}` contains {c:?}; ids have no whitespace or control characters",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -176,17 +199,26 @@ pub(crate) fn check_text(
 
 /// A tag key or value, the same rule as device tag selectors: 1 to 64 characters of
 /// `A-Z a-z 0-9 . _ - / :`, so every tag a device reports can be selected by a rollout cohort.
-pub(crate) fn check_tag(message: &'static str, field: &'static str, value: &str) -> Result<(), WireError> {
+pub(crate) fn check_tag(
+    message: &'static str,
+    field: &'static str,
+    value: &str,
+) -> Result<(), WireError> {
     let valid = !value.is_empty()
         && value.len() <= MAX_TAG_BYTES
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'));
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'));
     if valid {
         Ok(())
     } else {
         Err(invalid(
             message,
             field,
-            format!("`{}`: tag keys and values are 1-64 characters of A-Z a-z 0-9 . _ - / :", bounded(value)),
+            format!(
+                "`{}`: tag keys and values are 1-64 characters of A-Z a-z 0-9 . _ - / :",
+                bounded(value)
+            ),
         ))
     }
 }

@@ -7,9 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::fields::{
-    MAX_MESSAGE_BYTES, MAX_NAME_BYTES, check_id, check_tag, check_text, invalid,
-};
+use super::fields::{MAX_MESSAGE_BYTES, MAX_NAME_BYTES, check_id, check_tag, check_text, invalid};
 use super::{Channel, DeviceId, Digest, ProtocolVersion, TopicMessage, WireError, WireMessage};
 use crate::dsse::Envelope;
 
@@ -119,7 +117,10 @@ impl WireMessage for Hello {
             check_tag(name, "tags", key)?;
             check_tag(name, "tags", value)?;
         }
-        for model in [&self.active_model, &self.previous_model, &self.slots.a, &self.slots.b].into_iter().flatten() {
+        for model in [&self.active_model, &self.previous_model, &self.slots.a, &self.slots.b]
+            .into_iter()
+            .flatten()
+        {
             model.validate(name, "model")?;
         }
         for capability in &self.capabilities {

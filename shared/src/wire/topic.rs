@@ -49,8 +49,10 @@ impl DeviceId {
         if id.len() > MAX_DEVICE_ID_BYTES {
             return Err(DeviceIdError::TooLong { length: id.len() });
         }
-        if let Some((position, character)) =
-            id.chars().enumerate().find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        if let Some((position, character)) = id
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
             return Err(DeviceIdError::InvalidCharacter { character, position });
         }
@@ -270,12 +272,16 @@ impl Topic {
     /// Parses `outpost/v1/<device>/<channel>`. Wildcards, shared-subscription prefixes and
     /// extra or empty levels are refused.
     pub fn parse(topic: &str) -> Result<Topic, TopicError> {
-        let Some(rest) = topic.strip_prefix(TOPIC_PREFIX).and_then(|rest| rest.strip_prefix('/')) else {
+        let Some(rest) = topic.strip_prefix(TOPIC_PREFIX).and_then(|rest| rest.strip_prefix('/'))
+        else {
             return Err(TopicError::WrongPrefix { topic: bounded(topic) });
         };
         let levels: Vec<&str> = rest.split('/').collect();
         let [device, channel] = levels.as_slice() else {
-            return Err(TopicError::WrongLevelCount { topic: bounded(topic), levels: levels.len() + 2 });
+            return Err(TopicError::WrongLevelCount {
+                topic: bounded(topic),
+                levels: levels.len() + 2,
+            });
         };
         let device = DeviceId::new(*device)
             .map_err(|reason| TopicError::InvalidDevice { topic: bounded(topic), reason })?;
@@ -378,7 +384,8 @@ mod tests {
             $share/outpost-control/outpost/v1/+/events
             $share/outpost-control/outpost/v1/+/fetch"#]]
         .assert_eq(&control_subscriptions().join("\n"));
-        let own: Vec<String> = device_subscriptions(&device("d1")).iter().map(Topic::to_string).collect();
+        let own: Vec<String> =
+            device_subscriptions(&device("d1")).iter().map(Topic::to_string).collect();
         assert_eq!(own, ["outpost/v1/d1/assign", "outpost/v1/d1/chunk"]);
         assert_eq!(device_acl_pattern(&device("d1")), "outpost/v1/d1/#");
         assert_eq!(Channel::Assign.control_subscription(), None);
@@ -437,7 +444,8 @@ mod tests {
         }
         let error = serde_json::from_str::<DeviceId>("\"a/b\"").expect_err("slash accepted");
         assert!(error.to_string().contains("device id contains '/'"), "{error}");
-        let long = Topic::parse(&format!("outpost/v1/d/{}", "y".repeat(1000))).expect_err("long channel");
+        let long =
+            Topic::parse(&format!("outpost/v1/d/{}", "y".repeat(1000))).expect_err("long channel");
         assert!(long.to_string().len() < 400, "error quotes the whole topic: {long}");
     }
 

@@ -1,0 +1,10 @@
+//! `outpost-control`: the `outpost` command line (and, as it grows, the control server).
+//!
+//! - [`cli`]: argument definitions and one module per command family (`keys`, `trust`,
+//!   `bundle`, `plan`). Commands are thin: verification and document logic live in
+//!   `outpost-shared`; this crate adds files, passphrases and human output.
+//! - [`files`]: atomic writes and key file handling.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod files;
