@@ -64,3 +64,96 @@ pub fn all(data: &[u8]) {
     bundle(data);
     documents(data);
 }
+
+/// Seed inputs per fuzz target: valid signed documents built from the fixture keys, so the
+/// fuzzer starts from inputs that reach deep into verification. The replay test checks that the
+/// valid seeds verify, which keeps them meaningful.
+pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    use crate::bundle::RawBundle;
+    use crate::dsse::{Envelope, MANIFEST_TYPE};
+    use crate::golden::{Golden, GoldenCase};
+    use crate::manifest::{Lineage, Manifest, Task};
+    use crate::oip::{Tensor, TensorSpec};
+    use crate::plan::{BundleRef, HealthPolicy, Plan};
+    use crate::profile::{FeatureSource, ProfileBuilder, TensorView};
+
+    let trust = fixture_trust_root();
+    let root = SecretKey::from_seed(&[1; 32], "root", Role::Root);
+    let a1 = SecretKey::from_seed(&[2; 32], "a1", Role::Approver);
+    let a2 = SecretKey::from_seed(&[3; 32], "a2", Role::Approver);
+    let publisher = SecretKey::from_seed(&[4; 32], "pub", Role::Publisher);
+
+    let mut root_envelope = (*trust).to_envelope();
+    let _ = root_envelope.sign(&root);
+
+    let sources = vec![("f0".to_string(), FeatureSource::Element { tensor: "x".into(), index: 0 })];
+    let mut builder = ProfileBuilder::new(sources, vec![], None, 4);
+    for i in 0..8 {
+        let x = [i as f32];
+        builder.observe(&[TensorView { name: "x", shape: &[1, 1], data: &x }], &[]);
+    }
+    let profile = builder.finish().map(|p| serde_json::to_vec(&p).unwrap_or_default()).unwrap_or_default();
+    let golden = serde_json::to_vec(&Golden {
+        atol: 1e-4,
+        rtol: 1e-3,
+        cases: vec![GoldenCase {
+            inputs: vec![Tensor::new("x", "FP32", vec![1, 1], vec![1.0])],
+            outputs: vec![Tensor::new("y", "FP32", vec![1, 1], vec![2.0])],
+        }],
+    })
+    .unwrap_or_default();
+    let mut raw = RawBundle {
+        manifest: Envelope::new(MANIFEST_TYPE, b""),
+        model: b"model bytes".to_vec(),
+        profile: profile.clone(),
+        golden: golden.clone(),
+    };
+    let manifest = Manifest {
+        v: 1,
+        name: "seed".into(),
+        version: "1".into(),
+        created: time::macros::datetime!(2026-01-01 0:00 UTC),
+        expires: None,
+        files: raw.file_entries(),
+        inputs: vec![TensorSpec { name: "x".into(), datatype: "FP32".into(), shape: vec![1, 1] }],
+        outputs: vec![TensorSpec { name: "y".into(), datatype: "FP32".into(), shape: vec![1, 1] }],
+        task: Task::Regression,
+        lineage: Lineage::default(),
+    };
+    let manifest_json = serde_json::to_vec(&manifest).unwrap_or_default();
+    raw.manifest = Envelope::new(MANIFEST_TYPE, &manifest_json);
+    let _ = raw.manifest.sign(&publisher);
+    let bundle = raw.to_bytes();
+
+    let plan = Plan {
+        v: 1,
+        rollout: "seed".into(),
+        seq: 1,
+        bundle: BundleRef {
+            name: "seed".into(),
+            version: "1".into(),
+            digest: crate::sha256_digest(&bundle),
+            size: bundle.len() as u64,
+        },
+        fallback: None,
+        cohort: "*".into(),
+        health: HealthPolicy::default(),
+        created: time::macros::datetime!(2026-01-01 0:00 UTC),
+        expires: time::macros::datetime!(2099-01-01 0:00 UTC),
+    };
+    let plan_json = serde_json::to_vec(&plan).unwrap_or_default();
+    let mut plan_envelope = plan.to_envelope();
+    let _ = plan_envelope.sign(&a1);
+    let _ = plan_envelope.sign(&a2);
+
+    vec![
+        ("envelope", "trust-root", root_envelope.to_vec()),
+        ("envelope", "plan", plan_envelope.to_vec()),
+        ("bundle", "bundle", bundle),
+        ("documents", "plan-envelope", plan_envelope.to_vec()),
+        ("documents", "manifest", manifest_json),
+        ("documents", "plan", plan_json),
+        ("documents", "profile", profile),
+        ("documents", "golden", golden),
+    ]
+}

@@ -177,13 +177,13 @@ pub fn decode_on<T: TopicMessage>(topic: &Topic, bytes: &[u8]) -> Result<T, Wire
         return Err(WireError::WrongChannel { message: T::NAME, channel: topic.channel });
     }
     let message: T = decode(bytes)?;
-    if let Some(payload) = message.device() {
-        if *payload != topic.device {
-            return Err(WireError::DeviceMismatch {
-                topic: topic.device.clone(),
-                payload: payload.clone(),
-            });
-        }
+    if let Some(payload) = message.device()
+        && *payload != topic.device
+    {
+        return Err(WireError::DeviceMismatch {
+            topic: topic.device.clone(),
+            payload: payload.clone(),
+        });
     }
     Ok(message)
 }
@@ -321,13 +321,13 @@ pub struct Publish {
 impl Publish {
     /// `message` on its channel of `device`. A message that names a device must name `device`.
     pub fn message<T: TopicMessage>(device: &DeviceId, message: &T) -> Result<Publish, WireError> {
-        if let Some(payload) = message.device() {
-            if payload != device {
-                return Err(WireError::DeviceMismatch {
-                    topic: device.clone(),
-                    payload: payload.clone(),
-                });
-            }
+        if let Some(payload) = message.device()
+            && payload != device
+        {
+            return Err(WireError::DeviceMismatch {
+                topic: device.clone(),
+                payload: payload.clone(),
+            });
         }
         Ok(Publish::on(Topic::new(device.clone(), T::CHANNEL), encode(message)?))
     }
