@@ -18,7 +18,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::install::ensure_apt_packages;
 use crate::models::MODELS_DIR;
-use crate::process::{Captured, cargo, repo_root, run, run_captured, shell_quote, step, target_dir};
+use crate::process::{
+    Captured, cargo, repo_root, run, run_captured, shell_quote, step, target_dir,
+};
 use crate::tamper;
 
 /// Apt packages the demo needs. None yet: the trust walkthrough needs only the CLI and the
@@ -62,9 +64,15 @@ struct Step {
 enum Action {
     /// Runs `outpost` with these arguments in the demo folder.
     Outpost(Vec<String>),
-    /// Checks that these files (relative to the demo folder) exist.
-    FilesExist(Vec<String>),
-    /// Copies a file within the demo folder.
+    /// Something the demo itself does with files in the demo folder.
+    File(FileAction),
+}
+
+/// File work of the demo itself; paths are relative to the demo folder.
+enum FileAction {
+    /// Checks that these files exist.
+    Exist(Vec<String>),
+    /// Copies a file.
     Copy { from: &'static str, to: &'static str },
     /// Writes `to`, a copy of `from` with exactly one byte changed.
     Tamper { from: &'static str, to: &'static str, how: Tampering },
@@ -111,18 +119,57 @@ enum Outcome {
     TimedOut,
     Done,
     Error(String),
+    /// Not run because input files are missing: an earlier step failed, and a refusal of a
+    /// missing file would prove nothing.
+    NotRun {
+        missing: Vec<String>,
+    },
 }
+
+/// The exit code of a Rust program that panicked.
+const PANIC_EXIT_CODE: i32 = 101;
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Exited(PANIC_EXIT_CODE) => write!(f, "exit {PANIC_EXIT_CODE} (panicked)"),
             Self::Exited(code) => write!(f, "exit {code}"),
             Self::Killed => f.write_str("killed by a signal"),
             Self::TimedOut => write!(f, "timed out after {} s", STEP_TIME_LIMIT.as_secs()),
             Self::Done => f.write_str("done"),
             Self::Error(message) => write!(f, "error: {message}"),
+            Self::NotRun { missing } => {
+                write!(f, "not run: {} missing (an earlier step failed)", missing.join(", "))
+            }
         }
     }
+}
+
+impl Outcome {
+    /// The outcome for the summary table, without details printed above it already.
+    fn brief(&self) -> String {
+        match self {
+            Self::Error(_) => "error (see above)".to_string(),
+            Self::NotRun { .. } => "not run (see above)".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The files a command reads: arguments that name a file of the kinds the demo uses, except
+/// those that follow `--out`.
+fn input_files(args: &[String]) -> Vec<&str> {
+    const INPUT_EXTENSIONS: [&str; 5] = ["json", "bundle", "plan", "onnx", "csv"];
+    args.iter()
+        .enumerate()
+        .filter(|(index, _)| *index == 0 || args[index - 1] != "--out")
+        .map(|(_, arg)| arg.as_str())
+        .filter(|arg| {
+            Path::new(arg)
+                .extension()
+                .is_some_and(|extension| INPUT_EXTENSIONS.iter().any(|known| extension == *known))
+        })
+        .collect()
 }
 
 /// Whether `outcome` meets `expect`; a refusal must also have printed a reason.
@@ -139,8 +186,21 @@ fn judge(expect: Expect, outcome: &Outcome, reason: Option<&str>) -> Result<(), 
 
 /// The reason a command gave: its last non-empty stderr line, else its last stdout line.
 fn reason_of(captured: &Captured) -> Option<String> {
-    let last_line = |text: &str| text.lines().rev().map(str::trim).find(|line| !line.is_empty()).map(str::to_string);
+    let last_line = |text: &str| {
+        text.lines().rev().map(str::trim).find(|line| !line.is_empty()).map(str::to_string)
+    };
     last_line(&captured.stderr).or_else(|| last_line(&captured.stdout))
+}
+
+/// `outpost bundle create` for the demo's fraud-scorer model; only the model file, the golden
+/// file and the output vary between the demo's bundles.
+fn bundle_create(label: &str, model: &str, golden: &str, out: &str, expect: Expect) -> Step {
+    let args = format!(
+        "bundle create --model models/{model} --name fraud-scorer --version 1.0.0 \
+         --baseline models/mlp_classifier.baseline.csv --golden models/{golden} \
+         --lineage models/mlp_classifier.lineage.json --out {out}"
+    );
+    outpost(label, &args, expect)
 }
 
 fn outpost(label: &str, args: &str, expect: Expect) -> Step {
@@ -167,40 +227,49 @@ fn chapters() -> Vec<Chapter> {
     let mut key_steps: Vec<Step> = KEYS
         .iter()
         .map(|(name, role, _)| {
-            outpost(&format!("generate key {name} ({role})"), &format!("keys generate --name {name} --role {role} --out keys/"), ACCEPTED)
+            outpost(
+                &format!("generate key {name} ({role})"),
+                &format!("keys generate --name {name} --role {role} --out keys/"),
+                ACCEPTED,
+            )
         })
         .collect();
     key_steps.push(Step {
         label: "key files written".into(),
-        action: Action::FilesExist(
+        action: Action::File(FileAction::Exist(
             KEYS.iter()
-                .flat_map(|(name, _, _)| [format!("keys/{name}.key.json"), format!("keys/{name}.pub.json")])
+                .flat_map(|(name, _, _)| {
+                    [format!("keys/{name}.key.json"), format!("keys/{name}.pub.json")]
+                })
                 .collect(),
-        ),
+        )),
         expect: Expect::Done,
     });
 
     vec![
         Chapter {
             title: "a. Keys",
-            story: "Every person and pipeline holds its own ed25519 key: two root key holders, three \
-                    approvers (alice, bob, carol), the CI pipeline that publishes models (ci), and an \
-                    attacker (mallory) whose key is not in the trust root. Private keys are stored \
-                    encrypted (keys/NAME.key.json); public keys (keys/NAME.pub.json) are shared.",
+            story: "Every person and pipeline holds its own ed25519 key: two root key holders, \
+                    three approvers (alice, bob, carol), the CI pipeline that publishes models \
+                    (ci), and an attacker (mallory) whose key is not in the trust root. Private \
+                    keys are stored encrypted (keys/NAME.key.json); public keys \
+                    (keys/NAME.pub.json) are shared.",
             steps: key_steps,
         },
         Chapter {
             title: "b. Trust root",
-            story: "The trust root says whose signatures count and how many are needed: 2 of the 2 \
-                    root keys to change it, 2 of the 3 approvers to roll out, ci to publish. It is \
-                    installed on every device at enrollment; the device verifies everything against \
-                    it itself, so a compromised control server cannot change what devices install.",
+            story: "The trust root says whose signatures count and how many are needed: 2 of the \
+                    2 root keys to change it, 2 of the 3 approvers to roll out, ci to publish. It \
+                    is installed on every device at enrollment; the device verifies everything \
+                    against it itself, so a compromised control server cannot change what devices \
+                    install.",
             steps: vec![
                 outpost(
                     "create trust root (2 of 2 roots)",
-                    "trust init --root keys/root1.pub.json --root keys/root2.pub.json --root-threshold 2 \
-                     --approver keys/alice.pub.json --approver keys/bob.pub.json --approver keys/carol.pub.json \
-                     --approvals 2 --publisher keys/ci.pub.json --expires-in 365 \
+                    "trust init --root keys/root1.pub.json --root keys/root2.pub.json \
+                     --root-threshold 2 --approver keys/alice.pub.json \
+                     --approver keys/bob.pub.json --approver keys/carol.pub.json --approvals 2 \
+                     --publisher keys/ci.pub.json --expires-in 365 \
                      --sign keys/root1.key.json --sign keys/root2.key.json --out root.json",
                     ACCEPTED,
                 ),
@@ -209,67 +278,83 @@ fn chapters() -> Vec<Chapter> {
         },
         Chapter {
             title: "c. Publishing a model",
-            story: "CI packages the model with its baseline profile, golden test set and lineage. \
-                    `bundle create` loads the model with tract and runs the golden set before it \
-                    writes anything; `bundle sign` adds the publisher's signature over the manifest, \
-                    which pins the SHA-256 and size of every file. (An unsigned copy is kept for \
-                    mallory.)",
+            story: "CI packages the model with its baseline profile, golden test set and \
+                    lineage. `bundle create` loads the model with tract and runs the golden set \
+                    before it writes anything; `bundle sign` adds the publisher's signature over \
+                    the manifest, which pins the SHA-256 and size of every file. (An unsigned \
+                    copy is kept for mallory.)",
             steps: vec![
-                outpost(
+                bundle_create(
                     "create bundle",
-                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer --version 1.0.0 \
-                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.golden.json \
-                     --lineage models/mlp_classifier.lineage.json --out model.bundle",
+                    "mlp_classifier.onnx",
+                    "mlp_classifier.golden.json",
+                    "model.bundle",
                     ACCEPTED,
                 ),
                 Step {
                     label: "keep an unsigned copy".into(),
-                    action: Action::Copy { from: "model.bundle", to: "mallory.bundle" },
+                    action: Action::File(FileAction::Copy {
+                        from: "model.bundle",
+                        to: "mallory.bundle",
+                    }),
                     expect: Expect::Done,
                 },
-                outpost("sign bundle as ci", "bundle sign --key keys/ci.key.json model.bundle", ACCEPTED),
+                outpost(
+                    "sign bundle as ci",
+                    "bundle sign --key keys/ci.key.json model.bundle",
+                    ACCEPTED,
+                ),
                 outpost("inspect bundle", "bundle inspect model.bundle", ACCEPTED),
-                outpost("verify signed bundle", "bundle verify --trust root.json model.bundle", ACCEPTED),
+                outpost(
+                    "verify signed bundle",
+                    "bundle verify --trust root.json model.bundle",
+                    ACCEPTED,
+                ),
             ],
         },
         Chapter {
             title: "d. Refusals",
-            story: "Nothing broken or unauthorised gets through. A model whose outputs do not match \
-                    its golden set, or that tract cannot load, is never packaged. A bundle with one \
-                    byte changed in the model or in the signed manifest, or signed by a key the trust \
-                    root does not name, fails verification: each refusal exits 1 and says why.",
+            story: "Nothing broken or unauthorised gets through. A model whose outputs do not \
+                    match its golden set, or that tract cannot load, is never packaged. A bundle \
+                    with one byte changed in the model or in the signed manifest, or signed by a \
+                    key the trust root does not name, fails verification: each refusal exits 1 \
+                    and says why.",
             steps: vec![
-                outpost(
+                bundle_create(
                     "create: golden mismatch",
-                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer --version 1.0.0 \
-                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.bad_golden.json \
-                     --lineage models/mlp_classifier.lineage.json --out bad-golden.bundle",
+                    "mlp_classifier.onnx",
+                    "mlp_classifier.bad_golden.json",
+                    "bad-golden.bundle",
                     REFUSED,
                 ),
-                outpost(
+                bundle_create(
                     "create: invalid ONNX",
-                    "bundle create --model models/invalid.onnx --name fraud-scorer --version 1.0.0 \
-                     --baseline models/mlp_classifier.baseline.csv --golden models/mlp_classifier.golden.json \
-                     --lineage models/mlp_classifier.lineage.json --out invalid.bundle",
+                    "invalid.onnx",
+                    "mlp_classifier.golden.json",
+                    "invalid.bundle",
                     REFUSED,
                 ),
                 Step {
                     label: "flip a bit in model.onnx".into(),
-                    action: Action::Tamper {
+                    action: Action::File(FileAction::Tamper {
                         from: "model.bundle",
                         to: "tampered-model.bundle",
                         how: Tampering::ByteInsideFile("models/mlp_classifier.onnx"),
-                    },
+                    }),
                     expect: Expect::Done,
                 },
-                outpost("verify: tampered model", "bundle verify --trust root.json tampered-model.bundle", REFUSED),
+                outpost(
+                    "verify: tampered model",
+                    "bundle verify --trust root.json tampered-model.bundle",
+                    REFUSED,
+                ),
                 Step {
                     label: "change a manifest character".into(),
-                    action: Action::Tamper {
+                    action: Action::File(FileAction::Tamper {
                         from: "model.bundle",
                         to: "tampered-manifest.bundle",
                         how: Tampering::Base64After("\"payload\":\""),
-                    },
+                    }),
                     expect: Expect::Done,
                 },
                 outpost(
@@ -277,26 +362,51 @@ fn chapters() -> Vec<Chapter> {
                     "bundle verify --trust root.json tampered-manifest.bundle",
                     REFUSED,
                 ),
-                outpost("sign copy as mallory", "bundle sign --key keys/mallory.key.json mallory.bundle", ACCEPTED),
-                outpost("verify: signed by mallory", "bundle verify --trust root.json mallory.bundle", REFUSED),
+                outpost(
+                    "sign copy as mallory",
+                    "bundle sign --key keys/mallory.key.json mallory.bundle",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "verify: signed by mallory",
+                    "bundle verify --trust root.json mallory.bundle",
+                    REFUSED,
+                ),
             ],
         },
         Chapter {
             title: "e. Rollout plan",
             story: "A rollout plan names the bundle's digest, the cohort of devices (by tag), a \
-                    fleet-wide sequence number and an expiry. It counts only with 2 distinct approver \
-                    signatures, and a device outside the cohort refuses it. A publisher's signature \
-                    is no approval.",
+                    fleet-wide sequence number and an expiry. It counts only with 2 distinct \
+                    approver signatures, and a device outside the cohort refuses it. A \
+                    publisher's signature is no approval.",
             steps: vec![
                 outpost(
                     "create plan for site=berlin",
-                    "plan create --bundle model.bundle --cohort site=berlin --seq 1 --expires-in 24 --out rollout.plan",
+                    "plan create --bundle model.bundle --cohort site=berlin --seq 1 \
+                     --expires-in 24 --out rollout.plan",
                     ACCEPTED,
                 ),
-                outpost("approve as alice", "plan sign --key keys/alice.key.json rollout.plan", ACCEPTED),
-                outpost("verify: 1 of 2 approvals", "plan verify --trust root.json rollout.plan", REFUSED),
-                outpost("approve as bob", "plan sign --key keys/bob.key.json rollout.plan", ACCEPTED),
-                outpost("verify: 2 of 2 approvals", "plan verify --trust root.json rollout.plan", ACCEPTED),
+                outpost(
+                    "approve as alice",
+                    "plan sign --key keys/alice.key.json rollout.plan",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "verify: 1 of 2 approvals",
+                    "plan verify --trust root.json rollout.plan",
+                    REFUSED,
+                ),
+                outpost(
+                    "approve as bob",
+                    "plan sign --key keys/bob.key.json rollout.plan",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "verify: 2 of 2 approvals",
+                    "plan verify --trust root.json rollout.plan",
+                    ACCEPTED,
+                ),
                 outpost(
                     "verify: device in paris",
                     "plan verify --trust root.json rollout.plan --device-tags site=paris",
@@ -304,14 +414,27 @@ fn chapters() -> Vec<Chapter> {
                 ),
                 outpost(
                     "create second plan",
-                    "plan create --bundle model.bundle --cohort site=berlin --seq 2 --expires-in 24 --out publisher.plan",
+                    "plan create --bundle model.bundle --cohort site=berlin --seq 2 \
+                     --expires-in 24 --out publisher.plan",
                     ACCEPTED,
                 ),
-                outpost("approve as alice", "plan sign --key keys/alice.key.json publisher.plan", ACCEPTED),
+                outpost(
+                    "approve as alice",
+                    "plan sign --key keys/alice.key.json publisher.plan",
+                    ACCEPTED,
+                ),
                 // The CLI may refuse to sign with a publisher key at all; either way the
                 // verification below must not count it.
-                outpost("sign as ci (publisher)", "plan sign --key keys/ci.key.json publisher.plan", Expect::Either),
-                outpost("verify: alice + ci", "plan verify --trust root.json publisher.plan", REFUSED),
+                outpost(
+                    "sign as ci (publisher)",
+                    "plan sign --key keys/ci.key.json publisher.plan",
+                    Expect::Either,
+                ),
+                outpost(
+                    "verify: alice + ci",
+                    "plan verify --trust root.json publisher.plan",
+                    REFUSED,
+                ),
             ],
         },
     ]
@@ -334,20 +457,24 @@ pub fn run_demo() -> Result<()> {
 
     println!();
     println!("Outpost trust model, end to end. Every command below is the real `outpost` CLI");
-    println!("({}), run in {} with {}={}.", outpost.display(), demo_dir.display(), PASSPHRASE.0, PASSPHRASE.1);
+    println!(
+        "({}), run in {} with {}={}.",
+        outpost.display(),
+        demo_dir.display(),
+        PASSPHRASE.0,
+        PASSPHRASE.1
+    );
 
     let mut rows = Vec::new();
     for chapter in chapters() {
-        println!();
-        println!("━━ {} {}", chapter.title, "━".repeat(60usize.saturating_sub(chapter.title.len())));
+        println!("\n{}", heading(chapter.title));
         println!("{}", wrap(&squeeze(chapter.story), 90));
         for step in chapter.steps {
             rows.push(perform(&outpost, &demo_dir, step));
         }
     }
 
-    println!();
-    println!("━━ f. Summary {}", "━".repeat(49));
+    println!("\n{}", heading("f. Summary"));
     print!("{}", summary_table(&rows));
     let failed = rows.iter().filter(|row| !row.ok).count();
     if failed > 0 {
@@ -359,7 +486,11 @@ pub fn run_demo() -> Result<()> {
 
 /// Builds the CLI and returns its path.
 fn build_outpost() -> Result<PathBuf> {
-    run("building the outpost CLI", cargo().args(["build", "-p", "outpost-control", "--bin", "outpost"])).context(
+    run(
+        "building the outpost CLI",
+        cargo().args(["build", "-p", "outpost-control", "--bin", "outpost"]),
+    )
+    .context(
         "the demo needs the `outpost` CLI (control/, binary `outpost`) and it did not build; \
          see the compiler output above",
     )?;
@@ -374,13 +505,15 @@ fn build_outpost() -> Result<PathBuf> {
 fn prepare(repo: &Path, demo_dir: &Path) -> Result<()> {
     step!("preparing a fresh {}", demo_dir.display());
     if demo_dir.exists() {
-        std::fs::remove_dir_all(demo_dir).with_context(|| format!("removing {}", demo_dir.display()))?;
+        std::fs::remove_dir_all(demo_dir)
+            .with_context(|| format!("removing {}", demo_dir.display()))?;
     }
     let models = demo_dir.join("models");
     std::fs::create_dir_all(&models).with_context(|| format!("creating {}", models.display()))?;
     for name in MODEL_FILES {
         let source = repo.join(MODELS_DIR).join(name);
-        std::fs::copy(&source, models.join(name)).with_context(|| format!("copying {}", source.display()))?;
+        std::fs::copy(&source, models.join(name))
+            .with_context(|| format!("copying {}", source.display()))?;
     }
     step!("copied {} committed files from {MODELS_DIR}/ to models/", MODEL_FILES.len());
     Ok(())
@@ -390,28 +523,10 @@ fn prepare(repo: &Path, demo_dir: &Path) -> Result<()> {
 fn perform(outpost: &Path, demo_dir: &Path, step: Step) -> Row {
     println!();
     let (outcome, reason) = match &step.action {
-        Action::Outpost(args) => {
-            let line: Vec<String> = args.iter().map(|arg| shell_quote(arg)).collect();
-            println!("  $ outpost {}", line.join(" "));
-            let mut command = Command::new(outpost);
-            command.args(args).current_dir(demo_dir).env(PASSPHRASE.0, PASSPHRASE.1);
-            match run_captured(&mut command, STEP_TIME_LIMIT) {
-                Ok(captured) => {
-                    print_indented(&captured.stdout);
-                    print_indented(&captured.stderr);
-                    let outcome = match captured.code {
-                        _ if captured.timed_out => Outcome::TimedOut,
-                        Some(code) => Outcome::Exited(code),
-                        None => Outcome::Killed,
-                    };
-                    (outcome, reason_of(&captured))
-                }
-                Err(error) => (Outcome::Error(format!("{error:#}")), None),
-            }
-        }
-        other => {
-            println!("  # {}", describe(other));
-            match file_action(demo_dir, other) {
+        Action::Outpost(args) => run_outpost(outpost, demo_dir, args),
+        Action::File(action) => {
+            println!("  # {}", describe(action));
+            match file_action(demo_dir, action) {
                 Ok(note) => {
                     print_indented(&note);
                     (Outcome::Done, None)
@@ -422,57 +537,140 @@ fn perform(outpost: &Path, demo_dir: &Path, step: Step) -> Row {
     };
     let verdict = judge(step.expect, &outcome, reason.as_deref());
     match (&verdict, &outcome) {
-        (Ok(()), Outcome::Exited(1)) => {
-            println!("  ✓ refused, as it must be: {}", reason.as_deref().unwrap_or(""));
-        }
+        // The reason is the last line of the output printed just above.
+        (Ok(()), Outcome::Exited(1)) => println!("  ✓ refused (exit 1), as it must be"),
         (Ok(()), _) => println!("  ✓ {outcome}"),
         (Err(problem), _) => println!("  ✗ {problem}"),
     }
-    Row { step: step.label, expected: step.expect.to_string(), got: outcome.to_string(), ok: verdict.is_ok() }
+    Row {
+        step: step.label,
+        expected: step.expect.to_string(),
+        got: outcome.brief(),
+        ok: verdict.is_ok(),
+    }
 }
 
-fn describe(action: &Action) -> String {
-    match action {
-        Action::Outpost(args) => format!("outpost {}", args.join(" ")),
-        Action::FilesExist(files) => format!("check that {} files exist: {}", files.len(), files.join(" ")),
-        Action::Copy { from, to } => format!("cp {from} {to}"),
-        Action::Tamper { from, to, how: Tampering::ByteInsideFile(file) } => {
-            format!("copy {from} to {to}, flipping one bit in the middle of {file}'s bytes inside it")
+/// Runs the CLI, printing the command line and then its output indented; returns the outcome
+/// and the reason it gave.
+fn run_outpost(outpost: &Path, demo_dir: &Path, args: &[String]) -> (Outcome, Option<String>) {
+    println!("  $ {}", command_lines(args, 96));
+    let missing: Vec<String> = input_files(args)
+        .into_iter()
+        .filter(|file| !demo_dir.join(file).exists())
+        .map(str::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return (Outcome::NotRun { missing }, None);
+    }
+    let mut command = Command::new(outpost);
+    command.args(args).current_dir(demo_dir).env(PASSPHRASE.0, PASSPHRASE.1);
+    match run_captured(&mut command, STEP_TIME_LIMIT) {
+        Ok(captured) => {
+            print_indented(&captured.stdout);
+            print_indented(&captured.stderr);
+            let outcome = match captured.code {
+                _ if captured.timed_out => Outcome::TimedOut,
+                Some(code) => Outcome::Exited(code),
+                None => Outcome::Killed,
+            };
+            (outcome, reason_of(&captured))
         }
-        Action::Tamper { from, to, how: Tampering::Base64After(text) } => {
-            format!("copy {from} to {to}, changing one base64 character of the {text}… string of manifest.dsse.json")
+        Err(error) => (Outcome::Error(format!("{error:#}")), None),
+    }
+}
+
+fn describe(action: &FileAction) -> String {
+    match action {
+        FileAction::Exist(files) => {
+            format!("check that {} files exist: {}", files.len(), files.join(" "))
+        }
+        FileAction::Copy { from, to } => format!("cp {from} {to}"),
+        FileAction::Tamper { from, to, how: Tampering::ByteInsideFile(file) } => {
+            format!(
+                "copy {from} to {to}, flipping one bit in the middle of {file}'s bytes inside it"
+            )
+        }
+        FileAction::Tamper { from, to, how: Tampering::Base64After(text) } => {
+            format!(
+                "copy {from} to {to}, changing one base64 character of the {text}… string \
+                 of manifest.dsse.json"
+            )
         }
     }
 }
 
 /// Performs a file action of the demo itself; returns a note on what it did.
-fn file_action(demo_dir: &Path, action: &Action) -> Result<String> {
+fn file_action(demo_dir: &Path, action: &FileAction) -> Result<String> {
     match action {
-        Action::Outpost(_) => bail!("not a file action"),
-        Action::FilesExist(files) => {
-            let missing: Vec<&str> =
-                files.iter().filter(|file| !demo_dir.join(file).is_file()).map(String::as_str).collect();
-            if missing.is_empty() { Ok("all present".into()) } else { bail!("missing: {}", missing.join(" ")) }
+        FileAction::Exist(files) => {
+            let missing: Vec<&str> = files
+                .iter()
+                .filter(|file| !demo_dir.join(file).is_file())
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                Ok("all present".into())
+            } else {
+                bail!("missing: {}", missing.join(" "))
+            }
         }
-        Action::Copy { from, to } => {
-            std::fs::copy(demo_dir.join(from), demo_dir.join(to)).with_context(|| format!("copying {from}"))?;
+        FileAction::Copy { from, to } => {
+            std::fs::copy(demo_dir.join(from), demo_dir.join(to))
+                .with_context(|| format!("copying {from}"))?;
             Ok(String::new())
         }
-        Action::Tamper { from, to, how } => {
-            let mut bytes = std::fs::read(demo_dir.join(from)).with_context(|| format!("reading {from}"))?;
+        FileAction::Tamper { from, to, how } => {
+            let mut bytes =
+                std::fs::read(demo_dir.join(from)).with_context(|| format!("reading {from}"))?;
             let offset = match how {
                 Tampering::ByteInsideFile(file) => {
-                    let needle = std::fs::read(demo_dir.join(file)).with_context(|| format!("reading {file}"))?;
-                    tamper::flip_byte_inside(&mut bytes, &needle)
-                        .with_context(|| format!("{from} is not an uncompressed tar containing {file}"))?
+                    let needle = std::fs::read(demo_dir.join(file))
+                        .with_context(|| format!("reading {file}"))?;
+                    tamper::flip_byte_inside(&mut bytes, &needle).with_context(|| {
+                        format!("{from} is not an uncompressed tar containing {file}")
+                    })?
                 }
-                Tampering::Base64After(text) => tamper::flip_base64_char_after(&mut bytes, text.as_bytes())
-                    .with_context(|| format!("looking for manifest.dsse.json's payload in {from}"))?,
+                Tampering::Base64After(text) => {
+                    tamper::flip_base64_char_after(&mut bytes, text.as_bytes()).with_context(
+                        || format!("looking for manifest.dsse.json's payload in {from}"),
+                    )?
+                }
             };
             std::fs::write(demo_dir.join(to), &bytes).with_context(|| format!("writing {to}"))?;
             Ok(format!("changed the byte at offset {offset} of {}", bytes.len()))
         }
     }
+}
+
+/// `outpost ARGS` as a shell command, broken with ` \` continuations before lines get longer
+/// than `width`; an option stays on the same line as its value.
+fn command_lines(args: &[String], width: usize) -> String {
+    let mut units: Vec<String> = vec!["outpost".to_string()];
+    let mut words = args.iter().map(|arg| shell_quote(arg)).peekable();
+    while let Some(word) = words.next() {
+        let takes_value =
+            word.starts_with("--") && words.peek().is_some_and(|next| !next.starts_with("--"));
+        match words.next_if(|_| takes_value) {
+            Some(value) => units.push(format!("{word} {value}")),
+            None => units.push(word),
+        }
+    }
+    let mut lines: Vec<String> = Vec::new();
+    for unit in units {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + unit.chars().count() + 2 <= width => {
+                line.push(' ');
+                line.push_str(&unit);
+            }
+            _ => lines.push(unit),
+        }
+    }
+    lines.join(" \\\n        ")
+}
+
+/// A chapter heading: the title in a rule of fixed width.
+fn heading(title: &str) -> String {
+    format!("━━ {title} {}", "━".repeat(60usize.saturating_sub(title.chars().count())))
 }
 
 fn print_indented(text: &str) {
@@ -505,13 +703,22 @@ fn wrap(text: &str, width: usize) -> String {
 /// The summary: step, expected, got, and a mark, in aligned columns.
 fn summary_table(rows: &[Row]) -> String {
     let header = ("step", "expected", "got");
-    let step_width = rows.iter().map(|row| row.step.chars().count()).chain([header.0.len()]).max().unwrap_or(0);
-    let expected_width =
-        rows.iter().map(|row| row.expected.chars().count()).chain([header.1.len()]).max().unwrap_or(0);
-    let mut table = format!("  {:step_width$}  {:expected_width$}  {}\n", header.0, header.1, header.2);
+    let step_width =
+        rows.iter().map(|row| row.step.chars().count()).chain([header.0.len()]).max().unwrap_or(0);
+    let expected_width = rows
+        .iter()
+        .map(|row| row.expected.chars().count())
+        .chain([header.1.len()])
+        .max()
+        .unwrap_or(0);
+    let mut table =
+        format!("  {:step_width$}  {:expected_width$}  {}\n", header.0, header.1, header.2);
     for row in rows {
         let mark = if row.ok { "✓" } else { "✗ FAILED" };
-        table.push_str(&format!("  {:step_width$}  {:expected_width$}  {}  {mark}\n", row.step, row.expected, row.got));
+        table.push_str(&format!(
+            "  {:step_width$}  {:expected_width$}  {}  {mark}\n",
+            row.step, row.expected, row.got
+        ));
     }
     let passed = rows.iter().filter(|row| row.ok).count();
     table.push_str(&format!("  {passed} of {} as expected\n", rows.len()));
@@ -556,8 +763,14 @@ mod tests {
 
     #[test]
     fn the_reason_is_the_last_line_said() {
-        assert_eq!(reason_of(&captured("", "warning\nerror: bad signature\n\n")).as_deref(), Some("error: bad signature"));
-        assert_eq!(reason_of(&captured("refused: not in cohort\n", "")).as_deref(), Some("refused: not in cohort"));
+        assert_eq!(
+            reason_of(&captured("", "warning\nerror: bad signature\n\n")).as_deref(),
+            Some("error: bad signature")
+        );
+        assert_eq!(
+            reason_of(&captured("refused: not in cohort\n", "")).as_deref(),
+            Some("refused: not in cohort")
+        );
         assert_eq!(reason_of(&captured(" \n", "\n")), None);
     }
 
@@ -569,8 +782,15 @@ mod tests {
         for step in &steps {
             match &step.action {
                 Action::Outpost(args) => {
-                    assert!(matches!(step.expect, Expect::Exit(_) | Expect::Either), "{}", step.label);
-                    assert!(args.iter().all(|arg| !arg.is_empty() && !arg.contains(char::is_whitespace)));
+                    assert!(
+                        matches!(step.expect, Expect::Exit(_) | Expect::Either),
+                        "{}",
+                        step.label
+                    );
+                    assert!(
+                        args.iter()
+                            .all(|arg| !arg.is_empty() && !arg.contains(char::is_whitespace))
+                    );
                 }
                 _ => assert_eq!(step.expect, Expect::Done, "{}", step.label),
             }
@@ -593,10 +813,13 @@ mod tests {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir(dir.path().join("models"))?;
         std::fs::write(dir.path().join("models/m.onnx"), b"ONNX-MODEL-BYTES")?;
-        let bundle = b"manifest.dsse.json\0\0{\"payloadType\":\"x\",\"payload\":\"eyJhIjoxMjM0NX0=\"}\0model.onnx\0ONNX-MODEL-BYTES\0\0";
+        let bundle: &[u8] = b"manifest.dsse.json\0\0{\"payloadType\":\"x\",\
+            \"payload\":\"eyJhIjoxMjM0NX0=\"}\0model.onnx\0ONNX-MODEL-BYTES\0\0";
         std::fs::write(dir.path().join("b.bundle"), bundle)?;
-        for how in [Tampering::ByteInsideFile("models/m.onnx"), Tampering::Base64After("\"payload\":\"")] {
-            file_action(dir.path(), &Action::Tamper { from: "b.bundle", to: "t.bundle", how })?;
+        for how in
+            [Tampering::ByteInsideFile("models/m.onnx"), Tampering::Base64After("\"payload\":\"")]
+        {
+            file_action(dir.path(), &FileAction::Tamper { from: "b.bundle", to: "t.bundle", how })?;
             let tampered = std::fs::read(dir.path().join("t.bundle"))?;
             assert_eq!(tampered.len(), bundle.len());
             assert_eq!(tampered.iter().zip(bundle).filter(|(a, b)| a != b).count(), 1);
@@ -607,8 +830,18 @@ mod tests {
     #[test]
     fn the_summary_lines_up() {
         let rows = vec![
-            Row { step: "verify signed bundle".into(), expected: "exit 0".into(), got: "exit 0".into(), ok: true },
-            Row { step: "verify: alice + ci".into(), expected: "exit 1 (refused)".into(), got: "exit 0".into(), ok: false },
+            Row {
+                step: "verify signed bundle".into(),
+                expected: "exit 0".into(),
+                got: "exit 0".into(),
+                ok: true,
+            },
+            Row {
+                step: "verify: alice + ci".into(),
+                expected: "exit 1 (refused)".into(),
+                got: "exit 0".into(),
+                ok: false,
+            },
         ];
         assert_eq!(
             summary_table(&rows),
@@ -616,6 +849,39 @@ mod tests {
              \x20 verify signed bundle  exit 0            exit 0  ✓\n\
              \x20 verify: alice + ci    exit 1 (refused)  exit 0  ✗ FAILED\n\
              \x20 1 of 2 as expected\n"
+        );
+    }
+
+    #[test]
+    fn input_files_are_the_files_read_not_the_ones_written() {
+        let args: Vec<String> =
+            "bundle create --model models/m.onnx --version 1.0.0 --out keys/x.bundle \
+             --golden g.json"
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        assert_eq!(input_files(&args), ["models/m.onnx", "g.json"]);
+        let sign: Vec<String> = ["plan", "sign", "--key", "keys/a.key.json", "rollout.plan"]
+            .map(str::to_string)
+            .to_vec();
+        assert_eq!(input_files(&sign), ["keys/a.key.json", "rollout.plan"]);
+    }
+
+    #[test]
+    fn long_commands_break_between_options() {
+        let args: Vec<String> =
+            "plan verify --trust root.json rollout.plan --device-tags site=paris"
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        assert_eq!(
+            command_lines(&args, 100),
+            "outpost plan verify --trust root.json rollout.plan --device-tags site=paris"
+        );
+        assert_eq!(
+            command_lines(&args, 40),
+            "outpost plan verify --trust root.json \\\n        \
+             rollout.plan --device-tags site=paris"
         );
     }
 

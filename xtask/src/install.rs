@@ -53,12 +53,13 @@ pub fn ensure_apt_packages(wanted: &[&str]) -> Result<()> {
         bail!(
             "these apt packages are missing: {list}\n\
              Install them as root, then run this command again:\n\n    \
-             sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}\n\n\
+             sudo apt-get update && \
+             sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}\n\n\
              (or pass --no-install to skip all installs)"
         );
     }
-    step!("installing apt packages: {list}");
-    run("updating apt package lists", Command::new("apt-get").arg("update"))?;
+    step!("missing apt packages: {list}");
+    run("updating the apt package lists", Command::new("apt-get").arg("update"))?;
     run(
         "installing apt packages",
         Command::new("apt-get")
@@ -68,7 +69,10 @@ pub fn ensure_apt_packages(wanted: &[&str]) -> Result<()> {
     )?;
     let still_missing = missing_apt_packages(wanted)?;
     if !still_missing.is_empty() {
-        bail!("apt-get finished but dpkg still lists as not installed: {}", still_missing.join(" "));
+        bail!(
+            "apt-get finished but dpkg still lists as not installed: {}",
+            still_missing.join(" ")
+        );
     }
     Ok(())
 }
@@ -92,7 +96,8 @@ fn missing_apt_packages(wanted: &[&str]) -> Result<Vec<String>> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let installed = installed_packages(&String::from_utf8_lossy(&output.stdout));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let installed = installed_packages(&stdout);
     Ok(wanted
         .iter()
         .filter(|package| !installed.iter().any(|name| name == *package))
@@ -121,10 +126,9 @@ fn is_root() -> Result<bool> {
 /// Adds the rustup targets of `wanted` that are not installed for the current toolchain.
 pub fn ensure_rust_targets(wanted: &[&str]) -> Result<()> {
     step!("checking rustup targets: {}", wanted.join(" "));
-    let output = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .context("could not run rustup (install it from https://rustup.rs, or pass --no-install)")?;
+    let output = Command::new("rustup").args(["target", "list", "--installed"]).output().context(
+        "could not run rustup (install it from https://rustup.rs, or pass --no-install)",
+    )?;
     if !output.status.success() {
         bail!(
             "`rustup target list --installed` failed: {}",
@@ -142,7 +146,11 @@ pub fn ensure_rust_targets(wanted: &[&str]) -> Result<()> {
 
 /// The entries of `wanted` that are not a line of `listing`.
 fn missing_lines<'a>(wanted: &[&'a str], listing: &str) -> Vec<&'a str> {
-    wanted.iter().copied().filter(|item| !listing.lines().any(|line| line.trim() == *item)).collect()
+    wanted
+        .iter()
+        .copied()
+        .filter(|item| !listing.lines().any(|line| line.trim() == *item))
+        .collect()
 }
 
 /// Adds the rustfmt and clippy components when `cargo fmt` or `cargo clippy` does not run (a
@@ -153,7 +161,10 @@ pub fn ensure_lint_tools() -> Result<()> {
     if fmt && clippy {
         return Ok(());
     }
-    run("adding rustup components", Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+    run(
+        "adding rustup components",
+        Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]),
+    )
 }
 
 #[cfg(test)]

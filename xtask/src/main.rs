@@ -1,6 +1,111 @@
-//! Developer commands for Outpost (`cargo xtask test | demo | models | cross | bench`).
-//! Work in progress: the real commands are being written.
+//! Outpost's developer commands, run as `cargo xtask <command>` (the alias is in
+//! `.cargo/config.toml`):
+//!
+//! - `test [--quick] [--no-install] [--skip-lint] [-- RUNNER ARGS]`: installs what is missing
+//!   on a Debian machine (apt packages, rustup targets, the Python venv), then runs every check:
+//!   the test models are reproducible, rustfmt, clippy, the tests (slow suites included unless
+//!   `--quick`) and the doc tests. See [`suite`].
+//! - `demo`: builds the `outpost` CLI and walks through the trust model in `target/demo/`:
+//!   keys, trust root, signed bundles, tampering and unauthorised keys refused, k-of-n rollout
+//!   approvals, cohorts. See [`demo`].
+//! - `models`: regenerates `tests/models/` with `make_models.py` in the project venv.
+//! - `cross`, `bench`: not yet available.
+//!
+//! Every step is announced on stderr as `==> …`. Exit code 0 means everything held, 1 that
+//! something failed (the last `error:` line says what).
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("xtask: not yet available")
+#![forbid(unsafe_code)]
+
+mod demo;
+mod install;
+mod models;
+mod process;
+mod python;
+mod suite;
+mod tamper;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::install::{PYTHON_VENV_APT_PACKAGE, ensure_apt_packages};
+use crate::process::repo_root;
+use crate::python::Venv;
+
+/// Outpost's developer commands.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what is missing, then run every check (models, fmt, clippy, tests, doc tests).
+    Test(suite::TestOptions),
+    /// Walk through Outpost's trust model with the real `outpost` CLI, in target/demo/.
+    Demo,
+    /// Regenerate tests/models/ with make_models.py (creating the Python venv if needed).
+    Models,
+    /// Cross-compile and package the agent for ARM (not yet available).
+    Cross,
+    /// Run the benchmarks (not yet available).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Test(options) => suite::run_test(&options),
+        Task::Demo => demo::run_demo(),
+        Task::Models => {
+            let repo = repo_root();
+            let venv = Venv::of_repo(&repo);
+            if venv.needs_python3_venv_package() {
+                ensure_apt_packages(&[PYTHON_VENV_APT_PACKAGE])?;
+            }
+            venv.ensure(&repo)?;
+            models::regenerate(&repo, &venv)
+        }
+        Task::Cross => bail!("`cargo xtask cross` is not yet available"),
+        Task::Bench => bail!("`cargo xtask bench` is not yet available"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ci_runs_the_test_command() -> Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let script_path = repo_root().join(".ci/run");
+        let script = std::fs::read_to_string(&script_path)?;
+        assert!(script.starts_with("#!/usr/bin/env bash\n"), "{script}");
+        assert!(script.contains("set -euo pipefail"));
+        assert!(script.contains("exec cargo xtask test"));
+        let mode = std::fs::metadata(&script_path)?.permissions().mode();
+        assert_ne!(mode & 0o111, 0, ".ci/run must be executable");
+        Ok(())
+    }
 }

@@ -23,7 +23,12 @@ pub enum Difference {
     /// The generator writes a file that is not committed.
     NotCommitted { name: String },
     /// Both exist and differ.
-    Differs { name: String, committed_len: usize, generated_len: usize, first_differing_byte: usize },
+    Differs {
+        name: String,
+        committed_len: usize,
+        generated_len: usize,
+        first_differing_byte: usize,
+    },
 }
 
 impl Difference {
@@ -37,10 +42,13 @@ impl Difference {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotCommitted { name } => write!(f, "{MODELS_DIR}/{name}: generated but not committed"),
+            Self::NotCommitted { name } => {
+                write!(f, "{MODELS_DIR}/{name}: generated but not committed")
+            }
             Self::Differs { name, committed_len, generated_len, first_differing_byte } => write!(
                 f,
-                "{MODELS_DIR}/{name}: differs from the generated file from byte {first_differing_byte} \
+                "{MODELS_DIR}/{name}: differs from the generated file \
+                 from byte {first_differing_byte} \
                  on (committed {committed_len} bytes, generated {generated_len} bytes)"
             ),
         }
@@ -56,7 +64,8 @@ pub fn check_reproducible(repo: &Path, venv: &Venv) -> Result<()> {
         step!("{MODELS_DIR}/: every generated file matches the committed one");
         return Ok(());
     }
-    let list: Vec<String> = differences.iter().map(|difference| format!("  {difference}")).collect();
+    let list: Vec<String> =
+        differences.iter().map(|difference| format!("  {difference}")).collect();
     bail!(
         "the committed test models are not what make_models.py generates:\n{}\n\
          Regenerate them with `cargo xtask models`, review and commit the result.",
@@ -85,7 +94,10 @@ pub fn regenerate(repo: &Path, venv: &Venv) -> Result<()> {
 
 /// Runs `make_models.py --out <temporary folder>`; its output is shown only if it fails.
 fn generate(repo: &Path, venv: &Venv) -> Result<TempDir> {
-    let out = tempfile::Builder::new().prefix("outpost-models-").tempdir().context("creating a temporary folder")?;
+    let out = tempfile::Builder::new()
+        .prefix("outpost-models-")
+        .tempdir()
+        .context("creating a temporary folder")?;
     run_quietly(
         Command::new(venv.python())
             .arg(repo.join(MODELS_DIR).join("make_models.py"))
@@ -101,7 +113,9 @@ fn generate(repo: &Path, venv: &Venv) -> Result<TempDir> {
 /// Committed files the generator does not write (the README, the script) are not compared.
 fn compare(generated_dir: &Path, committed_dir: &Path) -> Result<Vec<Difference>> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(generated_dir).with_context(|| format!("listing {}", generated_dir.display()))? {
+    for entry in std::fs::read_dir(generated_dir)
+        .with_context(|| format!("listing {}", generated_dir.display()))?
+    {
         let entry = entry.with_context(|| format!("listing {}", generated_dir.display()))?;
         if entry.file_type().is_ok_and(|kind| kind.is_file()) {
             names.push(entry.file_name().to_string_lossy().into_owned());
@@ -134,7 +148,10 @@ fn compare(generated_dir: &Path, committed_dir: &Path) -> Result<Vec<Difference>
 
 /// The offset of the first differing byte, counting a length difference as one.
 fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    a.iter().zip(b).position(|(x, y)| x != y).or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -146,7 +163,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 fn replace_file(source: &Path, target: &Path) -> Result<()> {
     let mut temporary = PathBuf::from(target);
     temporary.as_mut_os_string().push(".tmp");
-    std::fs::copy(source, &temporary).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::copy(source, &temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
     std::fs::rename(&temporary, target).with_context(|| format!("replacing {}", target.display()))
 }
 
@@ -166,7 +184,9 @@ mod tests {
     fn compare_names_every_generated_file_that_is_not_committed_as_is() -> Result<()> {
         let generated = tempfile::tempdir()?;
         let committed = tempfile::tempdir()?;
-        for (name, bytes) in [("same.onnx", "123"), ("changed.json", "{\"a\":1}"), ("new.csv", "f0")] {
+        for (name, bytes) in
+            [("same.onnx", "123"), ("changed.json", "{\"a\":1}"), ("new.csv", "f0")]
+        {
             std::fs::write(generated.path().join(name), bytes)?;
         }
         std::fs::write(committed.path().join("same.onnx"), "123")?;
@@ -174,15 +194,18 @@ mod tests {
         std::fs::write(committed.path().join("README.md"), "not generated, not compared")?;
 
         let differences = compare(generated.path(), committed.path())?;
-        assert_eq!(differences, [
-            Difference::Differs {
-                name: "changed.json".into(),
-                committed_len: 7,
-                generated_len: 7,
-                first_differing_byte: 5
-            },
-            Difference::NotCommitted { name: "new.csv".into() },
-        ]);
+        assert_eq!(
+            differences,
+            [
+                Difference::Differs {
+                    name: "changed.json".into(),
+                    committed_len: 7,
+                    generated_len: 7,
+                    first_differing_byte: 5
+                },
+                Difference::NotCommitted { name: "new.csv".into() },
+            ]
+        );
         assert_eq!(
             differences[0].to_string(),
             "tests/models/changed.json: differs from the generated file from byte 5 on \

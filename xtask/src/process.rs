@@ -31,10 +31,27 @@ pub fn cargo_program() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
 }
 
-/// A `cargo` command running in the repository root.
+/// The cargo target folder: `CARGO_TARGET_DIR` (made absolute against the folder xtask was
+/// started in, as cargo reads it) or `<repo>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => {
+            std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or_else(|_| PathBuf::from(dir))
+        }
+        None => repo_root().join("target"),
+    }
+}
+
+/// A `cargo` command running in the repository root. A relative `CARGO_TARGET_DIR` is passed
+/// on made absolute, so the nested cargo builds where the outer one did.
 pub fn cargo() -> Command {
     let mut command = Command::new(cargo_program());
     command.current_dir(repo_root());
+    if std::env::var_os("CARGO_TARGET_DIR")
+        .is_some_and(|dir| !dir.is_empty() && Path::new(&dir).is_relative())
+    {
+        command.env("CARGO_TARGET_DIR", target_dir());
+    }
     command
 }
 
@@ -55,7 +72,9 @@ pub fn display(command: &Command) -> String {
         shell_quote(&program.to_string_lossy())
     };
     let envs = command.get_envs().filter_map(|(key, value)| {
-        value.map(|value| format!("{}={}", key.to_string_lossy(), shell_quote(&value.to_string_lossy())))
+        value.map(|value| {
+            format!("{}={}", key.to_string_lossy(), shell_quote(&value.to_string_lossy()))
+        })
     });
     let args = command.get_args().map(|arg: &OsStr| shell_quote(&arg.to_string_lossy()));
     envs.chain(std::iter::once(program_text)).chain(args).collect::<Vec<_>>().join(" ")
@@ -131,7 +150,9 @@ pub fn run_captured(command: &mut Command, limit: Duration) -> Result<Captured> 
             timed_out = true;
             // The child may exit between the check and the kill; the wait below settles it.
             let _ = child.kill();
-            break child.wait().with_context(|| format!("waiting for `{line}` after killing it"))?;
+            break child
+                .wait()
+                .with_context(|| format!("waiting for `{line}` after killing it"))?;
         }
         thread::sleep(Duration::from_millis(20));
     };
@@ -182,7 +203,7 @@ mod tests {
         let mut command = Command::new("apt-get");
         command.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "xvfb"]);
         assert_eq!(display(&command), "DEBIAN_FRONTEND=noninteractive apt-get install -y xvfb");
-        assert_eq!(display(&cargo().args(["fmt", "--all"])), "cargo fmt --all");
+        assert_eq!(display(cargo().args(["fmt", "--all"])), "cargo fmt --all");
     }
 
     #[test]

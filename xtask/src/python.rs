@@ -65,7 +65,8 @@ impl Venv {
             let Some(base) = python_that_makes_venvs() else {
                 bail!(
                     "no python3 on this machine can create a virtual environment; install \
-                     Python 3.11 or newer with venv support (on Debian: apt-get install python3-venv)"
+                     Python 3.11 or newer with venv support \
+                     (on Debian: apt-get install python3-venv)"
                 );
             };
             run(
@@ -85,8 +86,8 @@ impl Venv {
         run(
             "installing Python packages",
             Command::new(self.python())
-                .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-                .arg(&requirements_path),
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "-r", REQUIREMENTS])
+                .current_dir(repo),
         )?;
         std::fs::write(&stamp_path, format!("{wanted_stamp}\n"))
             .with_context(|| format!("writing {}", stamp_path.display()))

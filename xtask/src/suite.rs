@@ -16,8 +16,8 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::install::{
-    ARM_TARGETS, PYTHON_VENV_APT_PACKAGE, TEST_APT_PACKAGES, ensure_apt_packages, ensure_lint_tools,
-    ensure_rust_targets,
+    ARM_TARGETS, PYTHON_VENV_APT_PACKAGE, TEST_APT_PACKAGES, ensure_apt_packages,
+    ensure_lint_tools, ensure_rust_targets,
 };
 use crate::models;
 use crate::process::{cargo, repo_root, run, step, succeeds};
@@ -69,19 +69,31 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
     } else {
         checks.push(Check {
             name: "cargo fmt",
-            run: Box::new(|| run("checking formatting", cargo().args(["fmt", "--all", "--", "--check"]))),
+            run: Box::new(|| {
+                run("checking formatting", cargo().args(["fmt", "--all", "--", "--check"]))
+            }),
         });
         checks.push(Check {
             name: "cargo clippy",
             run: Box::new(|| {
                 run(
                     "linting",
-                    cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+                    cargo().args([
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
                 )
             }),
         });
     }
-    checks.push(Check { name: "tests", run: Box::new(|| run("running the tests", &mut test_command(options))) });
+    checks.push(Check {
+        name: "tests",
+        run: Box::new(|| run("running the tests", &mut test_command(options))),
+    });
     if options.runner_args.is_empty() {
         checks.push(Check {
             name: "doc tests",

@@ -7,7 +7,8 @@
 use anyhow::{Result, bail};
 
 /// The standard base64 alphabet (RFC 4648 section 4), which DSSE payloads use.
-const BASE64_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Where the first occurrence of `needle` starts in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -43,11 +44,18 @@ pub fn flip_base64_char_after(data: &mut [u8], needle: &[u8]) -> Result<usize> {
         bail!("the string after {:?} is not terminated", String::from_utf8_lossy(needle));
     };
     if length < 8 {
-        bail!("the string after {:?} is too short to tamper with ({length} characters)", String::from_utf8_lossy(needle));
+        bail!(
+            "the string after {:?} is too short to tamper with ({length} characters)",
+            String::from_utf8_lossy(needle)
+        );
     }
     let offset = start + length / 2;
     let Some(index) = BASE64_ALPHABET.iter().position(|&letter| letter == data[offset]) else {
-        bail!("the string after {:?} is not base64 (found {:?})", String::from_utf8_lossy(needle), data[offset] as char);
+        bail!(
+            "the string after {:?} is not base64 (found {:?})",
+            String::from_utf8_lossy(needle),
+            data[offset] as char
+        );
     };
     data[offset] = other_base64_char(index);
     Ok(offset)
@@ -80,7 +88,8 @@ mod tests {
     #[test]
     fn flipping_inside_changes_exactly_the_middle_byte_of_the_needle() -> Result<()> {
         let model = b"\x08\x08\x12\x06onnx-model-bytes\x00\xff";
-        for (prefix, suffix) in [(&b"tar header.."[..], &b"..padding"[..]), (b"", b""), (b"x", b"")] {
+        for (prefix, suffix) in [(&b"tar header.."[..], &b"..padding"[..]), (b"", b""), (b"x", b"")]
+        {
             let original = [prefix, &model[..], suffix].concat();
             let mut tampered = original.clone();
             let offset = flip_byte_inside(&mut tampered, model)?;
@@ -109,13 +118,21 @@ mod tests {
 
     #[test]
     fn flipping_a_payload_changes_one_base64_char_in_the_middle_of_the_payload() -> Result<()> {
-        let envelope = br#"{"payloadType":"application/vnd.outpost.bundle-manifest+json","payload":"eyJuYW1lIjoiZnJhdWQtc2NvcmVyIn0=","signatures":[{"keyid":"k","sig":"c2ln"}]}"#;
+        let envelope = concat!(
+            r#"{"payloadType":"application/vnd.outpost.bundle-manifest+json","#,
+            r#""payload":"eyJuYW1lIjoiZnJhdWQtc2NvcmVyIn0=","#,
+            r#""signatures":[{"keyid":"k","sig":"c2ln"}]}"#
+        )
+        .as_bytes();
         let mut tampered = envelope.to_vec();
         let offset = flip_base64_char_after(&mut tampered, br#""payload":""#)?;
         assert_eq!(differing_offsets(envelope, &tampered), [offset]);
         let payload_start = find(envelope, b"eyJ").expect("payload present");
         let payload_end = payload_start + "eyJuYW1lIjoiZnJhdWQtc2NvcmVyIn0=".len();
-        assert!((payload_start..payload_end - 4).contains(&offset), "offset {offset} is inside the payload, before its last quantum");
+        assert!(
+            (payload_start..payload_end - 4).contains(&offset),
+            "offset {offset} is inside the payload, before its last quantum"
+        );
         assert!(BASE64_ALPHABET.contains(&tampered[offset]));
         assert_ne!(tampered[offset], envelope[offset]);
         Ok(())
@@ -133,8 +150,16 @@ mod tests {
 
     #[test]
     fn short_or_unterminated_payloads_are_refused() {
-        assert!(flip_base64_char_after(&mut br#""payload":"abc""#.to_vec(), br#""payload":""#).is_err());
-        assert!(flip_base64_char_after(&mut br#""payload":"abcdefghijkl"#.to_vec(), br#""payload":""#).is_err());
-        assert!(flip_base64_char_after(&mut br#""payload":"!!!!!!!!!!""#.to_vec(), br#""payload":""#).is_err());
+        assert!(
+            flip_base64_char_after(&mut br#""payload":"abc""#.to_vec(), br#""payload":""#).is_err()
+        );
+        assert!(
+            flip_base64_char_after(&mut br#""payload":"abcdefghijkl"#.to_vec(), br#""payload":""#)
+                .is_err()
+        );
+        assert!(
+            flip_base64_char_after(&mut br#""payload":"!!!!!!!!!!""#.to_vec(), br#""payload":""#)
+                .is_err()
+        );
     }
 }
