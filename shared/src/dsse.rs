@@ -99,7 +99,7 @@ impl Envelope {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The decoded payload bytes. Unverified: read signed fields only after [`verify`].
+    /// The decoded payload bytes. Unverified: read signed fields only after [`Envelope::verify`].
     pub fn payload_bytes(&self) -> Result<Vec<u8>, VerifyError> {
         B64.decode(&self.payload)
             .map_err(|e| VerifyError::malformed("envelope", format!("payload is not base64: {e}")))

@@ -92,7 +92,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         let x = [i as f32];
         builder.observe(&[TensorView { name: "x", shape: &[1, 1], data: &x }], &[]);
     }
-    let profile = builder.finish().map(|p| serde_json::to_vec(&p).unwrap_or_default()).unwrap_or_default();
+    let profile =
+        builder.finish().map(|p| serde_json::to_vec(&p).unwrap_or_default()).unwrap_or_default();
     let golden = serde_json::to_vec(&Golden {
         atol: 1e-4,
         rtol: 1e-3,

@@ -358,7 +358,7 @@ mod tests {
         let mut builder = ProfileBuilder::new(sources, out, Some(("p".into(), 2)), 4);
         for i in 0..100 {
             let x = [i as f32];
-            let p = if i % 4 == 0 { [0.9, 0.1] } else { [0.2, 0.8] };
+            let p = if i % 4 == 0 { [0.95, 0.05] } else { [0.2, 0.8] };
             builder.observe(
                 &[TensorView { name: "x", shape: &[1, 1], data: &x }],
                 &[TensorView { name: "p", shape: &[1, 2], data: &p }],
@@ -372,6 +372,7 @@ mod tests {
         let classifier = profile.classifier.expect("classifier");
         assert_eq!(classifier.class_counts, vec![25, 75]);
         assert_eq!(classifier.confidence.counts[8], 75);
+        assert_eq!(classifier.confidence.counts[9], 25);
         profile.outputs[0].histogram.validate().expect("valid");
     }
 

@@ -30,7 +30,8 @@ pub struct Selector {
     terms: Vec<Term>,
 }
 
-fn valid_token(s: &str) -> bool {
+/// Whether `s` is a valid tag key or value: 1-64 characters of `A-Z a-z 0-9 . _ - / :`.
+pub fn valid_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'))

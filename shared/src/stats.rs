@@ -57,7 +57,7 @@ impl Moments {
         let delta = other.mean - self.mean;
         self.mean += delta * n_b / n;
         self.m2 += other.m2 + delta * delta * n_a * n_b / n;
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.min = match (self.min, other.min) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -158,18 +158,24 @@ impl Histogram {
             return Err(HistogramError::EdgesDiffer);
         }
         other.validate()?;
+        // Counts come from the network: saturate rather than overflow on hostile values.
         for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.underflow += other.underflow;
-        self.overflow += other.overflow;
-        self.nan += other.nan;
+        self.underflow = self.underflow.saturating_add(other.underflow);
+        self.overflow = self.overflow.saturating_add(other.overflow);
+        self.nan = self.nan.saturating_add(other.nan);
         Ok(())
     }
 
     /// Every count including underflow, overflow and NaN.
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum::<u64>() + self.underflow + self.overflow + self.nan
+        self.counts
+            .iter()
+            .fold(0u64, |acc, c| acc.saturating_add(*c))
+            .saturating_add(self.underflow)
+            .saturating_add(self.overflow)
+            .saturating_add(self.nan)
     }
 
     /// Counts laid out as `[underflow, bins…, overflow, nan]`, the vector drift metrics compare.

@@ -17,7 +17,8 @@ fn load(name: &str) -> Model {
 }
 
 fn golden(name: &str) -> Golden {
-    serde_json::from_slice(&std::fs::read(models_dir().join(name)).expect("golden file")).expect("golden json")
+    serde_json::from_slice(&std::fs::read(models_dir().join(name)).expect("golden file"))
+        .expect("golden json")
 }
 
 fn request(tensors: Vec<Tensor>) -> InferenceRequest {
@@ -46,7 +47,9 @@ fn schemas_are_read_from_the_models() {
 #[test]
 fn golden_sets_pass_and_a_wrong_expectation_fails() {
     for name in ["mlp_classifier", "batched_classifier", "regressor", "cnn"] {
-        load(&format!("{name}.onnx")).check_golden(&golden(&format!("{name}.golden.json"))).expect(name);
+        load(&format!("{name}.onnx"))
+            .check_golden(&golden(&format!("{name}.golden.json")))
+            .expect(name);
     }
     let error = load("mlp_classifier.onnx")
         .check_golden(&golden("mlp_classifier.bad_golden.json"))
@@ -58,7 +61,8 @@ fn golden_sets_pass_and_a_wrong_expectation_fails() {
 fn unloadable_models_name_the_reason() {
     let invalid = Model::load(&std::fs::read(models_dir().join("invalid.onnx")).expect("file"));
     assert!(matches!(invalid, Err(LoadError::Parse(_))), "{invalid:?}");
-    let unsupported = Model::load(&std::fs::read(models_dir().join("unsupported_op.onnx")).expect("file"));
+    let unsupported =
+        Model::load(&std::fs::read(models_dir().join("unsupported_op.onnx")).expect("file"));
     match unsupported {
         Err(LoadError::UnsupportedOperator { op, node }) => {
             assert_eq!(op, "Frobnicate");
@@ -73,7 +77,9 @@ fn unloadable_models_name_the_reason() {
 fn batches_run_when_the_model_allows() {
     let model = load("batched_classifier.onnx");
     let data: Vec<f64> = (0..24).map(|i| i as f64 / 10.0).collect();
-    let outputs = model.infer(&request(vec![Tensor::new("features", "FP32", vec![3, 8], data)])).expect("batch of 3");
+    let outputs = model
+        .infer(&request(vec![Tensor::new("features", "FP32", vec![3, 8], data)]))
+        .expect("batch of 3");
     assert_eq!(outputs[0].shape, vec![3, 3]);
     for row in outputs[0].data.chunks(3) {
         let sum: f32 = row.iter().sum();
@@ -81,7 +87,9 @@ fn batches_run_when_the_model_allows() {
     }
     let fixed = load("mlp_classifier.onnx");
     let data: Vec<f64> = (0..16).map(f64::from).collect();
-    let error = fixed.infer(&request(vec![Tensor::new("features", "FP32", vec![2, 8], data)])).expect_err("fixed batch");
+    let error = fixed
+        .infer(&request(vec![Tensor::new("features", "FP32", vec![2, 8], data)]))
+        .expect_err("fixed batch");
     assert!(matches!(error, InferError::Shape { .. }), "{error}");
 }
 
@@ -95,11 +103,31 @@ fn bad_requests_are_refused_with_the_reason() {
         assert!(error.to_string().contains(needle), "`{error}` should contain `{needle}`");
     };
     check(vec![], "bad_input_name", "missing input `features`");
-    check(vec![good(), Tensor::new("extra", "FP32", vec![1], vec![1.0])], "bad_input_name", "unknown input `extra`");
-    check(vec![Tensor::new("features", "FP32", vec![1, 7], vec![0.5; 7])], "bad_shape", "shape [1, 7]");
-    check(vec![Tensor::new("features", "FP32", vec![1, 8], vec![0.5; 7])], "bad_shape", "holds 8 elements but data has 7");
-    check(vec![Tensor::new("features", "INT64", vec![1, 8], vec![1.0; 8])], "bad_datatype", "the model expects FP32");
-    check(vec![Tensor::new("features", "STRING", vec![1, 8], vec![1.0; 8])], "bad_datatype", "unsupported datatype");
+    check(
+        vec![good(), Tensor::new("extra", "FP32", vec![1], vec![1.0])],
+        "bad_input_name",
+        "unknown input `extra`",
+    );
+    check(
+        vec![Tensor::new("features", "FP32", vec![1, 7], vec![0.5; 7])],
+        "bad_shape",
+        "shape [1, 7]",
+    );
+    check(
+        vec![Tensor::new("features", "FP32", vec![1, 8], vec![0.5; 7])],
+        "bad_shape",
+        "holds 8 elements but data has 7",
+    );
+    check(
+        vec![Tensor::new("features", "INT64", vec![1, 8], vec![1.0; 8])],
+        "bad_datatype",
+        "the model expects FP32",
+    );
+    check(
+        vec![Tensor::new("features", "STRING", vec![1, 8], vec![1.0; 8])],
+        "bad_datatype",
+        "unsupported datatype",
+    );
     let mut nan = good();
     nan.data[3] = f64::NAN;
     check(vec![nan], "bad_value", "element 3 is not a finite number");
@@ -107,7 +135,8 @@ fn bad_requests_are_refused_with_the_reason() {
     inf.data[0] = f64::INFINITY;
     check(vec![inf], "bad_value", "element 0");
     let mut unknown_output = request(vec![good()]);
-    unknown_output.outputs = Some(vec![outpost_shared::oip::RequestedOutput { name: "nope".into() }]);
+    unknown_output.outputs =
+        Some(vec![outpost_shared::oip::RequestedOutput { name: "nope".into() }]);
     assert!(matches!(model.infer(&unknown_output), Err(InferError::UnknownOutput(_))));
     // The model still answers after every refusal.
     assert_eq!(model.infer(&request(vec![good()])).expect("good request")[0].shape, vec![1, 3]);
@@ -116,7 +145,8 @@ fn bad_requests_are_refused_with_the_reason() {
 #[test]
 fn profile_matches_the_reference_implementation() {
     let model = load("mlp_classifier.onnx");
-    let text = std::fs::read_to_string(models_dir().join("mlp_classifier.baseline.csv")).expect("csv");
+    let text =
+        std::fs::read_to_string(models_dir().join("mlp_classifier.baseline.csv")).expect("csv");
     let mut lines = text.lines();
     let header: Vec<String> = lines.next().expect("header").split(',').map(String::from).collect();
     let requests: Vec<InferenceRequest> = lines

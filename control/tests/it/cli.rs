@@ -79,11 +79,32 @@ impl Workspace {
             w.ok(&["keys", "generate", "--name", name, "--role", role, "--out", "keys"]);
         }
         w.ok(&[
-            "trust", "init", "--root", "keys/root1.pub.json", "--root", "keys/root2.pub.json",
-            "--root-threshold", "2", "--approver", "keys/alice.pub.json", "--approver",
-            "keys/bob.pub.json", "--approver", "keys/carol.pub.json", "--approvals", "2",
-            "--publisher", "keys/ci.pub.json", "--expires-in", "30", "--sign",
-            "keys/root1.key.json", "--sign", "keys/root2.key.json", "--out", "root.json",
+            "trust",
+            "init",
+            "--root",
+            "keys/root1.pub.json",
+            "--root",
+            "keys/root2.pub.json",
+            "--root-threshold",
+            "2",
+            "--approver",
+            "keys/alice.pub.json",
+            "--approver",
+            "keys/bob.pub.json",
+            "--approver",
+            "keys/carol.pub.json",
+            "--approvals",
+            "2",
+            "--publisher",
+            "keys/ci.pub.json",
+            "--expires-in",
+            "30",
+            "--sign",
+            "keys/root1.key.json",
+            "--sign",
+            "keys/root2.key.json",
+            "--out",
+            "root.json",
         ]);
         w.create_bundle("unsigned.bundle", "mlp_classifier.golden.json");
         std::fs::copy(w.path("unsigned.bundle"), w.path("m.bundle")).expect("copy");
@@ -93,9 +114,22 @@ impl Workspace {
 
     fn create_bundle(&self, out: &str, golden: &str) -> Output {
         self.run(&[
-            "bundle", "create", "--model", &model("mlp_classifier.onnx"), "--name", "fraud",
-            "--version", "1.0.0", "--baseline", &model("mlp_classifier.baseline.csv"), "--golden",
-            &model(golden), "--lineage", &model("mlp_classifier.lineage.json"), "--out", out,
+            "bundle",
+            "create",
+            "--model",
+            &model("mlp_classifier.onnx"),
+            "--name",
+            "fraud",
+            "--version",
+            "1.0.0",
+            "--baseline",
+            &model("mlp_classifier.baseline.csv"),
+            "--golden",
+            &model(golden),
+            "--lineage",
+            &model("mlp_classifier.lineage.json"),
+            "--out",
+            out,
         ])
     }
 
@@ -120,30 +154,44 @@ fn bundle_verify_accepts_the_good_bundle_and_names_each_tampering() {
     let model_bytes = std::fs::read(models().join("mlp_classifier.onnx")).expect("model");
     let golden_bytes = std::fs::read(models().join("mlp_classifier.golden.json")).expect("golden");
     let cases = [
-        (w.tampered("model.bundle", |b| {
-            let at = find(b, &model_bytes) + model_bytes.len() / 2;
-            b[at] ^= 0x01;
-        }), "digest mismatch for model.onnx"),
-        (w.tampered("golden.bundle", |b| {
-            let at = find(b, &golden_bytes) + 10;
-            b[at] ^= 0x01;
-        }), "digest mismatch for golden.json"),
-        (w.tampered("manifest.bundle", |b| {
-            let at = find(b, b"\"payload\":\"") + 20;
-            b[at] = if b[at] == b'A' { b'B' } else { b'A' };
-        }), "bad signature"),
+        (
+            w.tampered("model.bundle", |b| {
+                let at = find(b, &model_bytes) + model_bytes.len() / 2;
+                b[at] ^= 0x01;
+            }),
+            "digest mismatch for model.onnx",
+        ),
+        (
+            w.tampered("golden.bundle", |b| {
+                let at = find(b, &golden_bytes) + 10;
+                b[at] ^= 0x01;
+            }),
+            "digest mismatch for golden.json",
+        ),
+        (
+            w.tampered("manifest.bundle", |b| {
+                let at = find(b, b"\"payload\":\"") + 20;
+                b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+            }),
+            "bad signature",
+        ),
         (w.tampered("header.bundle", |b| b[0] ^= 0x01), "malformed bundle"),
-        (w.tampered("padding.bundle", |b| {
-            let len = b.len();
-            b[len - 1] = 1;
-        }), "not in canonical form"),
+        (
+            w.tampered("padding.bundle", |b| {
+                let len = b.len();
+                b[len - 1] = 1;
+            }),
+            "not in canonical form",
+        ),
         (w.tampered("truncated.bundle", |b| b.truncate(b.len() / 2)), "malformed bundle"),
         ("unsigned.bundle".to_string(), "too few distinct publisher signatures: 0 valid of 1"),
     ];
     std::fs::copy(w.path("unsigned.bundle"), w.path("mallory.bundle")).expect("copy");
     w.ok(&["bundle", "sign", "--key", "keys/mallory.key.json", "mallory.bundle"]);
     let mut messages = Vec::new();
-    for (file, needle) in cases.iter().map(|(f, n)| (f.as_str(), *n)).chain([("mallory.bundle", "unknown key")]) {
+    for (file, needle) in
+        cases.iter().map(|(f, n)| (f.as_str(), *n)).chain([("mallory.bundle", "unknown key")])
+    {
         let stderr = w.refused(&["bundle", "verify", "--trust", "root.json", file]);
         assert!(stderr.contains("rejected") || stderr.contains("malformed"), "{file}: {stderr}");
         assert!(stderr.contains(needle), "{file}: `{stderr}` should contain `{needle}`");
@@ -160,29 +208,70 @@ fn bundle_create_refuses_bad_models_and_golden_mismatches() {
     let out = w.create_bundle("bad.bundle", "mlp_classifier.bad_golden.json");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("do not match the golden set") && stderr.contains("golden case 0"), "{stderr}");
+    assert!(
+        stderr.contains("do not match the golden set") && stderr.contains("golden case 0"),
+        "{stderr}"
+    );
     assert!(!w.path("bad.bundle").exists(), "nothing is written for a refused model");
 
-    for (file, needle) in [("invalid.onnx", "not a readable ONNX model"), ("unsupported_op.onnx", "operator Frobnicate")] {
+    for (file, needle) in [
+        ("invalid.onnx", "not a readable ONNX model"),
+        ("unsupported_op.onnx", "operator Frobnicate"),
+    ] {
         let stderr = w.refused(&[
-            "bundle", "create", "--model", &model(file), "--name", "x", "--version", "1",
-            "--baseline", &model("mlp_classifier.baseline.csv"), "--golden",
-            &model("mlp_classifier.golden.json"), "--out", "bad.bundle",
+            "bundle",
+            "create",
+            "--model",
+            &model(file),
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--baseline",
+            &model("mlp_classifier.baseline.csv"),
+            "--golden",
+            &model("mlp_classifier.golden.json"),
+            "--out",
+            "bad.bundle",
         ]);
         assert!(stderr.contains(needle), "{file}: {stderr}");
     }
     let stderr = w.refused(&[
-        "bundle", "create", "--model", &model("mlp_classifier.onnx"), "--name", "x", "--version",
-        "1", "--baseline", &model("regressor.baseline.csv"), "--golden",
-        &model("mlp_classifier.golden.json"), "--out", "bad.bundle",
+        "bundle",
+        "create",
+        "--model",
+        &model("mlp_classifier.onnx"),
+        "--name",
+        "x",
+        "--version",
+        "1",
+        "--baseline",
+        &model("regressor.baseline.csv"),
+        "--golden",
+        &model("mlp_classifier.golden.json"),
+        "--out",
+        "bad.bundle",
     ]);
     assert!(stderr.contains("has 6 columns but input `features` takes 8 features"), "{stderr}");
 
     // The CNN takes a JSONL baseline of OIP v2 requests and is profiled per channel.
     w.ok(&[
-        "bundle", "create", "--model", &model("cnn.onnx"), "--name", "digits", "--version", "2",
-        "--baseline", &model("cnn.baseline.jsonl"), "--golden", &model("cnn.golden.json"),
-        "--key", "keys/ci.key.json", "--out", "cnn.bundle",
+        "bundle",
+        "create",
+        "--model",
+        &model("cnn.onnx"),
+        "--name",
+        "digits",
+        "--version",
+        "2",
+        "--baseline",
+        &model("cnn.baseline.jsonl"),
+        "--golden",
+        &model("cnn.golden.json"),
+        "--key",
+        "keys/ci.key.json",
+        "--out",
+        "cnn.bundle",
     ]);
     w.ok(&["bundle", "verify", "--trust", "root.json", "cnn.bundle"]);
     let inspect = w.ok(&["bundle", "inspect", "cnn.bundle"]);
@@ -192,7 +281,20 @@ fn bundle_create_refuses_bad_models_and_golden_mismatches() {
 #[test]
 fn plans_need_k_distinct_approvers_and_check_the_cohort() {
     let w = Workspace::with_fleet();
-    w.ok(&["plan", "create", "--bundle", "m.bundle", "--cohort", "site=berlin", "--seq", "3", "--expires-in", "24", "--out", "p.plan"]);
+    w.ok(&[
+        "plan",
+        "create",
+        "--bundle",
+        "m.bundle",
+        "--cohort",
+        "site=berlin",
+        "--seq",
+        "3",
+        "--expires-in",
+        "24",
+        "--out",
+        "p.plan",
+    ]);
     let none = w.refused(&["plan", "verify", "--trust", "root.json", "p.plan"]);
     assert!(none.contains("0 valid of 2 required"), "{none}");
     w.ok(&["plan", "sign", "--key", "keys/alice.key.json", "p.plan"]);
@@ -201,14 +303,34 @@ fn plans_need_k_distinct_approvers_and_check_the_cohort() {
     assert!(one.contains("1 valid of 2 required"), "the same approver twice counts once: {one}");
     w.ok(&["plan", "sign", "--key", "keys/ci.key.json", "p.plan"]);
     let publisher = w.refused(&["plan", "verify", "--trust", "root.json", "p.plan"]);
-    assert!(publisher.contains("1 valid of 2 required") && publisher.contains("unknown key"), "{publisher}");
+    assert!(
+        publisher.contains("1 valid of 2 required") && publisher.contains("unknown key"),
+        "{publisher}"
+    );
     w.ok(&["plan", "sign", "--key", "keys/bob.key.json", "p.plan"]);
     let accepted = w.ok(&["plan", "verify", "--trust", "root.json", "p.plan"]);
     assert!(accepted.contains("accepted: plan fraud@1.0.0-3 seq 3"), "{accepted}");
-    w.ok(&["plan", "verify", "--trust", "root.json", "p.plan", "--device-tags", "site=berlin,hw=rpi4"]);
-    let outside = w.refused(&["plan", "verify", "--trust", "root.json", "p.plan", "--device-tags", "site=paris"]);
+    w.ok(&[
+        "plan",
+        "verify",
+        "--trust",
+        "root.json",
+        "p.plan",
+        "--device-tags",
+        "site=berlin,hw=rpi4",
+    ]);
+    let outside = w.refused(&[
+        "plan",
+        "verify",
+        "--trust",
+        "root.json",
+        "p.plan",
+        "--device-tags",
+        "site=paris",
+    ]);
     assert!(outside.contains("not in the plan's cohort `site=berlin`"), "{outside}");
-    let replay = w.refused(&["plan", "verify", "--trust", "root.json", "p.plan", "--last-seq", "3"]);
+    let replay =
+        w.refused(&["plan", "verify", "--trust", "root.json", "p.plan", "--last-seq", "3"]);
     assert!(replay.contains("sequence 3 is not above the last accepted sequence 3"), "{replay}");
     // Changing the plan after approval breaks every signature.
     let mut bytes = std::fs::read(w.path("p.plan")).expect("plan");
@@ -225,8 +347,18 @@ fn trust_roots_rotate_only_with_old_and_new_root_signatures() {
     w.ok(&["keys", "generate", "--name", "ci2", "--role", "publisher", "--out", "keys"]);
     w.ok(&["keys", "generate", "--name", "root3", "--role", "root", "--out", "keys"]);
     w.ok(&[
-        "trust", "add-key", "--trust", "root.json", "--key", "keys/ci2.pub.json", "--sign",
-        "keys/root1.key.json", "--sign", "keys/root2.key.json", "--out", "root-v2.json",
+        "trust",
+        "add-key",
+        "--trust",
+        "root.json",
+        "--key",
+        "keys/ci2.pub.json",
+        "--sign",
+        "keys/root1.key.json",
+        "--sign",
+        "keys/root2.key.json",
+        "--out",
+        "root-v2.json",
     ]);
     let verified = w.ok(&["trust", "verify", "--trust", "root.json", "root-v2.json"]);
     assert!(verified.contains("version 2 succeeds version 1"), "{verified}");
@@ -235,16 +367,40 @@ fn trust_roots_rotate_only_with_old_and_new_root_signatures() {
 
     // Replacing root2 by root3 needs root1+root2 (old threshold) and root1+root3 (new threshold).
     let refused = w.refused(&[
-        "trust", "rotate", "--trust", "root-v2.json", "--add", "keys/root3.pub.json", "--remove",
-        &key_id(&w, "keys/root2.pub.json"), "--sign", "keys/root1.key.json", "--sign",
-        "keys/root3.key.json", "--out", "root-v3.json",
+        "trust",
+        "rotate",
+        "--trust",
+        "root-v2.json",
+        "--add",
+        "keys/root3.pub.json",
+        "--remove",
+        &key_id(&w, "keys/root2.pub.json"),
+        "--sign",
+        "keys/root1.key.json",
+        "--sign",
+        "keys/root3.key.json",
+        "--out",
+        "root-v3.json",
     ]);
     assert!(refused.contains("not signed by the current root keys"), "{refused}");
     assert!(!w.path("root-v3.json").exists(), "a refused root is not written");
     w.ok(&[
-        "trust", "rotate", "--trust", "root-v2.json", "--add", "keys/root3.pub.json", "--remove",
-        &key_id(&w, "keys/root2.pub.json"), "--sign", "keys/root1.key.json", "--sign",
-        "keys/root2.key.json", "--sign", "keys/root3.key.json", "--out", "root-v3.json",
+        "trust",
+        "rotate",
+        "--trust",
+        "root-v2.json",
+        "--add",
+        "keys/root3.pub.json",
+        "--remove",
+        &key_id(&w, "keys/root2.pub.json"),
+        "--sign",
+        "keys/root1.key.json",
+        "--sign",
+        "keys/root2.key.json",
+        "--sign",
+        "keys/root3.key.json",
+        "--out",
+        "root-v3.json",
     ]);
     w.ok(&["trust", "verify", "--trust", "root-v2.json", "root-v3.json"]);
     let skipped = w.refused(&["trust", "verify", "--trust", "root-v3.json", "root-v2.json"]);
@@ -266,14 +422,32 @@ fn private_keys_are_encrypted_and_need_the_passphrase() {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(w.path("keys/alice.key.json")).expect("meta").permissions().mode();
     assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
-    let again = w.refused(&["keys", "generate", "--name", "alice", "--role", "approver", "--out", "keys"]);
+    let again =
+        w.refused(&["keys", "generate", "--name", "alice", "--role", "approver", "--out", "keys"]);
     assert!(again.contains("exists"), "{again}");
     std::fs::write(w.path("p.plan"), b"{}").expect("write");
     let out = w.run_with("wrong", &["plan", "sign", "--key", "keys/alice.key.json", "p.plan"]);
     assert_eq!(out.status.code(), Some(1));
     let out = w.run_with(
         "wrong",
-        &["trust", "init", "--root", "keys/alice.pub.json", "--root-threshold", "1", "--approver", "keys/alice.pub.json", "--approvals", "1", "--publisher", "keys/alice.pub.json", "--sign", "keys/alice.key.json", "--out", "r.json"],
+        &[
+            "trust",
+            "init",
+            "--root",
+            "keys/alice.pub.json",
+            "--root-threshold",
+            "1",
+            "--approver",
+            "keys/alice.pub.json",
+            "--approvals",
+            "1",
+            "--publisher",
+            "keys/alice.pub.json",
+            "--sign",
+            "keys/alice.key.json",
+            "--out",
+            "r.json",
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is a approver key, expected a root key"), "{stderr}");

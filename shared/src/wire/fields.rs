@@ -204,12 +204,7 @@ pub(crate) fn check_tag(
     field: &'static str,
     value: &str,
 ) -> Result<(), WireError> {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_TAG_BYTES
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':'));
-    if valid {
+    if crate::selector::valid_token(value) {
         Ok(())
     } else {
         Err(invalid(

@@ -497,14 +497,13 @@ fn publications_carry_channel_qos_and_retain() {
     );
 }
 
-/// Histogram edges must cross the wire bit for bit: windows merge only over identical edges.
-/// serde_json's default float parser is not exact for every value; its `float_roundtrip`
-/// feature is. FIXME: enable `serde_json/float_roundtrip` in the workspace `Cargo.toml`, then
-/// turn this into the property "every finite f64 survives `to_string` → `from_str` exactly".
-#[test]
-fn floats_do_not_yet_survive_the_wire_exactly() {
-    let value = 8.665884139148925e-20_f64;
-    let text = serde_json::to_string(&value).expect("serialize");
-    let back: f64 = serde_json::from_str(&text).expect("parse");
-    assert_ne!(back.to_bits(), value.to_bits(), "float_roundtrip is on: update this test");
+proptest::proptest! {
+    /// Floats survive the wire bit for bit (`serde_json`'s `float_roundtrip`), so windows that
+    /// carry bin edges merge exactly after a JSON round trip.
+    #[test]
+    fn floats_survive_the_wire_exactly(value in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO) {
+        let text = serde_json::to_string(&value).expect("serialize");
+        let back: f64 = serde_json::from_str(&text).expect("parse");
+        proptest::prop_assert_eq!(back.to_bits(), value.to_bits());
+    }
 }
