@@ -1,0 +1,1 @@
+//! Real MQTT brokers for tests (being written).

@@ -1,0 +1,1 @@
+//! Signed fixtures for tests (being written).

@@ -1,0 +1,1 @@
+//! Waiting on conditions with timeouts (being written).
