@@ -33,11 +33,11 @@ fn corpus_replays_without_panics() {
             replayed += 1;
         }
     }
-    assert!(replayed >= 8, "the corpus holds at least the generated seeds, found {replayed}");
+    assert!(replayed >= 100, "the corpus should hold the fuzzer's inputs, found {replayed}");
 }
 
 #[test]
-fn seeds_are_valid_documents_and_are_in_the_corpus() {
+fn seeds_are_valid_documents_and_replay() {
     let trust = fuzzing::fixture_trust_root();
     let now = time::macros::datetime!(2026-06-01 0:00 UTC);
     let write = std::env::var_os("OUTPOST_WRITE_FUZZ_SEEDS").is_some();
@@ -54,11 +54,10 @@ fn seeds_are_valid_documents_and_are_in_the_corpus() {
             }
             _ => {}
         }
-        let path = corpus_dir(target).join(format!("seed-{name}"));
+        run(target, &data);
         if write {
             std::fs::create_dir_all(corpus_dir(target)).expect("mkdir");
-            std::fs::write(&path, &data).expect("write seed");
+            std::fs::write(corpus_dir(target).join(format!("seed-{name}")), &data).expect("write seed");
         }
-        assert!(path.exists(), "{} missing: run with OUTPOST_WRITE_FUZZ_SEEDS=1", path.display());
     }
 }
