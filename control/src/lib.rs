@@ -4,7 +4,13 @@
 //!   `bundle`, `plan`). Commands are thin: verification and document logic live in
 //!   `outpost-shared`; this crate adds files, passphrases and human output.
 //! - [`files`]: atomic writes and key file handling.
+//! - [`server`] (`outpost serve`), [`config`], [`store`] (SQLite / PostgreSQL), [`api`] (REST,
+//!   route table with roles, OpenAPI, and the client the CLI uses).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
+pub mod config;
 pub mod files;
+pub mod server;
+pub mod store;

@@ -7,9 +7,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use outpost_shared::verify::Role;
 
 mod bundle;
+pub mod devices;
 mod keys;
+pub mod model;
 mod plan;
+pub mod remote;
+pub mod serve;
 mod trust;
+pub mod users;
 
 /// Outpost: govern ML models on fleets of edge devices.
 #[derive(Debug, Parser)]
@@ -33,6 +38,17 @@ pub enum Command {
     /// Rollout plans: create, approve (sign) and verify.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// The control server: run it, or print its documented default configuration.
+    Serve(serve::ServeArgs),
+    /// The server's model registry: push, list, show.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// The server's fleet inventory.
+    #[command(subcommand)]
+    Devices(devices::DevicesCommand),
+    /// API users and their tokens.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
 }
 
 /// A key's role, as given on the command line.
@@ -301,6 +317,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Trust(command) => trust::run(command),
         Command::Bundle(command) => bundle::run(command),
         Command::Plan(command) => plan::run(command),
+        Command::Serve(args) => serve::run(args),
+        Command::Model(command) => model::run(command),
+        Command::Devices(command) => devices::run(command),
+        Command::Users(command) => users::run(command),
     }
 }
 

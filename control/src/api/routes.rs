@@ -1,0 +1,332 @@
+//! The route table: every API route, who may call it, and what it documents.
+//!
+//! This table is the single source of truth for authorization: the router is built from it
+//! ([`super::router`] matches exhaustively on [`RouteId`], so a route without an entry cannot
+//! exist), the authorization layer looks each request's route up here, the OpenAPI document is
+//! generated from it, and the authorization matrix test iterates it.
+
+use crate::store::users::UserRole;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token.
+    Public,
+    /// A bearer token of a user with one of these roles.
+    Roles(&'static [UserRole]),
+}
+
+impl Access {
+    /// Whether a user with `role` may call the route.
+    pub fn allows(self, role: UserRole) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Roles(roles) => roles.contains(&role),
+        }
+    }
+}
+
+/// HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+        }
+    }
+}
+
+/// Every route, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteId {
+    Health,
+    OpenApi,
+    Metrics,
+    WhoAmI,
+    CreateUser,
+    ListUsers,
+    PushModel,
+    ListModels,
+    ShowModel,
+    ShowModelVersion,
+    ListDevices,
+    ShowDevice,
+    ListAuditEvents,
+}
+
+/// A query parameter, for the OpenAPI document.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryParameter {
+    pub name: &'static str,
+    pub schema_type: &'static str,
+    pub description: &'static str,
+}
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub id: RouteId,
+    pub method: HttpMethod,
+    /// axum / OpenAPI path syntax: `/v1/models/{name}`.
+    pub path: &'static str,
+    pub access: Access,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    /// Content type of the request body, if the route takes one.
+    pub request_body: Option<&'static str>,
+    pub query: &'static [QueryParameter],
+    /// Status of a successful answer.
+    pub success_status: u16,
+    /// Content type of a successful answer.
+    pub response_type: &'static str,
+}
+
+use UserRole::{Admin, Approver, Auditor, Operator};
+
+const EVERY_ROLE: &[UserRole] = &[Admin, Operator, Approver, Auditor];
+const ADMIN_ONLY: &[UserRole] = &[Admin];
+const ADMIN_AND_AUDITOR: &[UserRole] = &[Admin, Auditor];
+const PUBLISHERS: &[UserRole] = &[Admin, Operator];
+const MONITORS: &[UserRole] = &[Admin, Operator, Auditor];
+
+const JSON: &str = "application/json";
+
+/// The API.
+pub const ROUTES: &[Route] = &[
+    Route {
+        id: RouteId::Health,
+        method: HttpMethod::Get,
+        path: "/health",
+        access: Access::Public,
+        operation_id: "health",
+        summary: "Liveness: answers while the server runs.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::OpenApi,
+        method: HttpMethod::Get,
+        path: "/openapi.json",
+        access: Access::Public,
+        operation_id: "openapi",
+        summary: "This OpenAPI 3 document.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::Metrics,
+        method: HttpMethod::Get,
+        path: "/metrics",
+        access: Access::Roles(MONITORS),
+        operation_id: "metrics",
+        summary: "Prometheus metrics (text exposition format).",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: "text/plain; version=0.0.4",
+    },
+    Route {
+        id: RouteId::WhoAmI,
+        method: HttpMethod::Get,
+        path: "/v1/whoami",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "whoami",
+        summary: "The user the bearer token belongs to, and its role.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::CreateUser,
+        method: HttpMethod::Post,
+        path: "/v1/users",
+        access: Access::Roles(ADMIN_ONLY),
+        operation_id: "createUser",
+        summary: "Create a user with a role; the answer holds the user's token, shown only once.",
+        request_body: Some(JSON),
+        query: &[],
+        success_status: 201,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListUsers,
+        method: HttpMethod::Get,
+        path: "/v1/users",
+        access: Access::Roles(ADMIN_AND_AUDITOR),
+        operation_id: "listUsers",
+        summary: "Every user and role (never tokens).",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::PushModel,
+        method: HttpMethod::Post,
+        path: "/v1/models",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "pushModel",
+        summary: "Push a signed bundle (the request body is the bundle file). Verified against the \
+                  server's trust root; 201 when stored, 200 when the same bundle was already \
+                  stored, 409 when name@version holds a different bundle, 413 when too large, \
+                  422 when verification refuses it.",
+        request_body: Some("application/octet-stream"),
+        query: &[],
+        success_status: 201,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListModels,
+        method: HttpMethod::Get,
+        path: "/v1/models",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "listModels",
+        summary: "Every model with its versions and digests.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ShowModel,
+        method: HttpMethod::Get,
+        path: "/v1/models/{name}",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "showModel",
+        summary: "One model: every version with digest, lineage and profile summary.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ShowModelVersion,
+        method: HttpMethod::Get,
+        path: "/v1/models/{name}/versions/{version}",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "showModelVersion",
+        summary: "One model version: manifest, lineage, signers, profile summary.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListDevices,
+        method: HttpMethod::Get,
+        path: "/v1/devices",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "listDevices",
+        summary: "The fleet inventory, optionally filtered.",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "selector",
+                schema_type: "string",
+                description: "Tag selector, e.g. `site=berlin,hw=rpi4`.",
+            },
+            QueryParameter {
+                name: "online",
+                schema_type: "boolean",
+                description: "Only devices whose last state is online.",
+            },
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Active model `name` or `name@version`.",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ShowDevice,
+        method: HttpMethod::Get,
+        path: "/v1/devices/{device}",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "showDevice",
+        summary: "One device of the inventory.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListAuditEvents,
+        method: HttpMethod::Get,
+        path: "/v1/audit/events",
+        access: Access::Roles(ADMIN_AND_AUDITOR),
+        operation_id: "listAuditEvents",
+        summary: "Recent audit events, newest first (including denied requests).",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "action",
+                schema_type: "string",
+                description: "Only events of this action, e.g. `auth.denied`.",
+            },
+            QueryParameter {
+                name: "limit",
+                schema_type: "integer",
+                description: "At most this many events (default 100, at most 1000).",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+];
+
+/// The route `method path` (with the path as matched, e.g. `/v1/models/{name}`).
+pub fn find(method: &str, matched_path: &str) -> Option<&'static Route> {
+    ROUTES.iter().find(|route| route.method.as_str() == method && route.path == matched_path)
+}
+
+/// The names of a path's parameters: `/v1/models/{name}` → `["name"]`.
+pub fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_listed_once() {
+        for (index, route) in ROUTES.iter().enumerate() {
+            let duplicates = ROUTES
+                .iter()
+                .skip(index + 1)
+                .filter(|other| {
+                    other.id == route.id
+                        || (other.method == route.method && other.path == route.path)
+                        || other.operation_id == route.operation_id
+                })
+                .count();
+            assert_eq!(duplicates, 0, "{} {} is listed twice", route.method.as_str(), route.path);
+        }
+    }
+
+    #[test]
+    fn only_documentation_and_liveness_are_public() {
+        let public: Vec<_> = ROUTES
+            .iter()
+            .filter(|route| route.access == Access::Public)
+            .map(|route| route.path)
+            .collect();
+        assert_eq!(public, ["/health", "/openapi.json"]);
+        assert!(ROUTES.iter().all(|route| route.access.allows(UserRole::Admin)));
+    }
+}

@@ -1,0 +1,452 @@
+//! The control server's configuration, defined once.
+//!
+//! [`DEFAULT_CONFIG`] is `control/control.example.toml`, embedded: the documented example and
+//! the defaults are the same text. [`load`] layers it, then a file, then environment variables
+//! `OUTPOST__<SECTION>__<KEY>`, parses the result into [`RawConfig`] (unknown keys refused) and
+//! validates it into a typed [`ServerConfig`], so the server never sees an unchecked value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The documented default configuration (`outpost serve print-default-config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../control.example.toml");
+
+/// The prefix of environment overrides: `OUTPOST__API__LISTEN` sets `api.listen`.
+pub const ENV_PREFIX: &str = "OUTPOST__";
+
+/// Why a configuration was refused; each names the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin} is not valid TOML: {reason}")]
+    Syntax { origin: String, reason: String },
+    #[error("invalid configuration: {reason}")]
+    Invalid { reason: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Value { key: String, reason: String },
+}
+
+/// The configuration file as written: every key, as text or numbers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: String,
+    pub database: RawDatabase,
+    pub api: RawApi,
+    pub broker: RawBroker,
+    pub trust: RawTrust,
+    pub registry: RawRegistry,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    pub listen: String,
+    pub tls_cert: String,
+    pub tls_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub url: String,
+    pub embedded_listen: String,
+    pub client_id: String,
+    pub ca_file: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub username: String,
+    pub password: String,
+    pub keep_alive_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrust {
+    pub root: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    pub max_bundle_bytes: u64,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    /// The trust root file; `None`: the registry refuses pushes.
+    pub trust_root: Option<PathBuf>,
+    pub max_bundle_bytes: u64,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `None`: SQLite in the data directory.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+/// The REST API listener.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate_chain: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// The MQTT side.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub target: BrokerTarget,
+    /// `None`: `outpost-control-<random>`.
+    pub client_id: Option<String>,
+    pub keep_alive: std::time::Duration,
+}
+
+/// Which broker the control connects to.
+#[derive(Debug, Clone)]
+pub enum BrokerTarget {
+    /// An embedded rumqttd on this address.
+    Embedded { listen: SocketAddr },
+    /// A broker run elsewhere.
+    External(ExternalBroker),
+}
+
+/// An external broker and how to connect to it.
+#[derive(Debug, Clone)]
+pub struct ExternalBroker {
+    pub host: String,
+    pub port: u16,
+    /// `Some`: TLS (mqtts), with this CA file (`None`: the Mozilla roots).
+    pub tls: Option<BrokerTls>,
+    pub credentials: Option<(String, String)>,
+}
+
+/// TLS settings for an external broker.
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_certificate: Option<TlsFiles>,
+}
+
+/// Loads the configuration: the default, then `file` when given, then the environment.
+pub fn load(file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+    let environment: Vec<(String, String)> = std::env::vars().collect();
+    let file_text = match file {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?,
+        )),
+        None => None,
+    };
+    let file_text = file_text.as_ref().map(|(origin, text)| (origin.as_str(), text.as_str()));
+    load_from(file_text, &environment)
+}
+
+/// [`load`] with the file's text and the environment given, for tests.
+pub fn load_from(
+    file: Option<(&str, &str)>,
+    environment: &[(String, String)],
+) -> Result<ServerConfig, ConfigError> {
+    let mut merged = parse_table("the built-in default configuration", DEFAULT_CONFIG)?;
+    if let Some((origin, text)) = file {
+        let overrides = parse_table(origin, text)?;
+        merge(&mut merged, overrides);
+    }
+    for (name, value) in environment {
+        if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+            apply_env(&mut merged, name, path, value)?;
+        }
+    }
+    let raw: RawConfig = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|error: toml::de::Error| ConfigError::Invalid { reason: error.to_string() })?;
+    validate(raw)
+}
+
+fn parse_table(origin: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|error| ConfigError::Syntax { origin: origin.into(), reason: error.to_string() })
+}
+
+/// Overlays `overrides` on `base`, table by table.
+fn merge(base: &mut toml::Table, overrides: toml::Table) {
+    for (key, value) in overrides {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(override_table)) => {
+                merge(base_table, override_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets one key from `OUTPOST__A__B=value`. The value keeps the type of the default (text stays
+/// text even when it looks like a number); numbers and booleans are parsed as such.
+fn apply_env(
+    table: &mut toml::Table,
+    variable: &str,
+    path: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+    let unknown = || ConfigError::Value {
+        key: variable.into(),
+        reason: format!("`{}` is not a configuration key", keys.join(".")),
+    };
+    let Some((last, parents)) = keys.split_last() else {
+        return Err(unknown());
+    };
+    let mut current = table;
+    for parent in parents {
+        current = match current.get_mut(parent) {
+            Some(toml::Value::Table(inner)) => inner,
+            _ => return Err(unknown()),
+        };
+    }
+    let parsed = match current.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(value.into()),
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(value.trim().parse().map_err(|_| ConfigError::Value {
+                key: variable.into(),
+                reason: format!("`{value}` is not an integer"),
+            })?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(value.trim().parse().map_err(|_| ConfigError::Value {
+                key: variable.into(),
+                reason: format!("`{value}` is not true or false"),
+            })?)
+        }
+        _ => return Err(unknown()),
+    };
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn non_empty(value: &str) -> Option<&str> {
+    let trimmed = value.trim();
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+fn socket_address(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::Value {
+        key: key.into(),
+        reason: format!("`{value}` is not an address like 127.0.0.1:8080"),
+    })
+}
+
+fn tls_pair(
+    key: &str,
+    certificate: &str,
+    private_key: &str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (non_empty(certificate), non_empty(private_key)) {
+        (None, None) => Ok(None),
+        (Some(certificate), Some(private_key)) => Ok(Some(TlsFiles {
+            certificate_chain: PathBuf::from(certificate),
+            private_key: PathBuf::from(private_key),
+        })),
+        _ => Err(ConfigError::Value {
+            key: key.into(),
+            reason: "set both the certificate and the private key, or neither".into(),
+        }),
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
+    let data_dir = non_empty(&raw.data_dir).ok_or_else(|| ConfigError::Value {
+        key: "data_dir".into(),
+        reason: "must not be empty".into(),
+    })?;
+    let database_url = non_empty(&raw.database.url).map(str::to_string);
+    if let Some(url) = &database_url
+        && crate::store::Backend::of_url(url).is_err()
+    {
+        return Err(ConfigError::Value {
+            key: "database.url".into(),
+            reason: "must start with sqlite:, postgres:// or postgresql://".into(),
+        });
+    }
+    if raw.database.max_connections == 0 {
+        return Err(ConfigError::Value {
+            key: "database.max_connections".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    let api = ApiConfig {
+        listen: socket_address("api.listen", &raw.api.listen)?,
+        tls: tls_pair("api.tls_cert / api.tls_key", &raw.api.tls_cert, &raw.api.tls_key)?,
+    };
+    let target = match non_empty(&raw.broker.url) {
+        None => BrokerTarget::Embedded {
+            listen: socket_address("broker.embedded_listen", &raw.broker.embedded_listen)?,
+        },
+        Some(url) => BrokerTarget::External(external_broker(url, &raw.broker)?),
+    };
+    if raw.broker.keep_alive_seconds < 5 {
+        return Err(ConfigError::Value {
+            key: "broker.keep_alive_seconds".into(),
+            reason: "must be at least 5".into(),
+        });
+    }
+    let max_bundle = outpost_shared::bundle::MAX_BUNDLE_BYTES;
+    if raw.registry.max_bundle_bytes == 0 || raw.registry.max_bundle_bytes > max_bundle {
+        return Err(ConfigError::Value {
+            key: "registry.max_bundle_bytes".into(),
+            reason: format!("must be between 1 and {max_bundle}"),
+        });
+    }
+    Ok(ServerConfig {
+        data_dir: PathBuf::from(data_dir),
+        database: DatabaseConfig {
+            url: database_url,
+            max_connections: raw.database.max_connections,
+            acquire_timeout: std::time::Duration::from_secs(
+                raw.database.acquire_timeout_seconds.max(1),
+            ),
+        },
+        api,
+        broker: BrokerConfig {
+            target,
+            client_id: non_empty(&raw.broker.client_id).map(str::to_string),
+            keep_alive: std::time::Duration::from_secs(raw.broker.keep_alive_seconds),
+        },
+        trust_root: non_empty(&raw.trust.root).map(PathBuf::from),
+        max_bundle_bytes: raw.registry.max_bundle_bytes,
+    })
+}
+
+fn external_broker(url: &str, raw: &RawBroker) -> Result<ExternalBroker, ConfigError> {
+    let bad = |reason: String| ConfigError::Value { key: "broker.url".into(), reason };
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(bad(format!("`{url}` must start with mqtt:// or mqtts://")));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            (host, port.parse::<u16>().map_err(|_| bad(format!("`{port}` is not a port number")))?)
+        }
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || rest.contains('/') {
+        return Err(bad(format!("`{url}` must be mqtt[s]://host[:port]")));
+    }
+    let client_certificate =
+        tls_pair("broker.client_cert / broker.client_key", &raw.client_cert, &raw.client_key)?;
+    let ca_file = non_empty(&raw.ca_file).map(PathBuf::from);
+    if !tls && (ca_file.is_some() || client_certificate.is_some()) {
+        return Err(bad("TLS files are set but the URL is mqtt://: use mqtts://".into()));
+    }
+    let credentials = match (non_empty(&raw.username), non_empty(&raw.password)) {
+        (None, None) => None,
+        (Some(user), password) => Some((user.to_string(), password.unwrap_or("").to_string())),
+        (None, Some(_)) => {
+            return Err(ConfigError::Value {
+                key: "broker.password".into(),
+                reason: "a password needs a broker.username".into(),
+            });
+        }
+    };
+    Ok(ExternalBroker {
+        host: host.to_string(),
+        port,
+        tls: tls.then_some(BrokerTls { ca_file, client_certificate }),
+        credentials,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_default_configuration_is_valid() {
+        let config = load_from(None, &[]).expect("default config");
+        assert!(config.database.url.is_none());
+        assert!(matches!(config.broker.target, BrokerTarget::Embedded { .. }));
+        assert!(config.trust_root.is_none());
+        assert!(config.api.tls.is_none());
+    }
+
+    #[test]
+    fn file_then_environment_override_the_default() {
+        let file = "[api]\nlisten = \"127.0.0.1:9000\"\n[database]\nmax_connections = 3\n";
+        let config = load_from(
+            Some(("test.toml", file)),
+            &env(&[
+                ("OUTPOST__DATABASE__MAX_CONNECTIONS", "5"),
+                ("OUTPOST__BROKER__URL", "mqtts://broker.example"),
+                ("OUTPOST__BROKER__CLIENT_ID", "1234"),
+                ("OUTPOST_TOKEN", "ignored: not the prefix"),
+            ]),
+        )
+        .expect("config");
+        assert_eq!(config.api.listen.port(), 9000);
+        assert_eq!(config.database.max_connections, 5);
+        assert_eq!(config.broker.client_id.as_deref(), Some("1234"));
+        match config.broker.target {
+            BrokerTarget::External(broker) => {
+                assert_eq!((broker.host.as_str(), broker.port), ("broker.example", 8883));
+                assert!(broker.tls.is_some());
+            }
+            other => panic!("expected an external broker, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_key() {
+        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+            (Some("[api]\nlisten = \"nowhere\"\n"), &[], "api.listen"),
+            (Some("[api]\nlistne = \"x\"\n"), &[], "unknown field"),
+            (Some("[api\n"), &[], "not valid TOML"),
+            (None, &[("OUTPOST__API__NOPE", "1")], "not a configuration key"),
+            (None, &[("OUTPOST__DATABASE__MAX_CONNECTIONS", "many")], "not an integer"),
+            (None, &[("OUTPOST__DATABASE__URL", "mysql://x")], "database.url"),
+            (None, &[("OUTPOST__BROKER__URL", "http://x")], "broker.url"),
+            (None, &[("OUTPOST__API__TLS_CERT", "cert.pem")], "api.tls_cert"),
+            (None, &[("OUTPOST__REGISTRY__MAX_BUNDLE_BYTES", "0")], "max_bundle_bytes"),
+        ];
+        for (file, environment, expected) in cases {
+            let error = load_from(file.map(|text| ("test.toml", text)), &env(environment))
+                .expect_err("must be refused");
+            assert!(error.to_string().contains(expected), "{error} should mention {expected}");
+        }
+    }
+}

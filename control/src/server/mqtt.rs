@@ -1,0 +1,226 @@
+//! The control's MQTT client: subscribes to every device → control channel through the shared
+//! subscriptions of [`control_subscriptions`] and hands each message to [`process_message`].
+//!
+//! This phase processes `hello` and `state` into the fleet inventory; `stats`, `events` and
+//! `fetch` are counted and ignored with a log line until ingest and artifact serving land.
+//! A malformed topic or payload is counted, logged and dropped; nothing stops the loop.
+//! Messages are acknowledged (manual acks) after they were processed or dropped, never before:
+//! the ingest step will pair this with a persistent session so an unprocessed window is
+//! redelivered. A database failure on `hello` / `state` is logged and counted; the broker
+//! replays those retained messages whenever the control resubscribes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outpost_shared::wire::{Channel, FromDevice, Topic, control_subscriptions};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::watch;
+
+use super::ServerError;
+use super::metrics::{Metrics, bump, channel_index};
+use crate::config::{BrokerConfig, BrokerTarget, ExternalBroker};
+use crate::store::inventory::Delivery;
+use crate::store::{Store, now_ms};
+
+/// Where the control's client connects, resolved (the embedded broker's real port known).
+#[derive(Debug, Clone)]
+pub struct BrokerEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub external: Option<ExternalBroker>,
+}
+
+impl BrokerEndpoint {
+    pub fn embedded(address: std::net::SocketAddr) -> Self {
+        BrokerEndpoint { host: address.ip().to_string(), port: address.port(), external: None }
+    }
+}
+
+/// What happened to one message; the loop counts and logs it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MessageOutcome {
+    Processed(Channel),
+    /// Received on a channel this version does not process yet.
+    Ignored(Channel),
+    /// Dropped: malformed topic or payload.
+    Rejected {
+        channel: Option<Channel>,
+        code: &'static str,
+        reason: String,
+    },
+}
+
+/// Decodes one message and applies it to the store.
+pub async fn process_message(
+    store: &Store,
+    topic: &str,
+    payload: &[u8],
+    delivery: Delivery,
+) -> Result<MessageOutcome, crate::store::StoreError> {
+    let decoded = match FromDevice::decode(topic, payload) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            let channel = Topic::parse(topic).ok().map(|topic| topic.channel);
+            return Ok(MessageOutcome::Rejected {
+                channel,
+                code: error.code(),
+                reason: error.to_string(),
+            });
+        }
+    };
+    Ok(match decoded {
+        (device, FromDevice::Hello(hello)) => {
+            store.record_hello(&device, &hello, delivery).await?;
+            MessageOutcome::Processed(Channel::Hello)
+        }
+        (device, FromDevice::State(state)) => {
+            store.record_state(&device, &state, delivery).await?;
+            MessageOutcome::Processed(Channel::State)
+        }
+        (_, FromDevice::Stats(_)) => MessageOutcome::Ignored(Channel::Stats),
+        (_, FromDevice::Event(_)) => MessageOutcome::Ignored(Channel::Events),
+        (_, FromDevice::Fetch(_)) => MessageOutcome::Ignored(Channel::Fetch),
+        (_, FromDevice::Cleared(channel)) => MessageOutcome::Ignored(channel),
+    })
+}
+
+/// MQTT options for the control's client.
+pub fn mqtt_options(
+    endpoint: &BrokerEndpoint,
+    config: &BrokerConfig,
+    client_id: &str,
+) -> Result<MqttOptions, ServerError> {
+    let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+    options.set_keep_alive(config.keep_alive);
+    options.set_manual_acks(true);
+    options.set_clean_session(true);
+    let max_packet = outpost_shared::wire::MAX_JSON_PAYLOAD_BYTES + 64 * 1024;
+    options.set_max_packet_size(max_packet, max_packet);
+    if let Some(external) = &endpoint.external {
+        if let Some((user, password)) = &external.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &external.tls {
+            let client_config = super::tls::mqtt_client_config(tls)?;
+            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                Arc::new(client_config),
+            )));
+        }
+    }
+    Ok(options)
+}
+
+/// The endpoint of `config`'s broker when it is external.
+pub fn external_endpoint(config: &BrokerConfig) -> Option<BrokerEndpoint> {
+    match &config.target {
+        BrokerTarget::External(external) => Some(BrokerEndpoint {
+            host: external.host.clone(),
+            port: external.port,
+            external: Some(external.clone()),
+        }),
+        BrokerTarget::Embedded { .. } => None,
+    }
+}
+
+/// Runs the subscriber until `shutdown` turns true.
+pub async fn run_subscriber(
+    options: MqttOptions,
+    store: Store,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (client, mut event_loop) = AsyncClient::new(options, 256);
+    let mut failures: u32 = 0;
+    loop {
+        let event = tokio::select! {
+            event = event_loop.poll() => event,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                failures = 0;
+                tracing::info!("connected to the MQTT broker; subscribing to device topics");
+                subscribe(&client).await;
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                handle_publish(&client, &store, &metrics, &publish).await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(%error, "MQTT connection lost; reconnecting");
+                // Back off so a broker that is down is not hammered; this is a retry pause, not
+                // synchronisation.
+                let pause =
+                    Duration::from_millis(200u64.saturating_mul(u64::from(failures.min(25))));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    drain(&mut event_loop).await;
+}
+
+/// Lets the event loop send the DISCONNECT, briefly.
+async fn drain(event_loop: &mut EventLoop) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while event_loop.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+async fn subscribe(client: &AsyncClient) {
+    for filter in control_subscriptions() {
+        if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+            tracing::error!(%error, %filter, "cannot queue a subscription");
+        }
+    }
+}
+
+async fn handle_publish(
+    client: &AsyncClient,
+    store: &Store,
+    metrics: &Metrics,
+    publish: &rumqttc::Publish,
+) {
+    let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
+    let topic = publish.topic.as_str();
+    match process_message(store, topic, &publish.payload, delivery).await {
+        Ok(outcome) => match &outcome {
+            MessageOutcome::Processed(channel) => {
+                if let Some(index) = channel_index(*channel) {
+                    bump(&metrics.mqtt_messages[index]);
+                }
+                tracing::debug!(topic, "processed");
+            }
+            MessageOutcome::Ignored(channel) => {
+                if let Some(index) = channel_index(*channel) {
+                    bump(&metrics.mqtt_messages[index]);
+                    bump(&metrics.mqtt_ignored[index]);
+                }
+                tracing::debug!(topic, "not processed by this server version; ignored");
+            }
+            MessageOutcome::Rejected { channel, code, reason } => {
+                let index = channel.and_then(channel_index).unwrap_or(5);
+                bump(&metrics.mqtt_rejected[index]);
+                if let Some(index) = channel.and_then(channel_index) {
+                    bump(&metrics.mqtt_messages[index]);
+                }
+                if *channel == Some(Channel::Stats) {
+                    bump(&metrics.windows_rejected);
+                }
+                tracing::warn!(topic, code, reason, "dropped a malformed MQTT message");
+            }
+        },
+        Err(error) => {
+            bump(&metrics.mqtt_store_errors);
+            tracing::error!(%error, topic, "cannot store a device message");
+        }
+    }
+    if let Err(error) = client.ack(publish).await {
+        tracing::warn!(%error, topic, "cannot acknowledge a message");
+    }
+}
