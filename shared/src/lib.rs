@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod dedupe;
 pub mod dsse;
 pub mod fuzzing;
 pub mod golden;
