@@ -57,7 +57,8 @@ fn seeds_are_valid_documents_and_replay() {
         run(target, &data);
         if write {
             std::fs::create_dir_all(corpus_dir(target)).expect("mkdir");
-            std::fs::write(corpus_dir(target).join(format!("seed-{name}")), &data).expect("write seed");
+            std::fs::write(corpus_dir(target).join(format!("seed-{name}")), &data)
+                .expect("write seed");
         }
     }
 }

@@ -10,7 +10,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if path.is_dir() {
-            if !matches!(name.as_ref(), "target" | "node_modules" | "gen" | ".venv" | "corpus" | "artifacts") {
+            if !matches!(
+                name.as_ref(),
+                "target" | "node_modules" | "gen" | ".venv" | "corpus" | "artifacts"
+            ) {
                 rust_files(&path, out);
             }
         } else if name.ends_with(".rs") {
@@ -31,7 +34,8 @@ fn every_rust_file_has_a_module_doc() {
         .iter()
         .filter(|path| {
             let text = std::fs::read_to_string(path).unwrap_or_default();
-            let first = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with("#!")).unwrap_or("");
+            let first =
+                text.lines().find(|l| !l.trim().is_empty() && !l.starts_with("#!")).unwrap_or("");
             !first.starts_with("//!")
         })
         .map(|p| p.strip_prefix(&root).unwrap_or(p).display().to_string())
