@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod fixtures;
+pub mod postgres;
 pub mod wait;
 
 use std::path::PathBuf;
