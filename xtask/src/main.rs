@@ -9,13 +9,18 @@
 //!   keys, trust root, signed bundles, tampering and unauthorised keys refused, k-of-n rollout
 //!   approvals, cohorts. See [`demo`].
 //! - `models`: regenerates `tests/models/` with `make_models.py` in the project venv.
-//! - `cross`, `bench`: not yet available.
+//! - `cross [--target aarch64|armv7|all] [--release] [--test] [--package]`: the agent for ARM
+//!   boards: cross builds, its tests under qemu-user, `.deb` packages. See [`cross`].
+//! - `bench agent [--skip-cross] [--rounds N] [--models …] [--check]`: the agent's benchmarks,
+//!   written to `docs/results/` and `docs/benchmarks.md`. See [`bench`].
 //!
 //! Every step is announced on stderr as `==> …`. Exit code 0 means everything held, 1 that
 //! something failed (the last `error:` line says what).
 
 #![forbid(unsafe_code)]
 
+mod bench;
+mod cross;
 mod demo;
 mod install;
 mod models;
@@ -26,7 +31,7 @@ mod tamper;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::install::{PYTHON_VENV_APT_PACKAGE, ensure_apt_packages};
@@ -49,10 +54,10 @@ enum Task {
     Demo,
     /// Regenerate tests/models/ with make_models.py (creating the Python venv if needed).
     Models,
-    /// Cross-compile and package the agent for ARM (not yet available).
-    Cross,
-    /// Run the benchmarks (not yet available).
-    Bench,
+    /// Cross-compile the agent for ARM, test it under qemu-user, package it as .deb files.
+    Cross(cross::CrossOptions),
+    /// Run the benchmarks and write docs/results/ and docs/benchmarks.md.
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> ExitCode {
@@ -79,8 +84,8 @@ fn run(task: Task) -> Result<()> {
             venv.ensure(&repo)?;
             models::regenerate(&repo, &venv)
         }
-        Task::Cross => bail!("`cargo xtask cross` is not yet available"),
-        Task::Bench => bail!("`cargo xtask bench` is not yet available"),
+        Task::Cross(options) => cross::run_cross(&options),
+        Task::Bench(options) => bench::run_bench(&options),
     }
 }
 

@@ -8,7 +8,8 @@
 //! Checks, all run even when an earlier one fails, so one run shows every problem:
 //! the committed test models are reproducible, `cargo fmt --check`, `cargo clippy -D
 //! warnings`, the tests (cargo-nextest when installed, else `cargo test`) with
-//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, and the doc tests.
+//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, and the agent's aarch64 test subset
+//! under qemu-user (see `cross/README.md`; not with `--quick` or a test filter).
 
 use std::path::Path;
 use std::process::Command;
@@ -19,9 +20,9 @@ use crate::install::{
     ARM_TARGETS, PYTHON_VENV_APT_PACKAGE, TEST_APT_PACKAGES, ensure_apt_packages,
     ensure_lint_tools, ensure_rust_targets,
 };
-use crate::models;
 use crate::process::{cargo, repo_root, run, step, succeeds};
 use crate::python::Venv;
+use crate::{cross, models};
 
 /// The environment variable slow test suites check before they run.
 pub const SLOW_TESTS_ENV: &str = "OUTPOST_SLOW_TESTS";
@@ -106,6 +107,14 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
         });
     } else {
         step!("a test filter was given: not running the doc tests");
+    }
+    if options.quick || !options.runner_args.is_empty() {
+        step!("--quick or a test filter: not running the aarch64 tests under qemu");
+    } else {
+        checks.push(Check {
+            name: "aarch64 tests under qemu",
+            run: Box::new(|| cross::run_qemu_tests(cross::AARCH64, cross::Profile::Debug)),
+        });
     }
 
     let total = checks.len();
