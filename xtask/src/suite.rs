@@ -91,10 +91,6 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
             }),
         });
     }
-    checks.push(Check {
-        name: "tests",
-        run: Box::new(|| run("running the tests", &mut test_command(options))),
-    });
     if options.runner_args.is_empty() {
         checks.push(Check {
             name: "doc tests",
@@ -108,6 +104,12 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
     } else {
         step!("a test filter was given: not running the doc tests");
     }
+    // The main test run comes after the doc tests so that its summary, not an empty doc-test
+    // run, closes the log.
+    checks.push(Check {
+        name: "tests",
+        run: Box::new(|| run("running the tests", &mut test_command(options))),
+    });
     if options.quick || !options.runner_args.is_empty() {
         step!("--quick or a test filter: not running the aarch64 tests under qemu");
     } else {
