@@ -1,0 +1,460 @@
+//! The statistics window accumulator (DESIGN §7), sans-IO: inference calls in, a
+//! [`StatsWindow`] out when the period is cut.
+//!
+//! Every input and output feature is binned over the **baseline profile's** bin edges and
+//! derived by the profile's own [`FeatureSource`], so a window compares with the baseline bin by
+//! bin and merges exactly with windows from other devices and periods. The accumulator owns no
+//! clock and no IO: the caller passes latencies, window bounds and sequence numbers, which keeps
+//! it deterministic under test and cheap on the inference path (no allocation per call).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use outpost_shared::profile::{FeatureSource, Profile, TensorView, top1};
+use outpost_shared::stats::{Histogram, HistogramError, Moments, confidence_edges};
+use outpost_shared::wire::{
+    ClassifierStats, DeviceId, FeatureStats, LatencyHistogram, MAX_NAME_BYTES, ModelRef,
+    ProtocolVersion, StatsWindow,
+};
+
+/// Why a profile cannot be turned into a window accumulator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WindowError {
+    #[error("profile feature `{name}` has unusable bin edges: {source}")]
+    Edges { name: String, source: HistogramError },
+    #[error("profile has two {side} features named `{name}`; window features must be unique")]
+    DuplicateFeature { side: &'static str, name: String },
+    #[error("profile feature name `{name}…` is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong { name: String },
+    #[error("profile's classifier has no classes")]
+    NoClasses,
+}
+
+/// One feature: where its value comes from and what this window has seen of it.
+#[derive(Debug, Clone)]
+struct FeatureAccumulator {
+    name: String,
+    source: FeatureSource,
+    histogram: Histogram,
+    moments: Moments,
+}
+
+impl FeatureAccumulator {
+    fn observe(&mut self, views: &[TensorView<'_>]) {
+        // A tensor the call did not produce (an output not computed) contributes nothing.
+        let Some(view) = views.iter().find(|v| v.name == self.source.tensor()) else { return };
+        for sample in 0..view.samples() {
+            let value = self.source.value(view, sample);
+            self.histogram.observe(value);
+            self.moments.observe(value);
+        }
+    }
+
+    fn take(&mut self) -> FeatureStats {
+        let empty = Histogram {
+            edges: self.histogram.edges.clone(),
+            counts: vec![0; self.histogram.counts.len()],
+            underflow: 0,
+            overflow: 0,
+            nan: 0,
+        };
+        FeatureStats {
+            name: self.name.clone(),
+            histogram: std::mem::replace(&mut self.histogram, empty),
+            moments: std::mem::take(&mut self.moments),
+            kll_sketch: None,
+        }
+    }
+}
+
+/// Class counts and top-1 confidence of a classifier's probability output.
+#[derive(Debug, Clone)]
+struct ClassifierAccumulator {
+    output: String,
+    class_counts: Vec<u64>,
+    confidence: Histogram,
+}
+
+impl ClassifierAccumulator {
+    fn observe(&mut self, outputs: &[TensorView<'_>]) {
+        let Some(view) = outputs.iter().find(|v| v.name == self.output) else { return };
+        for sample in 0..view.samples() {
+            // A sample without a top-1 class (NaN probabilities, or more classes than the
+            // baseline knew) is left out of both parts, which must agree in total; its NaN
+            // still shows in the output feature histograms.
+            if let Some((class, probability)) = top1(view.sample(sample))
+                && let Some(count) = self.class_counts.get_mut(class)
+            {
+                *count += 1;
+                self.confidence.observe(f64::from(probability));
+            }
+        }
+    }
+
+    fn take(&mut self) -> ClassifierStats {
+        let empty = Histogram {
+            edges: self.confidence.edges.clone(),
+            counts: vec![0; self.confidence.counts.len()],
+            underflow: 0,
+            overflow: 0,
+            nan: 0,
+        };
+        let classes = self.class_counts.len();
+        ClassifierStats {
+            class_counts: std::mem::replace(&mut self.class_counts, vec![0; classes]),
+            confidence: std::mem::replace(&mut self.confidence, empty),
+        }
+    }
+}
+
+/// Accumulates one device's inference calls on one model until the window is cut.
+#[derive(Debug, Clone)]
+pub struct WindowAccumulator {
+    device: DeviceId,
+    model: ModelRef,
+    count: u64,
+    errors: BTreeMap<&'static str, u64>,
+    latency: LatencyHistogram,
+    inputs: Vec<FeatureAccumulator>,
+    outputs: Vec<FeatureAccumulator>,
+    classifier: Option<ClassifierAccumulator>,
+}
+
+impl WindowAccumulator {
+    /// An empty window over the features, bin edges and classes of `profile`.
+    pub fn new(device: DeviceId, model: ModelRef, profile: &Profile) -> Result<Self, WindowError> {
+        let features =
+            |side: &'static str, profiles: &[outpost_shared::profile::FeatureProfile]| {
+                let mut seen = std::collections::BTreeSet::new();
+                profiles
+                    .iter()
+                    .map(|feature| {
+                        if feature.name.len() > MAX_NAME_BYTES {
+                            return Err(WindowError::NameTooLong {
+                                name: feature.name.chars().take(40).collect(),
+                            });
+                        }
+                        if !seen.insert(feature.name.as_str()) {
+                            return Err(WindowError::DuplicateFeature {
+                                side,
+                                name: feature.name.clone(),
+                            });
+                        }
+                        let histogram =
+                            Histogram::new(feature.histogram.edges.clone()).map_err(|source| {
+                                WindowError::Edges { name: feature.name.clone(), source }
+                            })?;
+                        Ok(FeatureAccumulator {
+                            name: feature.name.clone(),
+                            source: feature.source.clone(),
+                            histogram,
+                            moments: Moments::default(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WindowError>>()
+            };
+        let classifier = match &profile.classifier {
+            None => None,
+            Some(classifier) if classifier.class_counts.is_empty() => {
+                return Err(WindowError::NoClasses);
+            }
+            Some(classifier) => Some(ClassifierAccumulator {
+                output: classifier.output.clone(),
+                class_counts: vec![0; classifier.class_counts.len()],
+                confidence: Histogram::new(confidence_edges()).map_err(|source| {
+                    WindowError::Edges { name: "classifier confidence".into(), source }
+                })?,
+            }),
+        };
+        Ok(Self {
+            device,
+            model,
+            count: 0,
+            errors: BTreeMap::new(),
+            latency: LatencyHistogram::default(),
+            inputs: features("input", &profile.inputs)?,
+            outputs: features("output", &profile.outputs)?,
+            classifier,
+        })
+    }
+
+    /// Records a successful call: every sample of its input and output tensors, and its latency.
+    pub fn record_success(
+        &mut self,
+        inputs: &[TensorView<'_>],
+        outputs: &[TensorView<'_>],
+        latency: Duration,
+    ) {
+        self.count = self.count.saturating_add(1);
+        self.latency.observe(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        for feature in &mut self.inputs {
+            feature.observe(inputs);
+        }
+        for feature in &mut self.outputs {
+            feature.observe(outputs);
+        }
+        if let Some(classifier) = &mut self.classifier {
+            classifier.observe(outputs);
+        }
+    }
+
+    /// Records a failed call by its kind (`InferError::kind`). Failures carry no latency: most
+    /// are refusals that take microseconds and would hide the model's real latency.
+    pub fn record_failure(&mut self, kind: &'static str) {
+        self.count = self.count.saturating_add(1);
+        let errors = self.errors.entry(kind).or_insert(0);
+        *errors = errors.saturating_add(1);
+    }
+
+    /// Calls recorded since the last cut, failed ones included.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The model the window is about.
+    pub fn model(&self) -> &ModelRef {
+        &self.model
+    }
+
+    /// Ends the window `[start_ms, end_ms)` with sequence number `seq`, returning everything
+    /// recorded since the last cut and starting the next window empty.
+    pub fn cut(&mut self, start_ms: u64, end_ms: u64, seq: u64) -> StatsWindow {
+        StatsWindow {
+            v: ProtocolVersion,
+            device: self.device.clone(),
+            model: self.model.clone(),
+            seq,
+            start_ms,
+            end_ms: end_ms.max(start_ms),
+            count: std::mem::take(&mut self.count),
+            errors: std::mem::take(&mut self.errors)
+                .into_iter()
+                .map(|(kind, count)| (kind.to_string(), count))
+                .collect(),
+            latency: std::mem::take(&mut self.latency),
+            inputs: self.inputs.iter_mut().map(FeatureAccumulator::take).collect(),
+            outputs: self.outputs.iter_mut().map(FeatureAccumulator::take).collect(),
+            classifier: self.classifier.as_mut().map(ClassifierAccumulator::take),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_shared::profile::{ClassifierProfile, FeatureProfile};
+    use outpost_shared::wire::{Digest, encode};
+
+    use super::*;
+
+    fn feature(name: &str, tensor: &str, index: usize, edges: Vec<f64>) -> FeatureProfile {
+        FeatureProfile {
+            name: name.into(),
+            source: FeatureSource::Element { tensor: tensor.into(), index },
+            histogram: Histogram::new(edges).expect("edges"),
+            moments: Moments::default(),
+        }
+    }
+
+    /// Two inputs of tensor `x`, two class probabilities in tensor `p`, a classifier on `p`.
+    fn classifier_profile() -> Profile {
+        Profile {
+            v: 1,
+            reference_count: 10,
+            inputs: vec![
+                feature("a", "x", 0, vec![0.0, 1.0, 2.0]),
+                feature("b", "x", 1, vec![-1.0, 0.0, 1.0]),
+            ],
+            outputs: vec![
+                feature("p0", "p", 0, vec![0.0, 0.5, 1.0]),
+                feature("p1", "p", 1, vec![0.0, 0.5, 1.0]),
+            ],
+            classifier: Some(ClassifierProfile {
+                output: "p".into(),
+                class_counts: vec![5, 5],
+                confidence: Histogram::new(confidence_edges()).expect("edges"),
+            }),
+        }
+    }
+
+    fn accumulator(profile: &Profile) -> WindowAccumulator {
+        let model =
+            ModelRef { name: "m".into(), version: "1".into(), digest: Digest::of(b"bundle") };
+        WindowAccumulator::new(DeviceId::new("dev-1").expect("id"), model, profile)
+            .expect("accumulator")
+    }
+
+    /// Records one call with `rows` of `[x0, x1]` inputs and `[p0, p1]` outputs.
+    fn call(window: &mut WindowAccumulator, x: &[f32], p: &[f32], latency_us: u64) {
+        let rows = x.len() / 2;
+        let shape = [rows, 2];
+        window.record_success(
+            &[TensorView { name: "x", shape: &shape, data: x }],
+            &[TensorView { name: "p", shape: &shape, data: p }],
+            Duration::from_micros(latency_us),
+        );
+    }
+
+    fn encodes(window: &StatsWindow) {
+        if let Err(error) = encode(window) {
+            panic!("window refused by wire validation: {error}\n{window:#?}");
+        }
+    }
+
+    #[test]
+    fn counts_calls_samples_latency_and_errors() {
+        let mut window = accumulator(&classifier_profile());
+        call(&mut window, &[0.5, -0.5], &[0.9, 0.1], 120);
+        call(&mut window, &[1.5, 0.5, 2.0, 1.0], &[0.3, 0.7, 0.2, 0.8], 3_000);
+        window.record_failure("bad_shape");
+        window.record_failure("bad_shape");
+        window.record_failure("runtime");
+        assert_eq!(window.count(), 5);
+        let cut = window.cut(1_000, 61_000, 7);
+        encodes(&cut);
+        assert_eq!((cut.seq, cut.start_ms, cut.end_ms, cut.count), (7, 1_000, 61_000, 5));
+        assert_eq!(cut.errors.get("bad_shape"), Some(&2));
+        assert_eq!(cut.errors.get("runtime"), Some(&1));
+        assert_eq!(cut.latency.moments.count, 2);
+        assert_eq!(cut.latency.counts[2], 1, "120 µs lands in the (100, 200] bucket");
+        assert_eq!(cut.latency.counts[6], 1, "3000 µs lands in the (1600, 3200] bucket");
+        // Feature `a` saw 0.5, 1.5 and 2.0 (the last edge belongs to the last bin).
+        assert_eq!(cut.inputs[0].name, "a");
+        assert_eq!(cut.inputs[0].histogram.counts, vec![1, 2]);
+        assert_eq!(cut.inputs[0].moments.count, 3);
+        assert_eq!(cut.inputs[0].moments.max, Some(2.0));
+        assert_eq!(cut.inputs[1].histogram.counts, vec![1, 2]);
+    }
+
+    #[test]
+    fn nan_underflow_and_overflow_are_counted_apart() {
+        let mut window = accumulator(&classifier_profile());
+        call(&mut window, &[-3.0, f32::NAN, 9.0, f32::INFINITY], &[0.5, 0.5, 0.5, 0.5], 10);
+        let cut = window.cut(0, 1, 0);
+        encodes(&cut);
+        let a = &cut.inputs[0].histogram;
+        assert_eq!((a.underflow, a.overflow, a.nan, a.counts.iter().sum::<u64>()), (1, 1, 0, 0));
+        let b = &cut.inputs[1].histogram;
+        assert_eq!((b.underflow, b.overflow, b.nan), (0, 1, 1));
+        // Moments only hold finite values.
+        assert_eq!(cut.inputs[0].moments.count, 2);
+        assert_eq!(cut.inputs[1].moments.count, 0);
+        assert_eq!(cut.inputs[1].moments.min, None);
+    }
+
+    #[test]
+    fn classifier_counts_top1_and_confidence_and_skips_nan_rows() {
+        let mut window = accumulator(&classifier_profile());
+        call(&mut window, &[0.0, 0.0, 0.0, 0.0], &[0.95, 0.05, 0.35, 0.65], 10);
+        call(&mut window, &[0.0, 0.0], &[f32::NAN, 0.5], 10);
+        call(&mut window, &[0.0, 0.0], &[0.5, 0.5], 10);
+        let cut = window.cut(0, 1, 0);
+        encodes(&cut);
+        let classifier = cut.classifier.expect("classifier statistics");
+        assert_eq!(classifier.class_counts, vec![2, 1], "ties go to the first class");
+        assert_eq!(classifier.confidence.counts[9], 1);
+        assert_eq!(classifier.confidence.counts[6], 1);
+        assert_eq!(classifier.confidence.counts[5], 1);
+        assert_eq!(classifier.confidence.nan, 0);
+        assert_eq!(cut.outputs[0].histogram.nan, 1, "the NaN row shows in the output feature");
+    }
+
+    #[test]
+    fn regressor_windows_have_no_classifier_part() {
+        let mut profile = classifier_profile();
+        profile.classifier = None;
+        let mut window = accumulator(&profile);
+        call(&mut window, &[0.5, 0.5], &[0.2, 0.3], 10);
+        let cut = window.cut(0, 1, 0);
+        encodes(&cut);
+        assert!(cut.classifier.is_none());
+    }
+
+    #[test]
+    fn cut_resets_everything_and_empty_windows_are_valid() {
+        let mut window = accumulator(&classifier_profile());
+        call(&mut window, &[0.5, 0.5], &[0.9, 0.1], 10);
+        window.record_failure("runtime");
+        let first = window.cut(0, 10, 1);
+        assert_eq!(first.count, 2);
+        let second = window.cut(10, 20, 2);
+        encodes(&second);
+        assert_eq!(second.count, 0);
+        assert!(second.errors.is_empty());
+        assert_eq!(second.latency, LatencyHistogram::default());
+        assert_eq!(second.inputs[0].histogram.total(), 0);
+        assert_eq!(second.inputs[0].histogram.edges, first.inputs[0].histogram.edges);
+        assert_eq!(second.inputs[0].moments, Moments::default());
+        let classifier = second.classifier.expect("classifier");
+        assert_eq!(classifier.class_counts, vec![0, 0]);
+        assert_eq!(classifier.confidence.total(), 0);
+    }
+
+    #[test]
+    fn merging_two_windows_equals_one_window_over_all_calls() {
+        let profile = classifier_profile();
+        let calls: Vec<(Vec<f32>, Vec<f32>, u64)> = (0..40)
+            .map(|i| {
+                let t = i as f32 * 0.37;
+                let p0 = (t.sin() + 1.0) / 2.0;
+                (vec![t.cos() * 2.0, t.sin()], vec![p0, 1.0 - p0], 50 + 97 * i)
+            })
+            .collect();
+        let mut whole = accumulator(&profile);
+        let mut parts = accumulator(&profile);
+        for (x, p, latency) in &calls {
+            call(&mut whole, x, p, *latency);
+        }
+        whole.record_failure("bad_value");
+        let (first, second) = calls.split_at(17);
+        for (x, p, latency) in first {
+            call(&mut parts, x, p, *latency);
+        }
+        let mut merged = parts.cut(0, 100, 1);
+        for (x, p, latency) in second {
+            call(&mut parts, x, p, *latency);
+        }
+        parts.record_failure("bad_value");
+        merged.merge(&parts.cut(100, 200, 2)).expect("merge");
+        let whole = whole.cut(0, 200, 2);
+        encodes(&merged);
+        let close = |a: &Moments, b: &Moments| {
+            a.count == b.count
+                && (a.mean - b.mean).abs() < 1e-9
+                && (a.m2 - b.m2).abs() < 1e-6
+                && a.min == b.min
+                && a.max == b.max
+        };
+        assert_eq!(merged.count, whole.count);
+        assert_eq!(merged.errors, whole.errors);
+        assert_eq!(merged.latency.counts, whole.latency.counts);
+        assert!(close(&merged.latency.moments, &whole.latency.moments));
+        for (a, b) in merged
+            .inputs
+            .iter()
+            .chain(&merged.outputs)
+            .zip(whole.inputs.iter().chain(&whole.outputs))
+        {
+            assert_eq!(a.histogram, b.histogram, "feature {}", a.name);
+            assert!(close(&a.moments, &b.moments), "feature {}", a.name);
+        }
+        assert_eq!(merged.classifier, whole.classifier);
+        assert_eq!((merged.start_ms, merged.end_ms, merged.seq), (0, 200, 2));
+    }
+
+    #[test]
+    fn profiles_that_would_make_invalid_windows_are_refused() {
+        let mut duplicate = classifier_profile();
+        duplicate.inputs[1].name = "a".into();
+        let model = ModelRef { name: "m".into(), version: "1".into(), digest: Digest::of(b"") };
+        let device = DeviceId::new("dev-1").expect("id");
+        let error = WindowAccumulator::new(device.clone(), model.clone(), &duplicate)
+            .expect_err("duplicate names");
+        assert_eq!(error, WindowError::DuplicateFeature { side: "input", name: "a".into() });
+        let mut no_classes = classifier_profile();
+        if let Some(classifier) = &mut no_classes.classifier {
+            classifier.class_counts.clear();
+        }
+        let error = WindowAccumulator::new(device, model, &no_classes).expect_err("no classes");
+        assert_eq!(error, WindowError::NoClasses);
+    }
+}
