@@ -848,6 +848,14 @@ impl Shell {
     }
 }
 
+impl Drop for Shell {
+    /// Also when the task is aborted or panics: the poller holds the connection, and a
+    /// connection without its shell must not linger (the broker then sends the Last Will).
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
 async fn wait_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
