@@ -132,6 +132,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mqtt::run_subscriber(
         options,
+        endpoint.external.is_some(),
         store.clone(),
         metrics.clone(),
         stop_receiver,

@@ -1,6 +1,11 @@
 //! The control's MQTT client: subscribes to every device → control channel through the shared
 //! subscriptions of [`control_subscriptions`] and hands each message to [`process_message`].
 //!
+//! With the embedded broker the subscriptions are plain (the `$share/<group>/` prefix
+//! removed): there is only one control instance on an embedded broker, and rumqttd 0.20 loses
+//! messages on shared subscriptions (seen in `control/tests/it/inventory.rs`: of several
+//! messages queued on one shared filter, only some were forwarded).
+//!
 //! This phase processes `hello` and `state` into the fleet inventory; `stats`, `events` and
 //! `fetch` are counted and ignored with a log line until ingest and artifact serving land.
 //! A malformed topic or payload is counted, logged and dropped; nothing stops the loop.
@@ -12,7 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_shared::wire::{Channel, FromDevice, Topic, control_subscriptions};
+use outpost_shared::wire::{
+    CONTROL_SHARE_GROUP, Channel, FromDevice, Topic, control_subscriptions,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
 use tokio::sync::watch;
 
@@ -125,6 +132,7 @@ pub fn external_endpoint(config: &BrokerConfig) -> Option<BrokerEndpoint> {
 /// Runs the subscriber until `shutdown` turns true.
 pub async fn run_subscriber(
     options: MqttOptions,
+    shared_subscriptions: bool,
     store: Store,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
@@ -140,7 +148,7 @@ pub async fn run_subscriber(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
                 tracing::info!("connected to the MQTT broker; subscribing to device topics");
-                subscribe(&client).await;
+                subscribe(&client, shared_subscriptions).await;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 handle_publish(&client, &store, &metrics, &publish).await;
@@ -172,8 +180,20 @@ async fn drain(event_loop: &mut EventLoop) {
     .await;
 }
 
-async fn subscribe(client: &AsyncClient) {
-    for filter in control_subscriptions() {
+/// The filters to subscribe to: shared, or plain for the embedded broker.
+pub fn subscription_filters(shared_subscriptions: bool) -> Vec<String> {
+    let shared_prefix = format!("$share/{CONTROL_SHARE_GROUP}/");
+    control_subscriptions()
+        .into_iter()
+        .map(|filter| match filter.strip_prefix(&shared_prefix) {
+            Some(plain) if !shared_subscriptions => plain.to_string(),
+            _ => filter,
+        })
+        .collect()
+}
+
+async fn subscribe(client: &AsyncClient, shared_subscriptions: bool) {
+    for filter in subscription_filters(shared_subscriptions) {
         if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
             tracing::error!(%error, %filter, "cannot queue a subscription");
         }

@@ -92,8 +92,11 @@ fn bad_pushes_are_refused_with_the_reason() {
     corrupt[middle] ^= 0x01;
     std::fs::write(fleet.path("corrupt.bundle"), &corrupt).expect("write");
     std::fs::write(fleet.path("empty.bundle"), b"").expect("write");
+    let mut oversized = good.clone();
+    oversized.extend_from_slice(&[0u8; 512]);
+    std::fs::write(fleet.path("oversized.bundle"), &oversized).expect("write");
 
-    let limit = good.len() as u64 - 1;
+    let limit = good.len() as u64;
     let site = Site::start(
         Backend::Sqlite,
         SiteOptions { trust_root: Some(fleet.path("root.json")), max_bundle_bytes: Some(limit) },
@@ -102,7 +105,7 @@ fn bad_pushes_are_refused_with_the_reason() {
         ("unsigned.bundle", "422", "too few distinct publisher signatures"),
         ("mallory.bundle", "422", "unknown key"),
         ("corrupt.bundle", "422", "bundle refused"),
-        ("good.bundle", "413", "over the registry limit"),
+        ("oversized.bundle", "413", "over the registry limit"),
         ("empty.bundle", "400", "the request body is empty"),
     ];
     for (file, status, reason) in cases {

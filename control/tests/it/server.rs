@@ -40,6 +40,11 @@ pub struct SiteOptions {
 
 impl Site {
     pub fn start(backend: Backend, options: SiteOptions) -> Site {
+        // `RUST_LOG=debug` shows the server's log in failing tests.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let directory = tempfile::tempdir().expect("tempdir");
         let postgres = match backend {
             Backend::Sqlite => None,
