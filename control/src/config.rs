@@ -430,9 +430,13 @@ mod tests {
         }
     }
 
+    /// A configuration file (if any), environment variables, and text the error must contain.
+    type RefusalCase =
+        (Option<&'static str>, &'static [(&'static str, &'static str)], &'static str);
+
     #[test]
     fn mistakes_are_refused_with_the_key() {
-        let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        let cases: &[RefusalCase] = &[
             (Some("[api]\nlisten = \"nowhere\"\n"), &[], "api.listen"),
             (Some("[api]\nlistne = \"x\"\n"), &[], "unknown field"),
             (Some("[api\n"), &[], "not valid TOML"),
