@@ -400,3 +400,45 @@ fn metrics_are_prometheus_text_with_every_counter() {
         assert!(metrics.contains(name), "missing `{name}` in\n{metrics}");
     }
 }
+
+#[test]
+fn the_api_serves_https_with_the_configured_certificate() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+        .expect("self-signed certificate");
+    let certificate = directory.path().join("api.crt");
+    let key = directory.path().join("api.key");
+    std::fs::write(&certificate, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let environment = vec![
+        ("OUTPOST__DATA_DIR".to_string(), directory.path().join("data").display().to_string()),
+        ("OUTPOST__API__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("OUTPOST__API__TLS_CERT".to_string(), certificate.display().to_string()),
+        ("OUTPOST__API__TLS_KEY".to_string(), key.display().to_string()),
+        ("OUTPOST__BROKER__EMBEDDED_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+    ];
+    let config = config::load_from(None, &environment).expect("config");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(server::start(config)).expect("server starts");
+    assert!(server.api_url.starts_with("https://127.0.0.1:"), "{}", server.api_url);
+
+    let trusted = outpost_control::api::client::ApiClient::new(
+        &server.api_url,
+        None,
+        Some(certificate.as_path()),
+    )
+    .expect("client");
+    assert_eq!(trusted.get_json("/health", &[]).expect("health over TLS")["status"], "ok");
+    // Without the CA the certificate is not trusted, and plain HTTP is not spoken.
+    let untrusted =
+        outpost_control::api::client::ApiClient::new(&server.api_url, None, None).expect("client");
+    assert!(untrusted.get_json("/health", &[]).is_err());
+    let plain = outpost_control::api::client::ApiClient::new(
+        &server.api_url.replace("https://", "http://"),
+        None,
+        None,
+    )
+    .expect("client");
+    assert!(plain.get_json("/health", &[]).is_err());
+    runtime.block_on(server.shutdown());
+}
