@@ -95,7 +95,7 @@ async fn push_model_inner(
     let limit = state.max_bundle_bytes;
     let too_large = |size: String| {
         ApiError::PayloadTooLarge(format!(
-            "{size} bytes, over the registry limit of {limit} bytes (registry.max_bundle_bytes)"
+            "{size}, over the registry limit of {limit} bytes (registry.max_bundle_bytes)"
         ))
     };
     let declared = headers
@@ -105,11 +105,11 @@ async fn push_model_inner(
     if let Some(declared) = declared
         && declared > limit
     {
-        return Err(too_large(declared.to_string()));
+        return Err(too_large(format!("{declared} bytes")));
     }
     let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
         .await
-        .map_err(|_| too_large("more than".into()))?;
+        .map_err(|_| too_large("the body is larger".into()))?;
     if bytes.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty: send the bundle file".into()));
     }

@@ -334,17 +334,6 @@ fn a_bad_configuration_is_refused_with_the_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("api.listen"), "{}", show(&output));
 }
 
-fn connect(url: String) -> Store {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime
-        .block_on(Store::connect(&StoreOptions {
-            url,
-            max_connections: 2,
-            acquire_timeout: Duration::from_secs(30),
-        }))
-        .expect("connect and migrate")
-}
-
 fn schema(url: &str) -> Vec<(String, String)> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
@@ -373,7 +362,6 @@ fn both_backends_get_the_same_schema_and_migrations_run_once() {
     // A second start finds the migrations applied and changes nothing.
     assert_eq!(schema(&sqlite_url), sqlite);
     assert_eq!(schema(&postgres.url()), postgres_columns);
-    drop(connect(sqlite_url));
 }
 
 #[test]
@@ -441,4 +429,56 @@ fn the_api_serves_https_with_the_configured_certificate() {
     .expect("client");
     assert!(plain.get_json("/health", &[]).is_err());
     runtime.block_on(server.shutdown());
+}
+
+#[test]
+fn the_first_admin_is_made_through_the_database_and_later_users_through_the_api() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config_file = directory.path().join("control.toml");
+    let data_dir = directory.path().join("state");
+    std::fs::write(&config_file, format!("data_dir = \"{}\"\n", data_dir.display()))
+        .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["users", "add", "boss", "--role", "admin", "--config"])
+        .arg(&config_file)
+        .env_remove("OUTPOST_SERVER")
+        .env_remove("OUTPOST_TOKEN")
+        .output()
+        .expect("run");
+    assert!(output.status.success(), "{}", show(&output));
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(token.starts_with("outpost_"), "only the token on stdout: {token}");
+    let url = Store::sqlite_url_in(&data_dir).expect("url");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let user = runtime.block_on(async {
+        let store = Store::connect(&StoreOptions {
+            url,
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("connect");
+        let user = store.user_for_token(&token).await.expect("lookup").expect("known");
+        store.close().await;
+        user
+    });
+    assert_eq!((user.name.as_str(), user.role), ("boss", UserRole::Admin));
+    let again = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["users", "add", "boss", "--role", "auditor", "--config"])
+        .arg(&config_file)
+        .output()
+        .expect("run");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"), "{}", show(&again));
+
+    // Through the API: an admin makes an operator, who may not list users.
+    let site = Site::start(Backend::Sqlite, SiteOptions::default());
+    let operator_token = site.outpost_ok(&["users", "add", "olga", "--role", "operator"]);
+    let operator_token = operator_token.trim();
+    let denied = site.outpost_as(operator_token, &["users", "list"]);
+    assert_eq!(denied.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("(403)") && stderr.contains("role operator may not"), "{stderr}");
+    let listed = site.outpost_ok(&["users", "list"]);
+    assert!(listed.contains("olga") && listed.contains("operator"), "{listed}");
 }
