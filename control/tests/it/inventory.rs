@@ -1,7 +1,8 @@
 //! The fleet inventory from real MQTT traffic: a rumqttc client publishes `hello` and `state`
 //! (as a device does) to the embedded broker, and `outpost devices list` follows: tags, arch,
 //! agent version, models, online/offline, filters by selector, presence and model. Malformed
-//! messages are counted and dropped without stopping the subscriber.
+//! messages are counted and dropped without stopping the subscriber. The same on PostgreSQL
+//! through a real Mosquitto (external broker, shared subscriptions).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -173,8 +174,9 @@ fn hello_and_state_build_the_inventory_and_filters_apply() {
 }
 
 #[test]
-fn the_inventory_works_on_postgres() {
-    let site = Site::start(Backend::Postgres, SiteOptions::default());
+fn the_inventory_works_on_postgres_through_mosquitto_with_shared_subscriptions() {
+    let site =
+        Site::start(Backend::Postgres, SiteOptions { mosquitto: true, ..SiteOptions::default() });
     let device_id = DeviceId::new("retained-1").expect("id");
     let device = FakeDevice::connect(&site, "retained-publisher");
     device.publish(

@@ -99,7 +99,11 @@ fn bad_pushes_are_refused_with_the_reason() {
     let limit = good.len() as u64;
     let site = Site::start(
         Backend::Sqlite,
-        SiteOptions { trust_root: Some(fleet.path("root.json")), max_bundle_bytes: Some(limit) },
+        SiteOptions {
+            trust_root: Some(fleet.path("root.json")),
+            max_bundle_bytes: Some(limit),
+            ..SiteOptions::default()
+        },
     );
     let cases = [
         ("unsigned.bundle", "422", "too few distinct publisher signatures"),

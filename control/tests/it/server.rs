@@ -6,12 +6,13 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use outpost_control::config::{self, ServerConfig};
 use outpost_control::server::{self, RunningServer};
 use outpost_control::store::users::UserRole;
 use outpost_control::store::{Store, StoreOptions};
+use outpost_tests::broker::Mosquitto;
 use outpost_tests::postgres::Postgres;
 
 /// Which database a [`Site`] uses.
@@ -27,8 +28,9 @@ pub struct Site {
     server: Option<RunningServer>,
     pub directory: tempfile::TempDir,
     pub admin_token: String,
-    // Dropped after the server: the database outlives its last connection.
+    // Dropped after the server: the database and broker outlive their last connection.
     _postgres: Option<Postgres>,
+    _mosquitto: Option<Mosquitto>,
 }
 
 /// Options for [`Site::start`].
@@ -36,6 +38,8 @@ pub struct Site {
 pub struct SiteOptions {
     pub trust_root: Option<PathBuf>,
     pub max_bundle_bytes: Option<u64>,
+    /// Use a real Mosquitto (external broker, shared subscriptions) instead of the embedded one.
+    pub mosquitto: bool,
 }
 
 impl Site {
@@ -58,6 +62,13 @@ impl Site {
         if let Some(postgres) = &postgres {
             environment.push(("OUTPOST__DATABASE__URL".into(), postgres.url()));
         }
+        let mosquitto = options.mosquitto.then(|| Mosquitto::start().expect("start Mosquitto"));
+        if let Some(mosquitto) = &mosquitto {
+            environment.push((
+                "OUTPOST__BROKER__URL".into(),
+                format!("mqtt://{}:{}", mosquitto.host(), mosquitto.port()),
+            ));
+        }
         if let Some(root) = &options.trust_root {
             environment.push(("OUTPOST__TRUST__ROOT".into(), root.display().to_string()));
         }
@@ -79,7 +90,14 @@ impl Site {
         let admin_token = runtime
             .block_on(server.store().create_user("root-admin", UserRole::Admin, "test"))
             .expect("admin user");
-        Site { runtime, server: Some(server), directory, admin_token, _postgres: postgres }
+        Site {
+            runtime,
+            server: Some(server),
+            directory,
+            admin_token,
+            _postgres: postgres,
+            _mosquitto: mosquitto,
+        }
     }
 
     pub fn server(&self) -> &RunningServer {
@@ -154,13 +172,9 @@ pub fn show(output: &Output) -> String {
     )
 }
 
-/// Polls `condition` until it holds or `timeout` passes; panics naming `what` on timeout.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// Polls `condition` until it holds or `timeout` passes (the test kit's waiting).
+pub fn wait_until(what: &str, timeout: Duration, condition: impl FnMut() -> bool) {
+    outpost_tests::wait::until(timeout, what, condition);
 }
 
 fn model(name: &str) -> String {
