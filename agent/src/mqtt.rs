@@ -522,21 +522,27 @@ impl MqttConnection for EventLoop {
 
 mod poller {
     //! Drives rumqttc's event loop: one poll at a time, never cancelled, a backoff delay after
-    //! every failure.
+    //! every failure. The backoff starts over only after a connection held for
+    //! [`STABLE_CONNECTION`]: a broker that accepts and then drops the device at once (a
+    //! duplicate client id, an ACL problem) must not be hammered at the minimum delay.
 
     use super::*;
+
+    /// How long a connection must last before the next failure counts as a first one.
+    pub(super) const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
     pub(super) async fn run<C: MqttConnection, J: JitterSource + Send + 'static>(
         mut connection: C,
         events: mpsc::Sender<NetEvent>,
         mut backoff: Backoff<J>,
     ) {
+        let mut connected_since = None;
         loop {
             match connection.poll().await {
                 Ok(event) => {
                     let done = matches!(event, rumqttc::Event::Outgoing(Outgoing::Disconnect));
                     if matches!(event, rumqttc::Event::Incoming(Packet::ConnAck(_))) {
-                        backoff.reset();
+                        connected_since = Some(Instant::now());
                     }
                     if let Some(net) = translate(event)
                         && events.send(net).await.is_err()
@@ -554,6 +560,10 @@ mod poller {
                         {
                             return;
                         }
+                    }
+                    let held = connected_since.take().map(|since| since.elapsed());
+                    if held.is_some_and(|held| held >= STABLE_CONNECTION) {
+                        backoff.reset();
                     }
                     let retry_in = backoff.next_delay();
                     tracing::debug!(%error, ?retry_in, attempt = backoff.attempts(), "MQTT connection failed");
@@ -931,33 +941,41 @@ mod tests {
         mqtt_options(&config, &device, dir.path()).expect("plain TCP");
     }
 
-    /// A connection that fails a given number of times, then connects and idles.
-    struct FlakyConnection {
-        failures_left: usize,
-        polls: Arc<Mutex<Vec<Instant>>>,
-        connected: bool,
+    /// What the fake connection does on each poll.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        Fail,
+        Connect,
+        /// Stay connected this long, then fail.
+        DropAfter(Duration),
     }
 
-    impl MqttConnection for FlakyConnection {
+    /// A connection that follows a script, then idles.
+    struct ScriptedConnection {
+        script: VecDeque<Step>,
+        polls: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl MqttConnection for ScriptedConnection {
         fn poll(&mut self) -> impl Future<Output = Result<rumqttc::Event, ConnectionError>> + Send {
             self.polls.lock().expect("lock").push(Instant::now());
-            let outcome = if self.connected {
-                None
-            } else if self.failures_left > 0 {
-                self.failures_left -= 1;
-                Some(Err(ConnectionError::Io(std::io::Error::from(
-                    std::io::ErrorKind::ConnectionRefused,
-                ))))
-            } else {
-                self.connected = true;
-                Some(Ok(rumqttc::Event::Incoming(Packet::ConnAck(rumqttc::ConnAck {
-                    session_present: false,
-                    code: rumqttc::ConnectReturnCode::Success,
-                }))))
-            };
+            let step = self.script.pop_front();
             async move {
-                match outcome {
-                    Some(outcome) => outcome,
+                let refused = || {
+                    ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+                };
+                match step {
+                    Some(Step::Fail) => Err(refused()),
+                    Some(Step::Connect) => {
+                        Ok(rumqttc::Event::Incoming(Packet::ConnAck(rumqttc::ConnAck {
+                            session_present: false,
+                            code: rumqttc::ConnectReturnCode::Success,
+                        })))
+                    }
+                    Some(Step::DropAfter(held)) => {
+                        tokio::time::sleep(held).await;
+                        Err(refused())
+                    }
                     None => std::future::pending().await,
                 }
             }
@@ -970,11 +988,12 @@ mod tests {
         fn discard_requests(&mut self) {}
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_poller_waits_the_backoff_delay_between_attempts_and_never_hot_loops() {
+    /// Runs the poller over `script` with the highest jitter (every delay is its ceiling) and
+    /// returns the delays it announced and when it polled, in ms from the start.
+    async fn run_script(script: &[Step]) -> (Vec<u128>, Vec<u128>) {
         let polls = Arc::new(Mutex::new(Vec::new()));
         let connection =
-            FlakyConnection { failures_left: 5, polls: polls.clone(), connected: false };
+            ScriptedConnection { script: script.iter().copied().collect(), polls: polls.clone() };
         let backoff = Backoff::new(
             BackoffConfig {
                 min_delay: Duration::from_millis(100),
@@ -985,23 +1004,56 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let start = Instant::now();
         let poller = tokio::spawn(poller::run(connection, tx, backoff));
+        let failures = script.iter().filter(|s| !matches!(s, Step::Connect)).count();
         let mut delays = Vec::new();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("an event")
-            {
-                Some(NetEvent::Disconnected { retry_in, resume, .. }) => {
+        while delays.len() < failures {
+            let event = tokio::time::timeout(Duration::from_secs(600), rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the poller runs");
+            match event {
+                NetEvent::Disconnected { retry_in, resume, .. } => {
                     delays.push(retry_in.as_millis());
-                    resume.send(()).expect("poller waits");
+                    resume.send(()).expect("the poller waits for the session");
                 }
-                Some(NetEvent::Connected) => break,
+                NetEvent::Connected => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(delays, [100, 200, 400, 800, 1_000]);
-        let offsets: Vec<u128> =
-            polls.lock().expect("lock").iter().map(|t| (*t - start).as_millis()).collect();
-        // Five failures 100, 200, 400, 800 and 1 000 ms apart, the connect, then an idle poll.
-        assert_eq!(offsets, [0, 100, 300, 700, 1_500, 2_500, 2_500]);
+        // The poll after the last step idles; wait until it started.
+        while polls.lock().expect("lock").len() <= script.len() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         poller.abort();
+        let offsets =
+            polls.lock().expect("lock").iter().map(|t| (*t - start).as_millis()).collect();
+        (delays, offsets)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poller_waits_the_backoff_delay_between_attempts_and_never_hot_loops() {
+        use Step::{Connect, Fail};
+        let (delays, polls) = run_script(&[Fail, Fail, Fail, Fail, Fail, Connect]).await;
+        assert_eq!(delays, [100, 200, 400, 800, 1_000]);
+        // Each attempt waits for the previous delay; after connecting, the next poll idles.
+        assert_eq!(polls, [0, 100, 300, 700, 1_500, 2_500, 2_500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_starts_over_only_after_a_connection_held() {
+        use Step::{Connect, DropAfter, Fail};
+        let brief = Duration::from_secs(1);
+        let (delays, _) = run_script(&[
+            Fail,
+            Connect,
+            DropAfter(brief),
+            Fail,
+            Connect,
+            DropAfter(poller::STABLE_CONNECTION),
+            Fail,
+        ])
+        .await;
+        // Dropped right after connecting: the delays keep growing. Held: back to the start.
+        assert_eq!(delays, [100, 200, 400, 100, 200]);
     }
 }
