@@ -11,6 +11,7 @@
 
 mod api;
 mod cli;
+mod mqtt;
 mod runtime;
 mod window;
 
