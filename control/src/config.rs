@@ -39,6 +39,7 @@ pub struct RawConfig {
     pub broker: RawBroker,
     pub trust: RawTrust,
     pub registry: RawRegistry,
+    pub ingest: RawIngest,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +84,16 @@ pub struct RawRegistry {
     pub max_bundle_bytes: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub bucket_seconds: u64,
+    pub cohort_tag_keys: String,
+    pub downsample_after_days: u64,
+    pub retention_days: u64,
+    pub maintenance_interval_seconds: u64,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -93,6 +104,33 @@ pub struct ServerConfig {
     /// The trust root file; `None`: the registry refuses pushes.
     pub trust_root: Option<PathBuf>,
     pub max_bundle_bytes: u64,
+    pub ingest: IngestConfig,
+}
+
+/// Statistics ingest: buckets, cohorts, downsampling and retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Length of an aggregate bucket in milliseconds; divides a day.
+    pub bucket_ms: i64,
+    /// Tag keys that define cohorts; empty: every tag of the device.
+    pub cohort_tag_keys: Vec<String>,
+    /// Buckets older than this are merged into day buckets.
+    pub downsample_after_ms: i64,
+    /// Aggregates older than this are deleted, and windows this old are refused; `None`: kept.
+    pub retention_ms: Option<i64>,
+    pub maintenance_interval: std::time::Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            bucket_ms: 3_600_000,
+            cohort_tag_keys: Vec::new(),
+            downsample_after_ms: 7 * 86_400_000,
+            retention_ms: Some(400 * 86_400_000),
+            maintenance_interval: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// Where the data lives.
@@ -341,6 +379,50 @@ fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
         },
         trust_root: non_empty(&raw.trust.root).map(PathBuf::from),
         max_bundle_bytes: raw.registry.max_bundle_bytes,
+        ingest: ingest_config(&raw.ingest)?,
+    })
+}
+
+fn ingest_config(raw: &RawIngest) -> Result<IngestConfig, ConfigError> {
+    const DAY_SECONDS: u64 = 86_400;
+    let value = |key: &str, reason: String| ConfigError::Value { key: key.into(), reason };
+    if raw.bucket_seconds == 0 || !DAY_SECONDS.is_multiple_of(raw.bucket_seconds) {
+        return Err(value(
+            "ingest.bucket_seconds",
+            format!("{} must divide a day (86400), e.g. 60, 300, 3600", raw.bucket_seconds),
+        ));
+    }
+    let mut keys = Vec::new();
+    for key in raw.cohort_tag_keys.split(',').map(str::trim).filter(|key| !key.is_empty()) {
+        if !outpost_shared::selector::valid_token(key) {
+            return Err(value("ingest.cohort_tag_keys", format!("`{key}` is not a tag key")));
+        }
+        keys.push(key.to_string());
+    }
+    let days = |days: u64, key: &str| {
+        i64::try_from(days.saturating_mul(DAY_SECONDS * 1000))
+            .map_err(|_| value(key, format!("{days} days is too long")))
+    };
+    let downsample_after_ms = days(raw.downsample_after_days, "ingest.downsample_after_days")?;
+    let retention_ms = match raw.retention_days {
+        0 => None,
+        retention => Some(days(retention, "ingest.retention_days")?),
+    };
+    if retention_ms.is_some_and(|retention| retention <= downsample_after_ms) {
+        return Err(value(
+            "ingest.retention_days",
+            "must be 0 (keep forever) or longer than ingest.downsample_after_days".into(),
+        ));
+    }
+    if raw.maintenance_interval_seconds == 0 {
+        return Err(value("ingest.maintenance_interval_seconds", "must be at least 1".into()));
+    }
+    Ok(IngestConfig {
+        bucket_ms: i64::try_from(raw.bucket_seconds * 1000).unwrap_or(3_600_000),
+        cohort_tag_keys: keys,
+        downsample_after_ms,
+        retention_ms,
+        maintenance_interval: std::time::Duration::from_secs(raw.maintenance_interval_seconds),
     })
 }
 
@@ -403,6 +485,7 @@ mod tests {
         assert!(matches!(config.broker.target, BrokerTarget::Embedded { .. }));
         assert!(config.trust_root.is_none());
         assert!(config.api.tls.is_none());
+        assert_eq!(config.ingest, IngestConfig::default());
     }
 
     #[test]
@@ -446,6 +529,9 @@ mod tests {
             (None, &[("OUTPOST__BROKER__URL", "http://x")], "broker.url"),
             (None, &[("OUTPOST__API__TLS_CERT", "cert.pem")], "api.tls_cert"),
             (None, &[("OUTPOST__REGISTRY__MAX_BUNDLE_BYTES", "0")], "max_bundle_bytes"),
+            (None, &[("OUTPOST__INGEST__BUCKET_SECONDS", "7")], "ingest.bucket_seconds"),
+            (None, &[("OUTPOST__INGEST__COHORT_TAG_KEYS", "site,a b")], "cohort_tag_keys"),
+            (None, &[("OUTPOST__INGEST__RETENTION_DAYS", "3")], "ingest.retention_days"),
         ];
         for (file, environment, expected) in cases {
             let error = load_from(file.map(|text| ("test.toml", text)), &env(environment))

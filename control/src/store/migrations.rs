@@ -9,12 +9,20 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use super::Backend;
 
 /// (version, description, SQLite text, PostgreSQL text).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "ingest",
+        include_str!("../../migrations/sqlite/0002_ingest.sql"),
+        include_str!("../../migrations/postgres/0002_ingest.sql"),
+    ),
+];
 
 /// The migrator for `backend`.
 pub(super) fn migrator(backend: Backend) -> Migrator {

@@ -13,8 +13,12 @@
 //! - [`inventory`]: devices from `hello` / `state`.
 //! - [`users`]: API users and token hashes.
 //! - [`audit`]: the `audit_events` table (denied requests and actions).
+//! - [`ingest`]: statistics windows: dedupe, aggregates, downsampling.
+//! - [`artifacts`]: byte ranges of stored bundles, for artifact serving.
 
+pub mod artifacts;
 pub mod audit;
+pub mod ingest;
 pub mod inventory;
 mod migrations;
 pub mod registry;

@@ -1,0 +1,488 @@
+//! Statistics ingest tables: `windows_seen` (the durable dedupe by device and sequence number),
+//! `device_aggregates` and `cohort_aggregates` (windows merged per model digest × device or
+//! cohort × time bucket), and their downsampling and retention.
+//!
+//! [`Store::ingest_window`] does everything for one window in one transaction: it inserts the
+//! `(device, seq)` row (a unique key, so a redelivered window inserts nothing and is reported as
+//! a duplicate) and merges the window into every aggregate row it belongs to. Either all of it
+//! commits or none of it, so a crash between the two cannot count a window twice or lose it.
+//!
+//! Merging is exact: [`AggregateWindow::merge`] is [`StatsWindow::merge`] (checked counts,
+//! histograms over identical edges, parallel moments). On PostgreSQL the aggregate rows are
+//! read `FOR UPDATE`, so several control instances merging into one bucket serialize instead of
+//! losing an update; SQLite has one writer at a time anyway.
+
+use std::collections::BTreeMap;
+
+use outpost_shared::wire::{
+    ClassifierStats, DeviceId, FeatureStats, LatencyHistogram, ModelRef, ProtocolVersion,
+    StatsWindow, StatsWindowError,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+
+use super::{Backend, Store, StoreError, from_json, now_ms, to_i64, to_u64};
+
+/// One day in milliseconds: the length of a downsampled bucket.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// The exact merge of one or more windows of one model (for one device or one cohort).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateWindow {
+    pub model: ModelRef,
+    /// How many windows were merged.
+    pub windows: u64,
+    /// Earliest window start and latest window end, unix milliseconds.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub count: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: LatencyHistogram,
+    pub inputs: Vec<FeatureStats>,
+    pub outputs: Vec<FeatureStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierStats>,
+}
+
+impl AggregateWindow {
+    /// The aggregate of one window.
+    pub fn of(window: &StatsWindow) -> AggregateWindow {
+        AggregateWindow {
+            model: window.model.clone(),
+            windows: 1,
+            start_ms: window.start_ms,
+            end_ms: window.end_ms,
+            count: window.count,
+            errors: window.errors.clone(),
+            latency: window.latency.clone(),
+            inputs: window.inputs.clone(),
+            outputs: window.outputs.clone(),
+            classifier: window.classifier.clone(),
+        }
+    }
+
+    /// Adds `other` with [`StatsWindow::merge`]'s rules; on error `self` is unchanged.
+    pub fn merge(&mut self, other: &AggregateWindow) -> Result<(), StatsWindowError> {
+        let mut merged = self.as_window()?;
+        merged.merge(&other.as_window()?)?;
+        let windows = self
+            .windows
+            .checked_add(other.windows)
+            .ok_or_else(|| StatsWindowError::Overflow { what: "aggregated window count".into() })?;
+        let mut result = AggregateWindow::of(&merged);
+        result.windows = windows;
+        *self = result;
+        Ok(())
+    }
+
+    /// This aggregate as a window of a placeholder device, so the shared merge applies as is.
+    fn as_window(&self) -> Result<StatsWindow, StatsWindowError> {
+        let device = DeviceId::new("aggregate")
+            .map_err(|error| StatsWindowError::NotMergeable { reason: error.to_string() })?;
+        Ok(StatsWindow {
+            v: ProtocolVersion,
+            device,
+            model: self.model.clone(),
+            seq: 0,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            count: self.count,
+            errors: self.errors.clone(),
+            latency: self.latency.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            classifier: self.classifier.clone(),
+        })
+    }
+}
+
+/// A validated window and where it goes.
+#[derive(Debug, Clone)]
+pub struct WindowToIngest<'a> {
+    pub window: &'a StatsWindow,
+    pub bucket_start_ms: i64,
+    pub bucket_ms: i64,
+    /// `*` and the device's `key=value` tags; one cohort aggregate row each.
+    pub cohorts: Vec<String>,
+    pub received_ms: i64,
+}
+
+/// What [`Store::ingest_window`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngestOutcome {
+    /// Counted and merged.
+    Ingested,
+    /// This (device, seq) was counted before; nothing changed.
+    Duplicate,
+    /// The window does not merge with what is stored for its bucket; nothing changed.
+    NotMergeable(StatsWindowError),
+}
+
+/// Which aggregate table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateKind {
+    Device,
+    Cohort,
+}
+
+impl AggregateKind {
+    fn table(self) -> &'static str {
+        match self {
+            AggregateKind::Device => "device_aggregates",
+            AggregateKind::Cohort => "cohort_aggregates",
+        }
+    }
+
+    fn key_column(self) -> &'static str {
+        match self {
+            AggregateKind::Device => "device_id",
+            AggregateKind::Cohort => "cohort",
+        }
+    }
+}
+
+/// One stored aggregate row.
+#[derive(Debug, Clone, Serialize)]
+pub struct AggregateRecord {
+    pub model_digest: String,
+    /// The device id or the cohort (`*`, `key=value`).
+    pub key: String,
+    pub bucket_start_ms: i64,
+    pub bucket_ms: i64,
+    pub windows: u64,
+    pub request_count: u64,
+    pub aggregate: AggregateWindow,
+}
+
+/// What downsampling did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MaintenanceReport {
+    /// Short buckets merged into day buckets.
+    pub buckets_downsampled: u64,
+    /// Day groups left as they were because their buckets did not merge (logged).
+    pub groups_not_merged: u64,
+    /// Aggregate rows and dedupe rows deleted as older than the retention.
+    pub rows_expired: u64,
+}
+
+fn encode(aggregate: &AggregateWindow) -> Result<String, StoreError> {
+    serde_json::to_string(aggregate).map_err(|error| StoreError::Corrupt {
+        what: "aggregate window".into(),
+        reason: error.to_string(),
+    })
+}
+
+type Transaction<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+impl Store {
+    /// Counts `item.window` once for its (device, seq) and merges it into its device and cohort
+    /// aggregates, all in one transaction.
+    pub async fn ingest_window(
+        &self,
+        item: &WindowToIngest<'_>,
+    ) -> Result<IngestOutcome, StoreError> {
+        let window = item.window;
+        let digest = window.model.digest.as_str().to_string();
+        let mut transaction = self.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO windows_seen (device_id, seq, model_digest, bucket_start_ms, \
+             received_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, seq) DO NOTHING",
+        )
+        .bind(window.device.as_str().to_string())
+        .bind(to_i64(window.seq, "window sequence number")?)
+        .bind(digest.clone())
+        .bind(item.bucket_start_ms)
+        .bind(item.received_ms)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            transaction.rollback().await?;
+            return Ok(IngestOutcome::Duplicate);
+        }
+        let aggregate = AggregateWindow::of(window);
+        let mut cohorts = item.cohorts.clone();
+        // One lock order for every transaction: device row first, then cohorts sorted.
+        cohorts.sort();
+        cohorts.dedup();
+        let targets = std::iter::once((AggregateKind::Device, window.device.as_str().to_string()))
+            .chain(cohorts.into_iter().map(|cohort| (AggregateKind::Cohort, cohort)));
+        for (kind, key) in targets {
+            let bucket = Bucket {
+                kind,
+                digest: &digest,
+                key: &key,
+                start_ms: item.bucket_start_ms,
+                length_ms: item.bucket_ms,
+            };
+            if let Err(error) =
+                merge_into(&mut transaction, self.backend(), &bucket, &aggregate).await?
+            {
+                transaction.rollback().await?;
+                return Ok(IngestOutcome::NotMergeable(error));
+            }
+        }
+        transaction.commit().await?;
+        Ok(IngestOutcome::Ingested)
+    }
+
+    /// Aggregate rows of `model_digest` for one device or cohort, with buckets starting in
+    /// `from_ms .. to_ms`, oldest first.
+    pub async fn aggregates(
+        &self,
+        kind: AggregateKind,
+        model_digest: &str,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<AggregateRecord>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT model_digest, {key_column} AS aggregate_key, bucket_start_ms, bucket_ms, \
+             windows, request_count, window_json FROM {table} \
+             WHERE model_digest = $1 AND {key_column} = $2 AND bucket_start_ms >= $3 \
+             AND bucket_start_ms < $4 ORDER BY bucket_start_ms",
+            key_column = kind.key_column(),
+            table = kind.table(),
+        )))
+        .bind(model_digest.to_string())
+        .bind(key.to_string())
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let key: String = row.try_get("aggregate_key")?;
+                let bucket_start_ms: i64 = row.try_get("bucket_start_ms")?;
+                let what = format!("aggregate {model_digest} {key} {bucket_start_ms}");
+                Ok(AggregateRecord {
+                    model_digest: row.try_get("model_digest")?,
+                    bucket_ms: row.try_get("bucket_ms")?,
+                    windows: to_u64(row.try_get("windows")?, &what)?,
+                    request_count: to_u64(row.try_get("request_count")?, &what)?,
+                    aggregate: from_json(&row.try_get::<String, _>("window_json")?, &what)?,
+                    key,
+                    bucket_start_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// The model digests that have aggregates for one device or cohort.
+    pub async fn aggregate_models(
+        &self,
+        kind: AggregateKind,
+        key: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let digests: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT DISTINCT model_digest FROM {table} WHERE {key_column} = $1 ORDER BY 1",
+            table = kind.table(),
+            key_column = kind.key_column(),
+        )))
+        .bind(key.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(digests)
+    }
+
+    /// How many windows of `device` have been counted (rows of `windows_seen`).
+    pub async fn windows_seen(&self, device: &str) -> Result<u64, StoreError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM windows_seen WHERE device_id = $1")
+                .bind(device.to_string())
+                .fetch_one(self.pool())
+                .await?;
+        to_u64(count, "windows seen")
+    }
+
+    /// Merges short buckets that start before `downsample_before_ms` into day buckets, and
+    /// deletes aggregates and dedupe rows whose buckets start before `expire_before_ms` (when
+    /// given). Each day group is merged in its own transaction.
+    pub async fn maintain_aggregates(
+        &self,
+        downsample_before_ms: i64,
+        expire_before_ms: Option<i64>,
+    ) -> Result<MaintenanceReport, StoreError> {
+        let mut report = MaintenanceReport::default();
+        for kind in [AggregateKind::Device, AggregateKind::Cohort] {
+            let groups: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT model_digest, {key}, bucket_start_ms - (bucket_start_ms % \
+                     {DAY_MS}) FROM {table} WHERE bucket_ms < {DAY_MS} AND bucket_start_ms < $1",
+                key = kind.key_column(),
+                table = kind.table(),
+            )))
+            .bind(downsample_before_ms)
+            .fetch_all(self.pool())
+            .await?;
+            for (digest, key, day_start) in groups {
+                match self.downsample_day(kind, &digest, &key, day_start).await? {
+                    Ok(merged) => report.buckets_downsampled += merged,
+                    Err(error) => {
+                        report.groups_not_merged += 1;
+                        tracing::warn!(%error, table = kind.table(), %digest, %key, day_start,
+                            "buckets of one day do not merge; left as they are");
+                    }
+                }
+            }
+        }
+        if let Some(before) = expire_before_ms {
+            let mut transaction = self.pool().begin().await?;
+            for table in ["device_aggregates", "cohort_aggregates", "windows_seen"] {
+                report.rows_expired += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE bucket_start_ms < $1"
+                )))
+                .bind(before)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+            }
+            transaction.commit().await?;
+        }
+        Ok(report)
+    }
+
+    /// Merges every short bucket of one (digest, key, day) into the day bucket.
+    async fn downsample_day(
+        &self,
+        kind: AggregateKind,
+        digest: &str,
+        key: &str,
+        day_start: i64,
+    ) -> Result<Result<u64, StatsWindowError>, StoreError> {
+        let mut transaction = self.pool().begin().await?;
+        let lock = if self.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT bucket_start_ms, window_json FROM {table} WHERE model_digest = $1 \
+             AND {key_column} = $2 AND bucket_start_ms >= $3 AND bucket_start_ms < $4 \
+             AND bucket_ms < {DAY_MS} ORDER BY bucket_start_ms{lock}",
+            table = kind.table(),
+            key_column = kind.key_column(),
+        )))
+        .bind(digest.to_string())
+        .bind(key.to_string())
+        .bind(day_start)
+        .bind(day_start + DAY_MS)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let Some(((_, first), rest)) = rows.split_first() else {
+            transaction.rollback().await?;
+            return Ok(Ok(0));
+        };
+        let what = format!("aggregate {digest} {key} day {day_start}");
+        let mut merged: AggregateWindow = from_json(first, &what)?;
+        for (_, json) in rest {
+            let next: AggregateWindow = from_json(json, &what)?;
+            if let Err(error) = merged.merge(&next) {
+                transaction.rollback().await?;
+                return Ok(Err(error));
+            }
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE model_digest = $1 AND {key_column} = $2 \
+             AND bucket_start_ms >= $3 AND bucket_start_ms < $4 AND bucket_ms < {DAY_MS}",
+            table = kind.table(),
+            key_column = kind.key_column(),
+        )))
+        .bind(digest.to_string())
+        .bind(key.to_string())
+        .bind(day_start)
+        .bind(day_start + DAY_MS)
+        .execute(&mut *transaction)
+        .await?;
+        let bucket = Bucket { kind, digest, key, start_ms: day_start, length_ms: DAY_MS };
+        if let Err(error) = merge_into(&mut transaction, self.backend(), &bucket, &merged).await? {
+            transaction.rollback().await?;
+            return Ok(Err(error));
+        }
+        transaction.commit().await?;
+        Ok(Ok(rows.len() as u64))
+    }
+}
+
+/// One aggregate row's key.
+struct Bucket<'a> {
+    kind: AggregateKind,
+    digest: &'a str,
+    key: &'a str,
+    start_ms: i64,
+    length_ms: i64,
+}
+
+/// Inserts `aggregate` as the bucket's row, or merges it into the row already there. The inner
+/// error means the row and the aggregate do not merge (the caller rolls back).
+async fn merge_into(
+    transaction: &mut Transaction<'_>,
+    backend: Backend,
+    bucket: &Bucket<'_>,
+    aggregate: &AggregateWindow,
+) -> Result<Result<(), StatsWindowError>, StoreError> {
+    let table = bucket.kind.table();
+    let key_column = bucket.kind.key_column();
+    let now = now_ms();
+    let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (model_digest, {key_column}, bucket_start_ms, bucket_ms, windows, \
+         request_count, window_json, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (model_digest, {key_column}, bucket_start_ms) DO NOTHING"
+    )))
+    .bind(bucket.digest.to_string())
+    .bind(bucket.key.to_string())
+    .bind(bucket.start_ms)
+    .bind(bucket.length_ms)
+    .bind(to_i64(aggregate.windows, "aggregated windows")?)
+    .bind(to_i64(aggregate.count, "request count")?)
+    .bind(encode(aggregate)?)
+    .bind(now)
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Ok(()));
+    }
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let stored: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT window_json FROM {table} WHERE model_digest = $1 AND {key_column} = $2 \
+         AND bucket_start_ms = $3{lock}"
+    )))
+    .bind(bucket.digest.to_string())
+    .bind(bucket.key.to_string())
+    .bind(bucket.start_ms)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let what = format!("aggregate {} {} {}", bucket.digest, bucket.key, bucket.start_ms);
+    let mut merged: AggregateWindow = from_json(&stored, &what)?;
+    if let Err(error) = merged.merge(aggregate) {
+        return Ok(Err(error));
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET windows = $4, request_count = $5, window_json = $6, updated_ms = $7, \
+         bucket_ms = CASE WHEN bucket_ms > $8 THEN bucket_ms ELSE $8 END \
+         WHERE model_digest = $1 AND {key_column} = $2 AND bucket_start_ms = $3"
+    )))
+    .bind(bucket.digest.to_string())
+    .bind(bucket.key.to_string())
+    .bind(bucket.start_ms)
+    .bind(to_i64(merged.windows, "aggregated windows")?)
+    .bind(to_i64(merged.count, "request count")?)
+    .bind(encode(&merged)?)
+    .bind(now)
+    .bind(bucket.length_ms)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(Ok(()))
+}
+
+impl Store {
+    /// The baseline profile of the stored bundle `digest`, if the registry has it.
+    pub async fn bundle_profile(
+        &self,
+        digest: &str,
+    ) -> Result<Option<outpost_shared::profile::Profile>, StoreError> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT profile_json FROM bundles WHERE digest = $1")
+                .bind(digest.to_string())
+                .fetch_optional(self.pool())
+                .await?;
+        text.map(|text| from_json(&text, &format!("profile of bundle {digest}"))).transpose()
+    }
+}
