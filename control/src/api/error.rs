@@ -34,6 +34,10 @@ pub enum ApiError {
     /// 422: the bundle failed verification; the reason names the check.
     #[error("bundle refused ({code}): {error}", code = .0.code(), error = .0)]
     BundleRefused(VerifyError),
+    /// 422: the rollout plan failed verification against the server's trust root, or does not
+    /// fit the device; the reason names the check.
+    #[error("plan refused ({code}): {error}", code = .0.code(), error = .0)]
+    PlanRefused(VerifyError),
     /// 503: the registry has no trust root to verify against.
     #[error("the registry accepts no bundles: the server has no trust root (set trust.root)")]
     RegistryDisabled,
@@ -64,7 +68,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BundleRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BundleRefused(_) | ApiError::PlanRefused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::RegistryDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,7 +85,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "too_large",
-            ApiError::BundleRefused(error) => error.code(),
+            ApiError::BundleRefused(error) | ApiError::PlanRefused(error) => error.code(),
             ApiError::RegistryDisabled => "registry_disabled",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
         }

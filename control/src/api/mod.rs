@@ -8,6 +8,7 @@
 //! - [`error`]: [`ApiError`], each variant with its status; bodies are `{"error", "code"}`.
 //! - [`client`]: the blocking HTTP client of `outpost model|devices|users` (ureq, rustls).
 
+pub mod aggregates;
 pub mod auth;
 pub mod client;
 pub mod error;
@@ -37,6 +38,8 @@ pub struct ApiState {
     /// `None`: the registry refuses pushes.
     pub trust_root: Option<Arc<Verified<TrustRoot>>>,
     pub max_bundle_bytes: u64,
+    /// The control's MQTT client, for publishing assignments; `None` in API-only setups.
+    pub mqtt: Option<rumqttc::AsyncClient>,
 }
 
 /// The handler of each route. The match is exhaustive, so every [`RouteId`] has one; that
@@ -58,6 +61,8 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::ListDevices => get(list_devices),
         RouteId::ShowDevice => get(show_device),
         RouteId::ListAuditEvents => get(list_audit_events),
+        RouteId::Aggregates => get(aggregates::aggregates),
+        RouteId::Assign => post(crate::server::assign::assign),
     }
 }
 

@@ -58,6 +58,8 @@ pub enum RouteId {
     ListDevices,
     ShowDevice,
     ListAuditEvents,
+    Aggregates,
+    Assign,
 }
 
 /// A query parameter, for the OpenAPI document.
@@ -282,6 +284,61 @@ pub const ROUTES: &[Route] = &[
                 description: "At most this many events (default 100, at most 1000).",
             },
         ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::Aggregates,
+        method: HttpMethod::Get,
+        path: "/v1/aggregates",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "aggregates",
+        summary: "Merged statistics windows of one model version (bundle digest) for one device \
+                  or cohort, per time bucket, and their merge over the range; without `model`, \
+                  the model digests that have statistics for the device or cohort.",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Bundle digest `sha256:…` of the model version.",
+            },
+            QueryParameter {
+                name: "device",
+                schema_type: "string",
+                description: "A device id (instead of a cohort).",
+            },
+            QueryParameter {
+                name: "cohort",
+                schema_type: "string",
+                description: "`*` (every device, the default) or a `key=value` tag.",
+            },
+            QueryParameter {
+                name: "from_ms",
+                schema_type: "integer",
+                description: "Buckets starting at or after this time (unix ms).",
+            },
+            QueryParameter {
+                name: "to_ms",
+                schema_type: "integer",
+                description: "Buckets starting before this time (unix ms).",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::Assign,
+        method: HttpMethod::Post,
+        path: "/v1/assign",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "assign",
+        summary: "Publish a signed rollout plan to one device (retained assign topic). The plan \
+                  is verified against the server's trust root first: 422 with the reason when \
+                  it does not verify or does not fit the device, 409 when its bundle is not in \
+                  the registry.",
+        request_body: Some(JSON),
+        query: &[],
         success_status: 200,
         response_type: JSON,
     },

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use outpost_shared::verify::Role;
 
+pub mod assign;
 mod bundle;
 pub mod devices;
 mod keys;
@@ -49,6 +50,8 @@ pub enum Command {
     /// API users and their tokens.
     #[command(subcommand)]
     Users(users::UsersCommand),
+    /// Publish a signed rollout plan to one device (verified by the server first).
+    Assign(assign::AssignArgs),
 }
 
 /// A key's role, as given on the command line.
@@ -321,6 +324,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(command) => model::run(command),
         Command::Devices(command) => devices::run(command),
         Command::Users(command) => users::run(command),
+        Command::Assign(args) => assign::run(args),
     }
 }
 

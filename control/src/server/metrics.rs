@@ -1,8 +1,9 @@
 //! Counters for Prometheus (`GET /metrics`), written in the text exposition format by hand.
 //!
-//! Every counter here is real: it is incremented where the thing happens. The ingest figures
-//! (windows ingested, duplicates, ingest lag) stay at zero until statistics ingest lands; the
-//! rejected-window counter already counts `stats` payloads that fail to decode.
+//! Every counter here is real: it is incremented where the thing happens. Windows rejected
+//! counts both `stats` payloads that fail to decode (malformed, oversized, invalid statistics,
+//! device mismatch) and decoded windows that ingest refuses (profile mismatch, not mergeable,
+//! older than the retention).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,7 @@ pub struct Metrics {
     pub mqtt_messages: [AtomicU64; 5],
     /// Messages dropped because topic or payload were malformed, by channel (`5`: unknown topic).
     pub mqtt_rejected: [AtomicU64; 6],
-    /// Messages received on channels this version does not process yet (stats, events, fetch).
+    /// Messages received on channels this version does not process yet (events).
     pub mqtt_ignored: [AtomicU64; 5],
     /// Messages whose processing failed in the database (logged; the message is not acked).
     pub mqtt_store_errors: AtomicU64,

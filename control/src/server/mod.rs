@@ -5,7 +5,10 @@
 //! [`start`] returns a [`RunningServer`] once everything accepts work (the tests start servers
 //! this way, on port 0); [`run`] is the command: start, wait for Ctrl-C or SIGTERM, shut down.
 
+pub mod artifacts;
+pub mod assign;
 pub mod broker;
+pub mod ingest;
 pub mod metrics;
 pub mod mqtt;
 pub mod tls;
@@ -130,11 +133,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let metrics = Arc::new(metrics::Metrics::default());
     let (stop, stop_receiver) = watch::channel(false);
     let mut tasks = Vec::new();
+    let ingest = ingest::Ingest::new(store.clone(), config.ingest.clone());
+    let (mqtt_client, event_loop) = mqtt::client(options);
     tasks.push(tokio::spawn(mqtt::run_subscriber(
-        options,
+        mqtt_client.clone(),
+        event_loop,
         endpoint.external.is_some(),
-        store.clone(),
-        metrics.clone(),
+        mqtt::Handlers { store: store.clone(), ingest: ingest.clone(), metrics: metrics.clone() },
+        stop_receiver.clone(),
+    )));
+    tasks.push(tokio::spawn(run_maintenance(
+        ingest,
+        config.ingest.maintenance_interval,
         stop_receiver,
     )));
 
@@ -143,6 +153,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics: metrics.clone(),
         trust_root: trust_root.map(Arc::new),
         max_bundle_bytes: config.max_bundle_bytes,
+        mqtt: Some(mqtt_client),
     };
     let listener = std::net::TcpListener::bind(config.api.listen)
         .map_err(|source| ServerError::Bind { what: "API", address: config.api.listen, source })?;
@@ -193,6 +204,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         api_handle,
         tasks,
     })
+}
+
+/// Downsampling and retention of the aggregates: once at start, then every `interval`.
+async fn run_maintenance(
+    ingest: ingest::Ingest,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match ingest.maintain().await {
+            Ok(report) => tracing::debug!(?report, "aggregate maintenance done"),
+            Err(error) => tracing::warn!(%error, "aggregate maintenance failed; retried later"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
 }
 
 /// `outpost serve`: runs until Ctrl-C or SIGTERM.

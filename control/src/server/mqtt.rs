@@ -6,13 +6,21 @@
 //! messages on shared subscriptions (seen in `control/tests/it/inventory.rs`: of several
 //! messages queued on one shared filter, only some were forwarded).
 //!
-//! This phase processes `hello` and `state` into the fleet inventory; `stats`, `events` and
-//! `fetch` are counted and ignored with a log line until ingest and artifact serving land.
-//! A malformed topic or payload is counted, logged and dropped; nothing stops the loop.
-//! Messages are acknowledged (manual acks) after they were processed or dropped, never before:
-//! the ingest step will pair this with a persistent session so an unprocessed window is
-//! redelivered. A database failure on `hello` / `state` is logged and counted; the broker
-//! replays those retained messages whenever the control resubscribes.
+//! `hello` and `state` go to the fleet inventory, `stats` to ingest ([`super::ingest`]),
+//! `fetch` to artifact serving ([`super::artifacts`], answered from a task of its own so a
+//! slow database read never holds up the loop); `events` are counted and ignored until the
+//! audit trail lands. A malformed topic or payload is counted, logged and dropped; nothing
+//! stops the loop.
+//!
+//! Delivery: messages are acknowledged (manual acks) after they were processed or dropped,
+//! never before. When `broker.client_id` is configured the session is persistent
+//! (`clean_session = false`): the broker keeps this instance's subscriptions and queues QoS 1
+//! messages while it is down, and redelivers those it sent but never saw acknowledged, so a
+//! restart loses no window; the (device, seq) dedupe makes the redelivered ones count once.
+//! With the default random client id the session is clean (a persistent session under a
+//! random name would only pile up in the broker). A database failure on `hello` / `state` is
+//! logged and counted; the broker replays those retained messages whenever the control
+//! resubscribes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +32,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport
 use tokio::sync::watch;
 
 use super::ServerError;
+use super::ingest::{Ingest, WindowOutcome};
 use super::metrics::{Metrics, bump, channel_index};
 use crate::config::{BrokerConfig, BrokerTarget, ExternalBroker};
 use crate::store::inventory::Delivery;
@@ -47,6 +56,10 @@ impl BrokerEndpoint {
 #[derive(Debug, PartialEq, Eq)]
 pub enum MessageOutcome {
     Processed(Channel),
+    /// A statistics window went through ingest.
+    Window(WindowOutcome),
+    /// A fetch request, to be answered ([`super::artifacts`]).
+    Fetch(outpost_shared::wire::DeviceId, outpost_shared::wire::FetchRequest),
     /// Received on a channel this version does not process yet.
     Ignored(Channel),
     /// Dropped: malformed topic or payload.
@@ -60,6 +73,7 @@ pub enum MessageOutcome {
 /// Decodes one message and applies it to the store.
 pub async fn process_message(
     store: &Store,
+    ingest: &Ingest,
     topic: &str,
     payload: &[u8],
     delivery: Delivery,
@@ -84,9 +98,11 @@ pub async fn process_message(
             store.record_state(&device, &state, delivery).await?;
             MessageOutcome::Processed(Channel::State)
         }
-        (_, FromDevice::Stats(_)) => MessageOutcome::Ignored(Channel::Stats),
+        (device, FromDevice::Stats(window)) => {
+            MessageOutcome::Window(ingest.ingest(&device, window).await?)
+        }
         (_, FromDevice::Event(_)) => MessageOutcome::Ignored(Channel::Events),
-        (_, FromDevice::Fetch(_)) => MessageOutcome::Ignored(Channel::Fetch),
+        (device, FromDevice::Fetch(request)) => MessageOutcome::Fetch(device, request),
         (_, FromDevice::Cleared(channel)) => MessageOutcome::Ignored(channel),
     })
 }
@@ -100,7 +116,8 @@ pub fn mqtt_options(
     let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
     options.set_keep_alive(config.keep_alive);
     options.set_manual_acks(true);
-    options.set_clean_session(true);
+    // A persistent session only under a stable, configured name (see the module docs).
+    options.set_clean_session(config.client_id.is_none());
     let max_packet = outpost_shared::wire::MAX_JSON_PAYLOAD_BYTES + 64 * 1024;
     options.set_max_packet_size(max_packet, max_packet);
     if let Some(external) = &endpoint.external {
@@ -129,15 +146,27 @@ pub fn external_endpoint(config: &BrokerConfig) -> Option<BrokerEndpoint> {
     }
 }
 
+/// The control's MQTT client and its event loop (run by [`run_subscriber`]).
+pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    AsyncClient::new(options, 256)
+}
+
+/// What the subscriber hands each message to.
+#[derive(Debug, Clone)]
+pub struct Handlers {
+    pub store: Store,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Runs the subscriber until `shutdown` turns true.
 pub async fn run_subscriber(
-    options: MqttOptions,
+    client: AsyncClient,
+    mut event_loop: EventLoop,
     shared_subscriptions: bool,
-    store: Store,
-    metrics: Arc<Metrics>,
+    handlers: Handlers,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (client, mut event_loop) = AsyncClient::new(options, 256);
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -151,7 +180,7 @@ pub async fn run_subscriber(
                 subscribe(&client, shared_subscriptions).await;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle_publish(&client, &store, &metrics, &publish).await;
+                handle_publish(&client, &handlers, publish).await;
             }
             Ok(_) => {}
             Err(error) => {
@@ -192,6 +221,12 @@ pub fn subscription_filters(shared_subscriptions: bool) -> Vec<String> {
         .collect()
 }
 
+fn count_message(metrics: &Metrics, channel: Channel) {
+    if let Some(index) = channel_index(channel) {
+        bump(&metrics.mqtt_messages[index]);
+    }
+}
+
 async fn subscribe(client: &AsyncClient, shared_subscriptions: bool) {
     for filter in subscription_filters(shared_subscriptions) {
         if let Err(error) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
@@ -200,15 +235,55 @@ async fn subscribe(client: &AsyncClient, shared_subscriptions: bool) {
     }
 }
 
-async fn handle_publish(
-    client: &AsyncClient,
-    store: &Store,
-    metrics: &Metrics,
-    publish: &rumqttc::Publish,
-) {
+async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumqttc::Publish) {
+    let metrics = &handlers.metrics;
     let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
     let topic = publish.topic.as_str();
-    match process_message(store, topic, &publish.payload, delivery).await {
+    let outcome =
+        process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery).await;
+    match outcome {
+        Ok(MessageOutcome::Fetch(device, request)) => {
+            count_message(metrics, Channel::Fetch);
+            // Answered and acknowledged from its own task: the loop keeps polling meanwhile.
+            let client = client.clone();
+            let store = handlers.store.clone();
+            tokio::spawn(async move {
+                match super::artifacts::answer(&store, &device, &request).await {
+                    Ok(answer) => {
+                        if let Err(error) = client
+                            .publish(answer.topic, QoS::AtLeastOnce, answer.retain, answer.payload)
+                            .await
+                        {
+                            tracing::warn!(%error, %device, "cannot queue a chunk reply");
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, %device, "cannot encode a chunk reply"),
+                }
+                if let Err(error) = client.ack(&publish).await {
+                    tracing::warn!(%error, "cannot acknowledge a fetch request");
+                }
+            });
+            return;
+        }
+        Ok(MessageOutcome::Window(outcome)) => {
+            count_message(metrics, Channel::Stats);
+            match outcome {
+                WindowOutcome::Ingested { lag_seconds } => {
+                    bump(&metrics.windows_ingested);
+                    metrics
+                        .ingest_lag_seconds
+                        .store(lag_seconds, std::sync::atomic::Ordering::Relaxed);
+                }
+                WindowOutcome::Duplicate => {
+                    bump(&metrics.windows_duplicate);
+                    tracing::debug!(topic, "duplicate window counted once");
+                }
+                WindowOutcome::Rejected { code, reason } => {
+                    bump(&metrics.windows_rejected);
+                    tracing::warn!(topic, code, reason, "dropped a statistics window");
+                }
+            }
+        }
         Ok(outcome) => match &outcome {
             MessageOutcome::Processed(channel) => {
                 if let Some(index) = channel_index(*channel) {
@@ -223,6 +298,7 @@ async fn handle_publish(
                 }
                 tracing::debug!(topic, "not processed by this server version; ignored");
             }
+            MessageOutcome::Window(_) | MessageOutcome::Fetch(..) => {}
             MessageOutcome::Rejected { channel, code, reason } => {
                 let index = channel.and_then(channel_index).unwrap_or(5);
                 bump(&metrics.mqtt_rejected[index]);
@@ -240,7 +316,7 @@ async fn handle_publish(
             tracing::error!(%error, topic, "cannot store a device message");
         }
     }
-    if let Err(error) = client.ack(publish).await {
+    if let Err(error) = client.ack(&publish).await {
         tracing::warn!(%error, topic, "cannot acknowledge a message");
     }
 }

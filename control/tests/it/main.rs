@@ -3,6 +3,7 @@
 
 mod authz;
 mod cli;
+mod ingest;
 mod inventory;
 mod registry;
 mod server;

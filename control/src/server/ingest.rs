@@ -1,0 +1,196 @@
+//! Statistics ingest: one [`StatsWindow`] from `outpost/v1/<dev>/stats` in, counted once and
+//! merged into its aggregates, or refused with a reason.
+//!
+//! The wire layer has already checked the payload (size limit, version, `check_statistics`, and
+//! that the device in the payload is the device of the topic). Here the window is also checked
+//! against the baseline profile of its model when the registry holds that bundle: the same
+//! features in the same order over the profile's exact bin edges, so the aggregates compare
+//! with the baseline bin by bin. A model the registry does not know is aggregated as it comes;
+//! the merge itself still refuses windows whose edges differ from what the bucket holds.
+//!
+//! Cohorts: each window counts in `*` (the whole fleet) and in one cohort per `key=value` tag
+//! the device has in the inventory when the window is ingested (its last `hello`), restricted
+//! to `ingest.cohort_tag_keys` when that is set. Tags are taken at ingest time, not from the
+//! window, because the device's tags are what rollout cohorts select on; a device re-tagged
+//! later counts in its new cohorts from then on.
+//!
+//! KLL sketches (present only where a profile asks for them) are not aggregated by this
+//! version: they are dropped from the window before merging; histograms and moments are kept.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use outpost_shared::profile::{FeatureProfile, Profile};
+use outpost_shared::wire::{DeviceId, FeatureStats, StatsWindow};
+use tokio::sync::Mutex;
+
+use crate::config::IngestConfig;
+use crate::store::ingest::{IngestOutcome, WindowToIngest};
+use crate::store::{Store, StoreError, now_ms};
+
+/// What happened to one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowOutcome {
+    /// Counted and merged; `lag_seconds` from the window's end to now.
+    Ingested { lag_seconds: u64 },
+    /// Counted before; nothing changed.
+    Duplicate,
+    /// Refused (nothing changed), with a stable code and the reason.
+    Rejected { code: &'static str, reason: String },
+}
+
+/// The ingest step, shared by the MQTT loop: the store, the configuration and a cache of the
+/// bundles' profiles (bundles never change once stored, so a cached profile stays right).
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    store: Store,
+    config: Arc<IngestConfig>,
+    profiles: Arc<Mutex<HashMap<String, Arc<Profile>>>>,
+}
+
+impl Ingest {
+    pub fn new(store: Store, config: IngestConfig) -> Ingest {
+        Ingest { store, config: Arc::new(config), profiles: Arc::default() }
+    }
+
+    /// Counts and merges `window` of `device` (already decoded and validated on its topic).
+    pub async fn ingest(
+        &self,
+        device: &DeviceId,
+        mut window: StatsWindow,
+    ) -> Result<WindowOutcome, StoreError> {
+        let received_ms = now_ms();
+        let start = i64::try_from(window.start_ms).unwrap_or(i64::MAX);
+        let bucket_start_ms = start - start.rem_euclid(self.config.bucket_ms);
+        if let Some(retention) = self.config.retention_ms
+            && bucket_start_ms < received_ms.saturating_sub(retention)
+        {
+            return Ok(WindowOutcome::Rejected {
+                code: "too_old",
+                reason: format!(
+                    "window {} starts at {} ms, older than the retention of {} days",
+                    window.seq,
+                    window.start_ms,
+                    retention / 86_400_000
+                ),
+            });
+        }
+        for feature in window.inputs.iter_mut().chain(window.outputs.iter_mut()) {
+            feature.kll_sketch = None;
+        }
+        if let Some(profile) = self.profile(window.model.digest.as_str()).await?
+            && let Err(reason) = matches_profile(&window, &profile)
+        {
+            return Ok(WindowOutcome::Rejected { code: "profile_mismatch", reason });
+        }
+        let cohorts = self.cohorts(device).await?;
+        let item = WindowToIngest {
+            window: &window,
+            bucket_start_ms,
+            bucket_ms: self.config.bucket_ms,
+            cohorts,
+            received_ms,
+        };
+        Ok(match self.store.ingest_window(&item).await? {
+            IngestOutcome::Ingested => {
+                let end = i64::try_from(window.end_ms).unwrap_or(i64::MAX);
+                let lag_seconds =
+                    u64::try_from(received_ms.saturating_sub(end) / 1000).unwrap_or(0);
+                WindowOutcome::Ingested { lag_seconds }
+            }
+            IngestOutcome::Duplicate => WindowOutcome::Duplicate,
+            IngestOutcome::NotMergeable(error) => WindowOutcome::Rejected {
+                code: "not_mergeable",
+                reason: format!("does not merge with the stored bucket: {error}"),
+            },
+        })
+    }
+
+    /// Runs downsampling and retention once, relative to now.
+    pub async fn maintain(&self) -> Result<crate::store::ingest::MaintenanceReport, StoreError> {
+        let now = now_ms();
+        self.store
+            .maintain_aggregates(
+                now.saturating_sub(self.config.downsample_after_ms),
+                self.config.retention_ms.map(|retention| now.saturating_sub(retention)),
+            )
+            .await
+    }
+
+    async fn profile(&self, digest: &str) -> Result<Option<Arc<Profile>>, StoreError> {
+        if let Some(profile) = self.profiles.lock().await.get(digest) {
+            return Ok(Some(profile.clone()));
+        }
+        // Unknown digests are not cached: the bundle may be pushed later.
+        let Some(profile) = self.store.bundle_profile(digest).await? else {
+            return Ok(None);
+        };
+        let profile = Arc::new(profile);
+        self.profiles.lock().await.insert(digest.to_string(), profile.clone());
+        Ok(Some(profile))
+    }
+
+    async fn cohorts(&self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
+        let mut cohorts = vec!["*".to_string()];
+        if let Some(record) = self.store.device(device.as_str()).await? {
+            let keys = &self.config.cohort_tag_keys;
+            cohorts.extend(
+                record
+                    .tags
+                    .iter()
+                    .filter(|(key, _)| keys.is_empty() || keys.contains(key))
+                    .map(|(key, value)| format!("{key}={value}")),
+            );
+        }
+        Ok(cohorts)
+    }
+}
+
+/// Whether `window` has exactly the profile's features, in order, over the profile's edges.
+pub fn matches_profile(window: &StatsWindow, profile: &Profile) -> Result<(), String> {
+    fn side(
+        kind: &str,
+        features: &[FeatureStats],
+        expected: &[FeatureProfile],
+    ) -> Result<(), String> {
+        if features.len() != expected.len() {
+            return Err(format!(
+                "{} {kind}s where the model's profile has {}",
+                features.len(),
+                expected.len()
+            ));
+        }
+        for (feature, profile) in features.iter().zip(expected) {
+            if feature.name != profile.name {
+                return Err(format!(
+                    "{kind} `{}` where the profile has `{}`",
+                    feature.name, profile.name
+                ));
+            }
+            if feature.histogram.edges != profile.histogram.edges {
+                return Err(format!(
+                    "{kind} `{}` is binned over other edges than the model's profile",
+                    feature.name
+                ));
+            }
+        }
+        Ok(())
+    }
+    side("input", &window.inputs, &profile.inputs)?;
+    side("output", &window.outputs, &profile.outputs)?;
+    match (&window.classifier, &profile.classifier) {
+        (None, None) => Ok(()),
+        (Some(window), Some(profile))
+            if window.class_counts.len() == profile.class_counts.len() =>
+        {
+            Ok(())
+        }
+        (Some(window), Some(profile)) => Err(format!(
+            "{} classes where the profile has {}",
+            window.class_counts.len(),
+            profile.class_counts.len()
+        )),
+        (Some(_), None) => Err("classifier statistics for a model whose profile has none".into()),
+        (None, Some(_)) => Err("no classifier statistics for a classifier model".into()),
+    }
+}
