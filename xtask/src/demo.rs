@@ -1,7 +1,13 @@
-//! `cargo xtask demo`: Outpost's trust model end to end, narrated, with the real `outpost` CLI.
+//! `cargo xtask demo`: Outpost end to end, narrated, with the real `outpost` CLI and real
+//! agents: first the trust model (keys, trust root, signed bundles, refusals, rollout plans),
+//! then a live fleet on the embedded defaults: `outpost serve` with SQLite and its embedded
+//! MQTT broker, four `outpost-agent`s serving the signed ONNX model, inference traffic (with
+//! shifted data on one device), statistics windows flowing, a device lost to SIGKILL and a
+//! clean shutdown. See [`fleet`] for the live part.
 //!
 //! The demo is data: a list of chapters, each a short story and a list of steps, each step an
-//! action (run the CLI, copy or tamper with a file) and the exit code it must have. The runner
+//! action (run the CLI, copy or tamper with a file, act on the fleet) and the outcome it must
+//! have. The runner
 //! prints every command before running it and its output indented, checks every expectation,
 //! and ends with a summary table; it fails if any expectation did not hold. To show something
 //! new, add a chapter or a step to [`chapters`].
@@ -12,7 +18,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -22,6 +28,11 @@ use crate::process::{
     Captured, cargo, repo_root, run, run_captured, shell_quote, step, target_dir,
 };
 use crate::tamper;
+
+mod fleet;
+mod http;
+
+use fleet::{DEVICES, Fleet, FleetAction};
 
 /// Apt packages the demo needs. None yet: the trust walkthrough needs only the CLI and the
 /// committed models. The fleet and the console will add theirs here.
@@ -35,6 +46,7 @@ const PASSPHRASE: (&str, &str) = ("OUTPOST_PASSPHRASE", "demo-passphrase");
 const MODEL_FILES: &[&str] = &[
     "mlp_classifier.onnx",
     "mlp_classifier.baseline.csv",
+    "mlp_classifier.shifted.csv",
     "mlp_classifier.golden.json",
     "mlp_classifier.bad_golden.json",
     "mlp_classifier.lineage.json",
@@ -66,6 +78,8 @@ enum Action {
     Outpost(Vec<String>),
     /// Something the demo itself does with files in the demo folder.
     File(FileAction),
+    /// Something the demo does with its live fleet (server and agents).
+    Fleet(FleetAction),
 }
 
 /// File work of the demo itself; paths are relative to the demo folder.
@@ -94,6 +108,8 @@ enum Expect {
     Either,
     /// A file operation of the demo itself succeeds.
     Done,
+    /// A fleet action succeeds: this holds (shown in the summary).
+    Holds(&'static str),
 }
 
 const ACCEPTED: Expect = Expect::Exit(0);
@@ -107,6 +123,7 @@ impl fmt::Display for Expect {
             Self::Exit(code) => write!(f, "exit {code}"),
             Self::Either => f.write_str("exit 0 or 1"),
             Self::Done => f.write_str("done"),
+            Self::Holds(what) => f.write_str(what),
         }
     }
 }
@@ -118,6 +135,8 @@ enum Outcome {
     Killed,
     TimedOut,
     Done,
+    /// A fleet action held; what it measured.
+    Held(String),
     Error(String),
     /// Not run because input files are missing: an earlier step failed, and a refusal of a
     /// missing file would prove nothing.
@@ -137,6 +156,7 @@ impl fmt::Display for Outcome {
             Self::Killed => f.write_str("killed by a signal"),
             Self::TimedOut => write!(f, "timed out after {} s", STEP_TIME_LIMIT.as_secs()),
             Self::Done => f.write_str("done"),
+            Self::Held(brief) => f.write_str(brief),
             Self::Error(message) => write!(f, "error: {message}"),
             Self::NotRun { missing } => {
                 write!(f, "not run: {} missing (an earlier step failed)", missing.join(", "))
@@ -179,7 +199,9 @@ fn judge(expect: Expect, outcome: &Outcome, reason: Option<&str>) -> Result<(), 
             Err("refused without printing a reason".to_string())
         }
         (Expect::Exit(wanted), Outcome::Exited(got)) if wanted == *got => Ok(()),
-        (Expect::Either, Outcome::Exited(0 | 1)) | (Expect::Done, Outcome::Done) => Ok(()),
+        (Expect::Either, Outcome::Exited(0 | 1))
+        | (Expect::Done, Outcome::Done)
+        | (Expect::Holds(_), Outcome::Held(_)) => Ok(()),
         _ => Err(format!("expected {expect}, got {outcome}")),
     }
 }
@@ -440,6 +462,99 @@ fn chapters() -> Vec<Chapter> {
     ]
 }
 
+fn fleet(label: &str, action: FleetAction, expect: &'static str) -> Step {
+    Step { label: label.to_string(), action: Action::Fleet(action), expect: Expect::Holds(expect) }
+}
+
+/// The live part: a control server on the embedded defaults and four real agents, reusing
+/// the trust root and the signed bundle of the chapters before.
+fn fleet_chapters() -> Vec<Chapter> {
+    let devices = 0..DEVICES.len();
+    let mut enroll: Vec<Step> = devices
+        .clone()
+        .map(|index| {
+            let (id, site, _) = DEVICES[index];
+            fleet(
+                &format!("provision {id} (site={site})"),
+                FleetAction::Provision(index),
+                "verified, installed",
+            )
+        })
+        .collect();
+    enroll.extend(devices.map(|index| {
+        fleet(
+            &format!("start agent {}", DEVICES[index].0),
+            FleetAction::StartAgent(index),
+            "ready within 30 s",
+        )
+    }));
+    enroll.push(fleet("fleet online", FleetAction::WaitOnline, "4 online within 20 s"));
+    enroll.push(outpost("list devices", "devices list", ACCEPTED));
+    vec![
+        Chapter {
+            title: "f. Control server",
+            story: "`outpost serve` on its embedded defaults: SQLite in its data folder, an \
+                    embedded MQTT broker, the REST API, all on loopback, and the trust root made \
+                    above. The first admin is created straight in the database (`users add \
+                    --config`); everything after goes through the API with its token. The \
+                    registry verifies every pushed bundle against the trust root itself.",
+            steps: vec![
+                fleet("write control.toml", FleetAction::WriteControlConfig, "written"),
+                fleet("start outpost serve", FleetAction::StartServer, "/health 200 within 30 s"),
+                fleet("bootstrap the first admin", FleetAction::BootstrapAdmin, "token printed"),
+                outpost("push signed bundle", "model push model.bundle", ACCEPTED),
+                outpost("push: mallory's bundle", "model push mallory.bundle", REFUSED),
+                outpost("list models", "model list", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "g. A fleet of four agents",
+            story: "Four devices in two sites, each a real `outpost-agent` with its own data \
+                    folder. Enrollment installs the trust root and the signed bundle, verifying \
+                    both on the device (signatures, digests, the golden set) before anything is \
+                    installed. Each agent then serves the model over the Open Inference Protocol \
+                    v2 on loopback and reports to the control server over MQTT: a hello, its \
+                    presence (online, or the broker's Last Will when it vanishes), and a \
+                    statistics window every 2 s.",
+            steps: enroll,
+        },
+        Chapter {
+            title: "h. Traffic",
+            story: "Applications call the agents' local REST API. Rows of the model's baseline \
+                    data go to every device; berlin-2 gets rows of a shifted distribution \
+                    instead: drifting data on one device. (Drift detection on the control \
+                    server lands later; for now the windows only show that statistics flow.) \
+                    A malformed request gets a 4xx JSON error that names the problem.",
+            steps: vec![
+                fleet("infer on berlin-1", FleetAction::InferOnce(0), "200 with probabilities"),
+                fleet("infer: wrong shape", FleetAction::BadRequest(2), "4xx JSON error"),
+                fleet("10 s of traffic", FleetAction::Traffic, "every request 200"),
+                fleet("statistics windows flow", FleetAction::WaitStats, "≥ 8 within 20 s"),
+            ],
+        },
+        Chapter {
+            title: "i. Losing a device",
+            story: "paris-2 loses power: SIGKILL, no goodbye. The broker notices the dead \
+                    connection and publishes the agent's Last Will, and the control server marks \
+                    the device offline.",
+            steps: vec![
+                fleet("kill -KILL paris-2", FleetAction::Kill(3), "killed"),
+                fleet("paris-2 offline", FleetAction::WaitOffline(3), "offline within 20 s"),
+                outpost("list devices", "devices list", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "j. Shutdown",
+            story: "SIGTERM is how systemd stops a service: the agents say goodbye (offline) \
+                    and the server stops its API and broker; each must exit 0 within 10 s.",
+            steps: vec![
+                fleet("stop the agents", FleetAction::StopAgents, "each exits 0"),
+                fleet("stop outpost serve", FleetAction::StopServer, "exits 0"),
+            ],
+        },
+    ]
+}
+
 /// One row of the summary table.
 struct Row {
     step: String,
@@ -449,56 +564,76 @@ struct Row {
 }
 
 pub fn run_demo() -> Result<()> {
+    let started = Instant::now();
     let repo = repo_root();
     ensure_apt_packages(DEMO_APT_PACKAGES)?;
-    let outpost = build_outpost()?;
+    let (outpost, agent) = build_binaries()?;
+    let built = started.elapsed();
     let demo_dir = repo.join("target").join("demo");
     prepare(&repo, &demo_dir)?;
 
     println!();
-    println!("Outpost trust model, end to end. Every command below is the real `outpost` CLI");
+    println!("Outpost end to end: the trust model, then a live fleet. Every command below is the");
     println!(
-        "({}), run in {} with {}={}.",
+        "real `outpost` CLI ({}) or `outpost-agent`, run in {} with {}={}.",
         outpost.display(),
         demo_dir.display(),
         PASSPHRASE.0,
         PASSPHRASE.1
     );
 
+    // Owns the server and agent processes: whatever still runs when the demo ends, by failure
+    // or panic included, is killed when it drops.
+    let mut fleet = Fleet::new(&demo_dir, &outpost, &agent)?;
     let mut rows = Vec::new();
-    for chapter in chapters() {
+    for chapter in chapters().into_iter().chain(fleet_chapters()) {
         println!("\n{}", heading(chapter.title));
         println!("{}", wrap(&squeeze(chapter.story), 90));
         for step in chapter.steps {
-            rows.push(perform(&outpost, &demo_dir, step));
+            rows.push(perform(&outpost, &demo_dir, &mut fleet, step));
         }
     }
+    drop(fleet);
 
-    println!("\n{}", heading("f. Summary"));
+    println!("\n{}", heading("k. Summary"));
     print!("{}", summary_table(&rows));
     let failed = rows.iter().filter(|row| !row.ok).count();
+    let took = started.elapsed();
+    println!(
+        "\nThe demo took {:.0} s ({:.0} s building, {:.0} s running).",
+        took.as_secs_f64(),
+        built.as_secs_f64(),
+        (took - built).as_secs_f64()
+    );
     if failed > 0 {
         bail!("{failed} of {} demo expectations failed (see the table above)", rows.len());
     }
-    println!("\nAll {} expectations held. The files are in {}.", rows.len(), demo_dir.display());
+    println!(
+        "All {} expectations held. The files and logs are in {}.",
+        rows.len(),
+        demo_dir.display()
+    );
     Ok(())
 }
 
-/// Builds the CLI and returns its path.
-fn build_outpost() -> Result<PathBuf> {
+/// Builds the CLI and the agent; returns their paths.
+fn build_binaries() -> Result<(PathBuf, PathBuf)> {
     run(
-        "building the outpost CLI",
-        cargo().args(["build", "-p", "outpost-control", "--bin", "outpost"]),
+        "building the outpost CLI and the agent",
+        cargo().args(["build", "-p", "outpost-control", "-p", "outpost-agent"]),
     )
     .context(
-        "the demo needs the `outpost` CLI (control/, binary `outpost`) and it did not build; \
-         see the compiler output above",
+        "the demo needs the `outpost` CLI (control/) and `outpost-agent` (agent/), and they \
+         did not build; see the compiler output above",
     )?;
-    let binary = target_dir().join("debug").join("outpost");
-    if !binary.is_file() {
-        bail!("cargo built outpost-control but there is no {}", binary.display());
+    let binaries = ["outpost", "outpost-agent"].map(|name| target_dir().join("debug").join(name));
+    for binary in &binaries {
+        if !binary.is_file() {
+            bail!("cargo built the workspace but there is no {}", binary.display());
+        }
     }
-    Ok(binary)
+    let [outpost, agent] = binaries;
+    Ok((outpost, agent))
 }
 
 /// Wipes and recreates the demo folder and copies the committed model files into it.
@@ -520,10 +655,14 @@ fn prepare(repo: &Path, demo_dir: &Path) -> Result<()> {
 }
 
 /// Runs one step, narrating it, and judges the outcome.
-fn perform(outpost: &Path, demo_dir: &Path, step: Step) -> Row {
+fn perform(outpost: &Path, demo_dir: &Path, fleet: &mut Fleet, step: Step) -> Row {
     println!();
     let (outcome, reason) = match &step.action {
-        Action::Outpost(args) => run_outpost(outpost, demo_dir, args),
+        Action::Outpost(args) => run_outpost(outpost, demo_dir, fleet, args),
+        Action::Fleet(action) => {
+            println!("  # {}", action.describe());
+            (fleet.perform(*action), None)
+        }
         Action::File(action) => {
             println!("  # {}", describe(action));
             match file_action(demo_dir, action) {
@@ -552,18 +691,32 @@ fn perform(outpost: &Path, demo_dir: &Path, step: Step) -> Row {
 
 /// Runs the CLI, printing the command line and then its output indented; returns the outcome
 /// and the reason it gave.
-fn run_outpost(outpost: &Path, demo_dir: &Path, args: &[String]) -> (Outcome, Option<String>) {
+fn run_outpost(
+    outpost: &Path,
+    demo_dir: &Path,
+    fleet: &Fleet,
+    args: &[String],
+) -> (Outcome, Option<String>) {
     println!("  $ {}", command_lines(args, 96));
-    let missing: Vec<String> = input_files(args)
+    let mut missing: Vec<String> = input_files(args)
         .into_iter()
         .filter(|file| !demo_dir.join(file).exists())
         .map(str::to_string)
         .collect();
+    let env = fleet.cli_env();
+    if uses_api(args) && env.is_none() {
+        missing.push("the server and its admin token".into());
+    }
     if !missing.is_empty() {
         return (Outcome::NotRun { missing }, None);
     }
     let mut command = Command::new(outpost);
     command.args(args).current_dir(demo_dir).env(PASSPHRASE.0, PASSPHRASE.1);
+    if uses_api(args)
+        && let Some(env) = env
+    {
+        command.envs(env);
+    }
     match run_captured(&mut command, STEP_TIME_LIMIT) {
         Ok(captured) => {
             print_indented(&captured.stdout);
@@ -577,6 +730,12 @@ fn run_outpost(outpost: &Path, demo_dir: &Path, args: &[String]) -> (Outcome, Op
         }
         Err(error) => (Outcome::Error(format!("{error:#}")), None),
     }
+}
+
+/// Whether a CLI command talks to the server (and so needs `OUTPOST_SERVER` and
+/// `OUTPOST_TOKEN`).
+fn uses_api(args: &[String]) -> bool {
+    args.first().is_some_and(|command| ["model", "devices", "users"].contains(&command.as_str()))
 }
 
 fn describe(action: &FileAction) -> String {
@@ -751,6 +910,9 @@ mod tests {
             (Expect::Either, Outcome::Exited(2), reason, false),
             (Expect::Done, Outcome::Done, None, true),
             (Expect::Done, Outcome::Error("missing: keys/x".into()), None, false),
+            (Expect::Holds("4 online"), Outcome::Held("4 online after 1 s".into()), None, true),
+            (Expect::Holds("exits 0"), Outcome::Error("exit status: 1".into()), None, false),
+            (Expect::Holds("exits 0"), Outcome::NotRun { missing: vec![] }, None, false),
         ];
         for (expect, outcome, reason, ok) in cases {
             assert_eq!(judge(*expect, outcome, *reason).is_ok(), *ok, "{expect} vs {outcome}");
@@ -776,9 +938,9 @@ mod tests {
 
     #[test]
     fn the_story_is_well_formed() {
-        let chapters = chapters();
+        let chapters: Vec<Chapter> = chapters().into_iter().chain(fleet_chapters()).collect();
         let steps: Vec<&Step> = chapters.iter().flat_map(|chapter| &chapter.steps).collect();
-        assert!(steps.len() > 20);
+        assert!(steps.len() > 40);
         for step in &steps {
             match &step.action {
                 Action::Outpost(args) => {
@@ -792,7 +954,10 @@ mod tests {
                             .all(|arg| !arg.is_empty() && !arg.contains(char::is_whitespace))
                     );
                 }
-                _ => assert_eq!(step.expect, Expect::Done, "{}", step.label),
+                Action::File(_) => assert_eq!(step.expect, Expect::Done, "{}", step.label),
+                Action::Fleet(_) => {
+                    assert!(matches!(step.expect, Expect::Holds(_)), "{}", step.label);
+                }
             }
         }
         // Every model file a command names is copied into the demo folder.
@@ -805,7 +970,26 @@ mod tests {
         }
         // Each refusal the brief names is in the story.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 8);
+        assert_eq!(refusals, 9);
+        // The fleet starts before it is used and is stopped at the end.
+        let fleet_actions: Vec<FleetAction> = steps
+            .iter()
+            .filter_map(|step| match step.action {
+                Action::Fleet(action) => Some(action),
+                _ => None,
+            })
+            .collect();
+        let position = |wanted: FleetAction| {
+            fleet_actions.iter().position(|action| *action == wanted).expect("in the story")
+        };
+        assert!(position(FleetAction::StartServer) < position(FleetAction::BootstrapAdmin));
+        assert!(position(FleetAction::WaitOnline) < position(FleetAction::Traffic));
+        assert_eq!(fleet_actions.last(), Some(&FleetAction::StopServer));
+        for index in 0..DEVICES.len() {
+            assert!(
+                position(FleetAction::Provision(index)) < position(FleetAction::StartAgent(index))
+            );
+        }
     }
 
     #[test]

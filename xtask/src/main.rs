@@ -5,9 +5,11 @@
 //!   on a Debian machine (apt packages, rustup targets, the Python venv), then runs every check:
 //!   the test models are reproducible, rustfmt, clippy, the tests (slow suites included unless
 //!   `--quick`) and the doc tests. See [`suite`].
-//! - `demo`: builds the `outpost` CLI and walks through the trust model in `target/demo/`:
-//!   keys, trust root, signed bundles, tampering and unauthorised keys refused, k-of-n rollout
-//!   approvals, cohorts. See [`demo`].
+//! - `demo`: builds the `outpost` CLI and the agent and walks through the trust model in
+//!   `target/demo/` (keys, trust root, signed bundles, tampering and unauthorised keys refused,
+//!   k-of-n rollout approvals, cohorts), then runs a live fleet on the embedded defaults: the
+//!   control server with SQLite and its MQTT broker, four real agents serving the signed model,
+//!   inference traffic, statistics windows, a lost device, a clean shutdown. See [`demo`].
 //! - `models`: regenerates `tests/models/` with `make_models.py` in the project venv.
 //! - `cross [--target aarch64|armv7|all] [--release] [--test] [--package]`: the agent for ARM
 //!   boards: cross builds, its tests under qemu-user, `.deb` packages. See [`cross`].
@@ -50,7 +52,7 @@ struct Cli {
 enum Task {
     /// Install what is missing, then run every check (models, fmt, clippy, tests, doc tests).
     Test(suite::TestOptions),
-    /// Walk through Outpost's trust model with the real `outpost` CLI, in target/demo/.
+    /// Walk through Outpost's trust model, then run a live fleet of real agents, in target/demo/.
     Demo,
     /// Regenerate tests/models/ with make_models.py (creating the Python venv if needed).
     Models,
