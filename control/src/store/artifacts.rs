@@ -88,3 +88,87 @@ impl Store {
         Ok(Ok(ArtifactRange { total_size, offset, data }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::StoreOptions;
+
+    /// A bundle row of `bytes` stored in chunks of `chunk_bytes`, written directly.
+    async fn store_with(bytes: &[u8], chunk_bytes: usize) -> (Store, String) {
+        let store = Store::connect(&StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("store");
+        let digest = outpost_shared::sha256_digest(bytes);
+        sqlx::query(
+            "INSERT INTO bundles (digest, name, version, size, chunk_bytes, chunk_count, task, \
+             manifest_json, signers_json, profile_json, profile_summary_json, \
+             manifest_created_ms, pushed_ms, pushed_by) \
+             VALUES ($1, 'm', '1', $2, $3, $4, 'other', '{}', '[]', '{}', '{}', 0, 0, 'test')",
+        )
+        .bind(digest.clone())
+        .bind(bytes.len() as i64)
+        .bind(chunk_bytes as i64)
+        .bind(bytes.len().div_ceil(chunk_bytes) as i64)
+        .execute(store.pool())
+        .await
+        .expect("bundle row");
+        for (index, chunk) in bytes.chunks(chunk_bytes).enumerate() {
+            sqlx::query(
+                "INSERT INTO chunks (digest, idx, data_sha256, data) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(digest.clone())
+            .bind(index as i64)
+            .bind(outpost_shared::sha256_digest(chunk))
+            .bind(chunk.to_vec())
+            .execute(store.pool())
+            .await
+            .expect("chunk row");
+        }
+        (store, digest)
+    }
+
+    #[tokio::test]
+    async fn ranges_straddle_chunk_rows_and_refusals_are_typed() {
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let (store, digest) = store_with(&bytes, 64).await;
+        // (offset, max_len) → expected slice, as data.
+        let cases: &[(u64, u64)] =
+            &[(0, 64), (0, 65), (60, 10), (63, 130), (100, 900), (990, 100), (999, 1), (1000, 5)];
+        for &(offset, max_len) in cases {
+            let range = store
+                .artifact_range(&digest, offset, max_len)
+                .await
+                .expect("query")
+                .expect("served");
+            let end = (offset + max_len).min(1000) as usize;
+            assert_eq!(range.data, bytes[offset as usize..end], "{offset} + {max_len}");
+            assert_eq!(range.total_size, 1000);
+        }
+        assert_eq!(
+            store.artifact_range(&digest, 1001, 1).await.expect("query"),
+            Err(RangeRefusal::OffsetOutOfRange { total_size: 1000 })
+        );
+        assert_eq!(
+            store.artifact_range("sha256:00", 0, 1).await.expect("query"),
+            Err(RangeRefusal::UnknownDigest)
+        );
+        // A damaged row is detected, not served.
+        sqlx::query("UPDATE chunks SET data = $1 WHERE idx = 2")
+            .bind(vec![0u8; 64])
+            .execute(store.pool())
+            .await
+            .expect("damage");
+        assert!(matches!(
+            store.artifact_range(&digest, 120, 20).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(store.artifact_range(&digest, 0, 64).await.expect("query").is_ok());
+    }
+}
