@@ -31,6 +31,7 @@ use crate::tamper;
 
 mod fleet;
 mod http;
+mod json;
 
 use fleet::{DEVICES, Fleet, FleetAction};
 
@@ -522,14 +523,18 @@ fn fleet_chapters() -> Vec<Chapter> {
             title: "h. Traffic",
             story: "Applications call the agents' local REST API. Rows of the model's baseline \
                     data go to every device; berlin-2 gets rows of a shifted distribution \
-                    instead: drifting data on one device. (Drift detection on the control \
-                    server lands later; for now the windows only show that statistics flow.) \
-                    A malformed request gets a 4xx JSON error that names the problem.",
+                    instead: drifting data on one device. A malformed request gets a 4xx JSON \
+                    error that names the problem. Every 2 s each agent reports a statistics \
+                    window (input histograms and moments, outputs, latency); the control server \
+                    ingests them and merges them per device, where berlin-2's shifted inputs \
+                    are plain to see. Nothing flags them yet: drift detection and the console \
+                    land later.",
             steps: vec![
                 fleet("infer on berlin-1", FleetAction::InferOnce(0), "200 with probabilities"),
                 fleet("infer: wrong shape", FleetAction::BadRequest(2), "4xx JSON error"),
                 fleet("10 s of traffic", FleetAction::Traffic, "every request 200"),
                 fleet("statistics windows flow", FleetAction::WaitStats, "≥ 8 within 20 s"),
+                fleet("per-device statistics", FleetAction::DeviceStats, "berlin-2 stands out"),
             ],
         },
         Chapter {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::http;
+use super::json::{self, Json};
 use super::{Outcome, print_indented};
 use crate::process::{run_captured, shell_quote};
 
@@ -88,6 +89,8 @@ pub enum FleetAction {
     Traffic,
     /// Waits until the control server's `/metrics` counts statistics windows.
     WaitStats,
+    /// Per-device statistics from `/v1/aggregates`: the drifting device's inputs stand out.
+    DeviceStats,
     /// SIGKILL, as a power cut would.
     Kill(usize),
     /// Waits until `outpost devices list` shows the device offline.
@@ -131,6 +134,9 @@ impl FleetAction {
                 TRAFFIC.as_secs()
             ),
             Self::WaitStats => "poll the control server's /metrics for statistics windows".into(),
+            Self::DeviceStats => {
+                "each device's merged statistics windows, from GET /v1/aggregates".into()
+            }
             Self::Kill(index) => {
                 format!("kill -KILL {} (no goodbye: a power cut)", DEVICES[index].0)
             }
@@ -237,6 +243,7 @@ impl Fleet {
             FleetAction::BadRequest(index) => self.bad_request(index),
             FleetAction::Traffic => self.traffic(),
             FleetAction::WaitStats => self.wait_stats(),
+            FleetAction::DeviceStats => self.device_stats(),
             FleetAction::Kill(index) => self.kill(index),
             FleetAction::WaitOffline(index) => self.wait_offline(index),
             FleetAction::StopAgents => self.stop_agents(),
@@ -259,7 +266,10 @@ impl Fleet {
             FleetAction::BootstrapAdmin | FleetAction::StopServer => {
                 (!server_running).then_some("the control server")
             }
-            FleetAction::WaitOnline | FleetAction::WaitStats | FleetAction::WaitOffline(_) => {
+            FleetAction::WaitOnline
+            | FleetAction::WaitStats
+            | FleetAction::DeviceStats
+            | FleetAction::WaitOffline(_) => {
                 if self.token.is_none() {
                     Some("the admin token")
                 } else {
@@ -720,6 +730,107 @@ impl Fleet {
         }
     }
 
+    /// GET on the API with the admin token; the body as JSON, which must answer 200.
+    fn api_json(&self, path: &str) -> Result<Json> {
+        let token = self.token.as_deref().context("no admin token")?;
+        let response = http::get(self.api_port, path, Some(token))?;
+        if response.status != 200 {
+            bail!("GET {path} answered {}: {}", response.status, response.body);
+        }
+        json::parse(&response.body).with_context(|| format!("the answer of GET {path}"))
+    }
+
+    fn device_stats(&self) -> Result<String> {
+        let baseline = read_rows(&self.demo_dir.join(BASELINE_CSV))?;
+        let (means, deviations) = column_moments(&baseline);
+        // Per device: windows, requests, and the mean of every input over all its windows.
+        let mut merged: Vec<(f64, f64, Vec<f64>)> = Vec::new();
+        for (index, (id, _, _)) in DEVICES.iter().enumerate() {
+            let listing = self.api_json(&format!("/v1/aggregates?device={id}"))?;
+            let digest = listing
+                .get("models")
+                .map(Json::as_array)
+                .and_then(<[Json]>::first)
+                .and_then(Json::as_str)
+                .with_context(|| format!("no statistics for {id} yet"))?
+                .to_string();
+            let path = format!("/v1/aggregates?device={id}&model={digest}");
+            if index == 0 {
+                println!(
+                    "  $ curl -s -H \"Authorization: Bearer $OUTPOST_TOKEN\" \\\n        \
+                     '{}{path}'    # and the same for each device",
+                    self.server_url()
+                );
+            }
+            let answer = self.api_json(&path)?;
+            let total = answer.get("total").context("no merged total")?;
+            let number = |key: &str| total.get(key).and_then(Json::as_f64).unwrap_or(0.0);
+            let input_means = total
+                .get("inputs")
+                .map(Json::as_array)
+                .unwrap_or_default()
+                .iter()
+                .map(|input| {
+                    input.at(&["moments", "mean"]).and_then(Json::as_f64).unwrap_or(f64::NAN)
+                })
+                .collect();
+            merged.push((number("windows"), number("count"), input_means));
+        }
+        // The input whose mean moved most, in baseline standard deviations, on any device.
+        let shift = |device: usize, feature: usize| {
+            (merged[device].2.get(feature).copied().unwrap_or(f64::NAN) - means[feature])
+                / deviations[feature]
+        };
+        let feature = (0..FEATURES)
+            .max_by(|a, b| {
+                let largest =
+                    |f: usize| (0..DEVICES.len()).map(|d| shift(d, f).abs()).fold(0.0, f64::max);
+                largest(*a).total_cmp(&largest(*b))
+            })
+            .unwrap_or(0);
+        let mut table = format!(
+            "{:<10} {:>7} {:>8}  {:>9}  (baseline CSV: {:.2}, σ {:.2})\n",
+            "DEVICE",
+            "WINDOWS",
+            "REQUESTS",
+            format!("MEAN f{feature}"),
+            means[feature],
+            deviations[feature]
+        );
+        for (index, (id, _, drifting)) in DEVICES.iter().enumerate() {
+            let (windows, count, _) = &merged[index];
+            table.push_str(&format!(
+                "{id:<10} {windows:>7} {count:>8}  {:>9.2}  {:+.1} σ{}\n",
+                merged[index].2.get(feature).copied().unwrap_or(f64::NAN),
+                shift(index, feature),
+                if *drifting { "   ← fed shifted data" } else { "" }
+            ));
+        }
+        print_indented(&table);
+        let empty: Vec<&str> = DEVICES
+            .iter()
+            .zip(&merged)
+            .filter(|(_, (_, count, _))| *count < 1.0)
+            .map(|((id, _, _), _)| *id)
+            .collect();
+        if !empty.is_empty() {
+            bail!("no requests counted in the windows of {}", empty.join(", "));
+        }
+        let drifting = DEVICES.iter().position(|(_, _, drifting)| *drifting).unwrap_or(0);
+        let others_max = (0..DEVICES.len())
+            .filter(|index| *index != drifting)
+            .map(|index| shift(index, feature).abs())
+            .fold(0.0, f64::max);
+        if shift(drifting, feature).abs() <= others_max {
+            bail!("{}'s inputs do not stand out", DEVICES[drifting].0);
+        }
+        Ok(format!(
+            "{} f{feature} {:+.1} σ, others ≤ {others_max:.1} σ",
+            DEVICES[drifting].0,
+            shift(drifting, feature)
+        ))
+    }
+
     fn kill(&mut self, index: usize) -> Result<String> {
         let Some(mut child) = self.agents[index].child.take() else {
             bail!("{} is not running", DEVICES[index].0);
@@ -840,6 +951,20 @@ fn metric(text: &str, sample: &str) -> Option<u64> {
         let (name, value) = line.rsplit_once(' ')?;
         (name == sample).then(|| value.trim().parse().ok()).flatten()
     })
+}
+
+/// The mean and the (sample) standard deviation of every column.
+fn column_moments(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
+    let n = rows.len() as f64;
+    let means: Vec<f64> =
+        (0..FEATURES).map(|c| rows.iter().map(|row| row[c]).sum::<f64>() / n).collect();
+    let deviations = (0..FEATURES)
+        .map(|c| {
+            let squares: f64 = rows.iter().map(|row| (row[c] - means[c]).powi(2)).sum();
+            (squares / (n - 1.0).max(1.0)).sqrt().max(f64::MIN_POSITIVE)
+        })
+        .collect();
+    (means, deviations)
 }
 
 /// The numeric rows of a CSV file with a header line.
