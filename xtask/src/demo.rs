@@ -538,7 +538,39 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "i. Losing a device",
+            title: "i. Assigning a rollout",
+            story: "The rollout plan approved by alice and bob above (cohort site=berlin) is \
+                    handed to the server, which verifies it against the trust root and the \
+                    device's tags before it publishes it to that device (retained on its \
+                    `assign` topic). A device outside the cohort, or the plan with only one \
+                    approval (alice + ci), is refused with the reason. The agent receives the \
+                    plan; verifying and installing it on the device, and staged waves, land \
+                    later, so here the agent only logs it.",
+            steps: vec![
+                outpost(
+                    "assign: berlin-1",
+                    "assign --device berlin-1 --plan rollout.plan",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "assign: paris-1 (not in cohort)",
+                    "assign --device paris-1 --plan rollout.plan",
+                    REFUSED,
+                ),
+                outpost(
+                    "assign: alice + ci plan",
+                    "assign --device berlin-2 --plan publisher.plan",
+                    REFUSED,
+                ),
+                fleet(
+                    "berlin-1 receives the plan",
+                    FleetAction::AssignmentReceived(0),
+                    "in its log within 10 s",
+                ),
+            ],
+        },
+        Chapter {
+            title: "j. Losing a device",
             story: "paris-2 loses power: SIGKILL, no goodbye. The broker notices the dead \
                     connection and publishes the agent's Last Will, and the control server marks \
                     the device offline.",
@@ -549,7 +581,7 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "j. Shutdown",
+            title: "k. Shutdown",
             story: "SIGTERM is how systemd stops a service: the agents say goodbye (offline) \
                     and the server stops its API and broker; each must exit 0 within 10 s.",
             steps: vec![
@@ -600,7 +632,7 @@ pub fn run_demo() -> Result<()> {
     }
     drop(fleet);
 
-    println!("\n{}", heading("k. Summary"));
+    println!("\n{}", heading("l. Summary"));
     print!("{}", summary_table(&rows));
     let failed = rows.iter().filter(|row| !row.ok).count();
     let took = started.elapsed();
@@ -740,7 +772,8 @@ fn run_outpost(
 /// Whether a CLI command talks to the server (and so needs `OUTPOST_SERVER` and
 /// `OUTPOST_TOKEN`).
 fn uses_api(args: &[String]) -> bool {
-    args.first().is_some_and(|command| ["model", "devices", "users"].contains(&command.as_str()))
+    args.first()
+        .is_some_and(|command| ["model", "devices", "users", "assign"].contains(&command.as_str()))
 }
 
 fn describe(action: &FileAction) -> String {
@@ -975,7 +1008,7 @@ mod tests {
         }
         // Each refusal the brief names is in the story.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 9);
+        assert_eq!(refusals, 11);
         // The fleet starts before it is used and is stopped at the end.
         let fleet_actions: Vec<FleetAction> = steps
             .iter()

@@ -56,6 +56,7 @@ const SERVER_READY: Duration = Duration::from_secs(30);
 const AGENT_READY: Duration = Duration::from_secs(30);
 const FLEET_ONLINE: Duration = Duration::from_secs(20);
 const STATS_FLOWING: Duration = Duration::from_secs(20);
+const ASSIGNMENT_DELIVERED: Duration = Duration::from_secs(10);
 const DEVICE_OFFLINE: Duration = Duration::from_secs(20);
 const EXIT_AFTER_SIGTERM: Duration = Duration::from_secs(10);
 const CLI_TIME_LIMIT: Duration = Duration::from_secs(30);
@@ -91,6 +92,8 @@ pub enum FleetAction {
     WaitStats,
     /// Per-device statistics from `/v1/aggregates`: the drifting device's inputs stand out.
     DeviceStats,
+    /// Waits until the agent's log mentions the assignment the server published to it.
+    AssignmentReceived(usize),
     /// SIGKILL, as a power cut would.
     Kill(usize),
     /// Waits until `outpost devices list` shows the device offline.
@@ -137,6 +140,10 @@ impl FleetAction {
             Self::DeviceStats => {
                 "each device's merged statistics windows, from GET /v1/aggregates".into()
             }
+            Self::AssignmentReceived(index) => format!(
+                "poll fleet/{}/agent.log until it mentions the assignment",
+                DEVICES[index].0
+            ),
             Self::Kill(index) => {
                 format!("kill -KILL {} (no goodbye: a power cut)", DEVICES[index].0)
             }
@@ -244,6 +251,7 @@ impl Fleet {
             FleetAction::Traffic => self.traffic(),
             FleetAction::WaitStats => self.wait_stats(),
             FleetAction::DeviceStats => self.device_stats(),
+            FleetAction::AssignmentReceived(index) => self.assignment_received(index),
             FleetAction::Kill(index) => self.kill(index),
             FleetAction::WaitOffline(index) => self.wait_offline(index),
             FleetAction::StopAgents => self.stop_agents(),
@@ -279,6 +287,7 @@ impl Fleet {
             FleetAction::StartAgent(index) => (!self.provisioned(index)).then_some("its data dir"),
             FleetAction::InferOnce(index)
             | FleetAction::BadRequest(index)
+            | FleetAction::AssignmentReceived(index)
             | FleetAction::Kill(index) => {
                 self.agents[index].child.is_none().then_some("the running agent")
             }
@@ -829,6 +838,22 @@ impl Fleet {
             DEVICES[drifting].0,
             shift(drifting, feature)
         ))
+    }
+
+    fn assignment_received(&self, index: usize) -> Result<String> {
+        let log = format!("{}/agent.log", agent_dir(index));
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.demo_dir.join(&log)).unwrap_or_default();
+            if let Some(line) = text.lines().find(|line| line.contains("assignment")) {
+                print_indented(line.trim());
+                return Ok(format!("received after {:.1} s", started.elapsed().as_secs_f64()));
+            }
+            if started.elapsed() >= ASSIGNMENT_DELIVERED {
+                bail!("{log} does not mention it after {} s", ASSIGNMENT_DELIVERED.as_secs());
+            }
+            thread::sleep(POLL);
+        }
     }
 
     fn kill(&mut self, index: usize) -> Result<String> {
