@@ -325,3 +325,144 @@ fn windows_count_once_and_merge_exactly_on_sqlite_with_the_embedded_broker() {
 fn windows_count_once_and_merge_exactly_on_postgres_through_mosquitto() {
     scenario(Backend::Postgres, true);
 }
+
+/// An `outpost serve` process, killed (SIGKILL) when dropped.
+struct ServeProcess(Child);
+
+impl ServeProcess {
+    fn start(config: &std::path::Path, api: &outpost_control::api::client::ApiClient) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn outpost serve");
+        let mut process = ServeProcess(child);
+        wait_until("the API to answer /health", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = process.0.try_wait() {
+                panic!("outpost serve exited early with {status}");
+            }
+            api.get_json("/health", &[]).is_ok()
+        });
+        process
+    }
+
+    /// SIGKILL: no shutdown, no goodbye to the broker, a transaction possibly half done.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn a_server_killed_mid_stream_and_restarted_loses_no_window_and_counts_none_twice() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mosquitto = Mosquitto::start().expect("start Mosquitto");
+    let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let config = directory.path().join("control.toml");
+    // A configured client id: a persistent session the broker keeps while the server is down.
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[broker]\n\
+             url = \"mqtt://{}:{}\"\nclient_id = \"control-restart-test\"\n",
+            directory.path().join("state").display(),
+            mosquitto.host(),
+            mosquitto.port()
+        ),
+    )
+    .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["users", "add", "admin", "--role", "admin", "--config"])
+        .arg(&config)
+        .env_remove("OUTPOST_SERVER")
+        .env_remove("OUTPOST_TOKEN")
+        .output()
+        .expect("users add");
+    assert!(output.status.success(), "{}", show(&output));
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let api = outpost_control::api::client::ApiClient::new(
+        &format!("http://127.0.0.1:{api_port}"),
+        Some(token),
+        None,
+    )
+    .expect("client");
+    let mut server = ServeProcess::start(&config, &api);
+
+    // A model the registry does not know: aggregated over the windows' own edges.
+    let profile = Profile {
+        v: 1,
+        reference_count: 0,
+        inputs: vec![FeatureProfile {
+            name: "x".into(),
+            source: outpost_shared::profile::FeatureSource::Element {
+                tensor: "input".into(),
+                index: 0,
+            },
+            histogram: Histogram::new(vec![0.0, 1.0, 2.0, 4.0]).expect("edges"),
+            moments: Moments::default(),
+        }],
+        outputs: vec![],
+        classifier: None,
+    };
+    let model = ModelRef {
+        name: "unpushed".into(),
+        version: "1".into(),
+        digest: Digest::of(b"a model the registry does not have"),
+    };
+    let digest = model.digest.as_str().to_string();
+    let id = DeviceId::new("restart-1").expect("id");
+    let hour = 1_763_942_400_000 / HOUR_MS * HOUR_MS;
+    let window_of = |seq: u64| window(&id, &model, &profile, seq, hour + seq * 1000, 10 + seq, 0.1);
+    let counted = || -> (u64, u64) {
+        let answer = api
+            .get_json(
+                "/v1/aggregates",
+                &[("model", digest.clone()), ("device", "restart-1".to_string())],
+            )
+            .expect("aggregates");
+        (
+            answer["total"]["windows"].as_u64().unwrap_or(0),
+            answer["total"]["count"].as_u64().unwrap_or(0),
+        )
+    };
+    let options = ClientOptions::local(mosquitto.port(), "restart-device");
+    let mut device = runtime.block_on(TestClient::connect(options, TIMEOUT)).expect("device");
+    let mut publish = |seq: u64| {
+        let message = Publish::message(&id, &window_of(seq)).expect("window");
+        runtime.block_on(device.publish(&message.topic, message.payload, false));
+    };
+
+    for seq in 1..=10 {
+        publish(seq);
+    }
+    wait_until("some windows counted before the kill", TIMEOUT, || counted().0 >= 3);
+    server.kill();
+    // While the server is down: new windows, and some already sent again.
+    for seq in (11..=20).chain(5..=8) {
+        publish(seq);
+    }
+    let _server = ServeProcess::start(&config, &api);
+    wait_until("every window counted after the restart", TIMEOUT, || counted().0 >= 20);
+    // A last window: everything sent before it has been handled once it is counted.
+    publish(21);
+    wait_until("the last window counted", TIMEOUT, || counted().0 >= 21);
+    let (windows, requests) = counted();
+    assert_eq!(windows, 21, "each window counted exactly once");
+    assert_eq!(requests, (1..=21).map(|seq| 10 + seq).sum::<u64>());
+}
