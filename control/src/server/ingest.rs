@@ -194,3 +194,74 @@ pub fn matches_profile(window: &StatsWindow, profile: &Profile) -> Result<(), St
         (None, Some(_)) => Err("no classifier statistics for a classifier model".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_shared::profile::FeatureSource;
+    use outpost_shared::stats::{Histogram, Moments};
+    use outpost_shared::wire::{Digest, LatencyHistogram, ModelRef, ProtocolVersion};
+
+    use super::*;
+
+    fn feature_profile(name: &str, edges: &[f64]) -> FeatureProfile {
+        FeatureProfile {
+            name: name.into(),
+            source: FeatureSource::Element { tensor: "input".into(), index: 0 },
+            histogram: Histogram::new(edges.to_vec()).expect("edges"),
+            moments: Moments::default(),
+        }
+    }
+
+    fn feature(name: &str, edges: &[f64]) -> FeatureStats {
+        FeatureStats {
+            name: name.into(),
+            histogram: Histogram::new(edges.to_vec()).expect("edges"),
+            moments: Moments::default(),
+            kll_sketch: None,
+        }
+    }
+
+    fn window(inputs: Vec<FeatureStats>) -> StatsWindow {
+        StatsWindow {
+            v: ProtocolVersion,
+            device: DeviceId::new("d").expect("id"),
+            model: ModelRef { name: "m".into(), version: "1".into(), digest: Digest::of(b"m") },
+            seq: 1,
+            start_ms: 0,
+            end_ms: 1,
+            count: 0,
+            errors: Default::default(),
+            latency: LatencyHistogram::default(),
+            inputs,
+            outputs: vec![],
+            classifier: None,
+        }
+    }
+
+    #[test]
+    fn windows_must_use_the_profile_features_and_edges() {
+        let profile = Profile {
+            v: 1,
+            reference_count: 1,
+            inputs: vec![feature_profile("a", &[0.0, 1.0]), feature_profile("b", &[0.0, 2.0])],
+            outputs: vec![],
+            classifier: None,
+        };
+        let cases: &[(Vec<FeatureStats>, Option<&str>)] = &[
+            (vec![feature("a", &[0.0, 1.0]), feature("b", &[0.0, 2.0])], None),
+            (vec![feature("a", &[0.0, 1.0])], Some("1 inputs where the model's profile has 2")),
+            (
+                vec![feature("b", &[0.0, 2.0]), feature("a", &[0.0, 1.0])],
+                Some("input `b` where the profile has `a`"),
+            ),
+            (
+                vec![feature("a", &[0.0, 1.0]), feature("b", &[0.0, 3.0])],
+                Some("input `b` is binned over other edges than the model's profile"),
+            ),
+        ];
+        for (inputs, expected) in cases {
+            let result = matches_profile(&window(inputs.clone()), &profile);
+            assert_eq!(result.err().as_deref(), *expected);
+        }
+    }
+}

@@ -486,3 +486,52 @@ impl Store {
         text.map(|text| from_json(&text, &format!("profile of bundle {digest}"))).transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use outpost_shared::stats::Histogram;
+    use outpost_shared::wire::Digest;
+
+    use super::*;
+
+    fn window(device: &str, count: u64) -> StatsWindow {
+        let mut histogram = Histogram::new(vec![0.0, 1.0, 2.0]).expect("edges");
+        let mut moments = outpost_shared::stats::Moments::default();
+        let mut latency = LatencyHistogram::default();
+        for i in 0..count {
+            histogram.observe(i as f64 / count as f64);
+            moments.observe(i as f64 / count as f64);
+            latency.observe(100);
+        }
+        StatsWindow {
+            v: ProtocolVersion,
+            device: DeviceId::new(device).expect("id"),
+            model: ModelRef { name: "m".into(), version: "1".into(), digest: Digest::of(b"m") },
+            seq: 1,
+            start_ms: 1000 * count,
+            end_ms: 1000 * count + 10,
+            count,
+            errors: BTreeMap::new(),
+            latency,
+            inputs: vec![FeatureStats { name: "x".into(), histogram, moments, kll_sketch: None }],
+            outputs: vec![],
+            classifier: None,
+        }
+    }
+
+    #[test]
+    fn aggregates_of_different_devices_merge_and_count_windows() {
+        let mut aggregate = AggregateWindow::of(&window("a", 3));
+        aggregate.merge(&AggregateWindow::of(&window("b", 5))).expect("merge");
+        assert_eq!((aggregate.windows, aggregate.count), (2, 8));
+        assert_eq!((aggregate.start_ms, aggregate.end_ms), (3000, 5010));
+        assert_eq!(aggregate.inputs[0].histogram.total(), 8);
+
+        let mut other_edges = window("c", 2);
+        other_edges.inputs[0].histogram.edges[2] = 3.0;
+        let before = aggregate.clone();
+        let error = aggregate.merge(&AggregateWindow::of(&other_edges)).expect_err("edges");
+        assert_eq!(error.to_string(), "windows cannot be merged: input `x`: bin edges differ");
+        assert_eq!(aggregate, before, "unchanged on error");
+    }
+}
