@@ -128,7 +128,17 @@ impl Envelope {
         let mut ignored: Vec<String> = Vec::new();
         for signature in &self.signatures {
             let Some(key) = policy.keys.get(signature.keyid.as_str()) else {
-                ignored.push(format!("{} (unknown key)", signature.keyid));
+                let why = match policy.other_roles.get(signature.keyid.as_str()) {
+                    Some(role) => {
+                        format!(
+                            "{} key, not {} key",
+                            role.with_article(),
+                            policy.role.with_article()
+                        )
+                    }
+                    None => "unknown key".to_string(),
+                };
+                ignored.push(format!("{} ({why})", signature.keyid));
                 continue;
             };
             let verifies = B64
@@ -179,6 +189,8 @@ pub struct SignaturePolicy<'a> {
     pub threshold: usize,
     /// The trust root version the keys come from, for messages.
     pub root_version: u64,
+    /// Keys the trust root holds in other roles, so messages can say why they do not count.
+    pub other_roles: BTreeMap<&'a str, Role>,
 }
 
 #[cfg(test)]

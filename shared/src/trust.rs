@@ -103,7 +103,14 @@ impl TrustRoot {
             .iter()
             .filter_map(|k| k.verifying_key().ok().map(|vk| (k.keyid.as_str(), vk)))
             .collect();
+        let other_roles = self
+            .groups()
+            .into_iter()
+            .filter(|(other, _)| *other != role)
+            .flat_map(|(other, group)| group.keys.iter().map(move |k| (k.keyid.as_str(), other)))
+            .collect();
         SignaturePolicy {
+            other_roles,
             payload_type,
             role,
             keys,

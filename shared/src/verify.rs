@@ -47,6 +47,17 @@ pub enum Role {
     Publisher,
 }
 
+impl Role {
+    /// The role's name with its indefinite article, for messages: "an approver", "a root".
+    pub fn with_article(self) -> &'static str {
+        match self {
+            Role::Root => "a root",
+            Role::Approver => "an approver",
+            Role::Publisher => "a publisher",
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

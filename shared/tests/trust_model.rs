@@ -331,6 +331,11 @@ fn k_of_n_edge_cases() {
     // A publisher key cannot approve.
     let bytes = signed_plan(&f, &[alice, &f.publisher]);
     check(plan::verify(&bytes, &f.trust, NOW), "too_few_signatures", f.publisher.keyid());
+    check(
+        plan::verify(&bytes, &f.trust, NOW),
+        "too_few_signatures",
+        "a publisher key, not an approver key",
+    );
     // A root key cannot approve either.
     let bytes = signed_plan(&f, &[bob, &f.roots[0]]);
     check(plan::verify(&bytes, &f.trust, NOW), "too_few_signatures", "1 valid of 2");

@@ -135,9 +135,9 @@ fn sign_bundle(raw: &mut RawBundle, key_path: &Path) -> Result<String> {
     let key = load_secret_key(key_path)?;
     if key.role() != Role::Publisher {
         bail!(
-            "{} is a {} key; bundles are signed by publisher keys",
+            "{} is {} key; bundles are signed by publisher keys",
             key_path.display(),
-            key.role()
+            key.role().with_article()
         );
     }
     raw.manifest_unverified()?;

@@ -102,9 +102,9 @@ pub fn run(command: PlanCommand) -> Result<()> {
             let key = load_secret_key(&key)?;
             if key.role() != Role::Approver {
                 eprintln!(
-                    "warning: {} is a {} key; only approver keys count towards a plan's approvals",
+                    "warning: {} is {} key; only approver keys count towards a plan's approvals",
                     key.public.name,
-                    key.role()
+                    key.role().with_article()
                 );
             }
             envelope.sign(&key)?;

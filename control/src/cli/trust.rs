@@ -25,7 +25,12 @@ fn load_keys(paths: &[PathBuf], role: Role) -> Result<Vec<PublicKey>> {
         .map(|path| {
             let key = load_public_key(path)?;
             if key.role != role {
-                bail!("{} is a {} key, expected a {role} key", path.display(), key.role);
+                bail!(
+                    "{} is {} key, expected {} key",
+                    path.display(),
+                    key.role.with_article(),
+                    role.with_article()
+                );
             }
             Ok(key)
         })
@@ -39,9 +44,9 @@ fn sign_root(root: &TrustRoot, signers: &[PathBuf]) -> Result<Vec<u8>> {
         let key = load_secret_key(path)?;
         if key.role() != Role::Root {
             bail!(
-                "{} is a {} key; trust roots are signed by root keys",
+                "{} is {} key; trust roots are signed by root keys",
                 path.display(),
-                key.role()
+                key.role().with_article()
             );
         }
         envelope.sign(&key)?;

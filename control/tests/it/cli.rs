@@ -304,7 +304,8 @@ fn plans_need_k_distinct_approvers_and_check_the_cohort() {
     w.ok(&["plan", "sign", "--key", "keys/ci.key.json", "p.plan"]);
     let publisher = w.refused(&["plan", "verify", "--trust", "root.json", "p.plan"]);
     assert!(
-        publisher.contains("1 valid of 2 required") && publisher.contains("unknown key"),
+        publisher.contains("1 valid of 2 required")
+            && publisher.contains("a publisher key, not an approver key"),
         "{publisher}"
     );
     w.ok(&["plan", "sign", "--key", "keys/bob.key.json", "p.plan"]);
@@ -450,5 +451,5 @@ fn private_keys_are_encrypted_and_need_the_passphrase() {
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("is a approver key, expected a root key"), "{stderr}");
+    assert!(stderr.contains("is an approver key, expected a root key"), "{stderr}");
 }
