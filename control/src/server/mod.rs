@@ -139,7 +139,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         mqtt_client.clone(),
         event_loop,
         endpoint.external.is_some(),
-        mqtt::Handlers { store: store.clone(), ingest: ingest.clone(), metrics: metrics.clone() },
+        mqtt::Handlers::new(store.clone(), ingest.clone(), metrics.clone()),
         stop_receiver.clone(),
     )));
     tasks.push(tokio::spawn(run_maintenance(

@@ -151,12 +151,28 @@ pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options, 256)
 }
 
+/// Fetch requests answered at the same time; more wait for a permit in their own task.
+const CONCURRENT_FETCHES: usize = 16;
+
 /// What the subscriber hands each message to.
 #[derive(Debug, Clone)]
 pub struct Handlers {
     pub store: Store,
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
+    /// Bounds the database reads of concurrent fetch answers.
+    pub fetch_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Handlers {
+    pub fn new(store: Store, ingest: Ingest, metrics: Arc<Metrics>) -> Handlers {
+        Handlers {
+            store,
+            ingest,
+            metrics,
+            fetch_permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
+        }
+    }
 }
 
 /// Runs the subscriber until `shutdown` turns true.
@@ -247,7 +263,10 @@ async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumq
             // Answered and acknowledged from its own task: the loop keeps polling meanwhile.
             let client = client.clone();
             let store = handlers.store.clone();
+            let permits = handlers.fetch_permits.clone();
             tokio::spawn(async move {
+                // The semaphore is never closed; without a permit the answer simply goes ahead.
+                let _permit = permits.acquire_owned().await.ok();
                 match super::artifacts::answer(&store, &device, &request).await {
                     Ok(answer) => {
                         if let Err(error) = client

@@ -143,6 +143,14 @@ fn pushed_model(site: &Site, fleet: &Fleet) -> (ModelRef, Profile) {
     (model, profile)
 }
 
+/// The start of yesterday (UTC): recent enough for any retention, and both test hours fall in
+/// one day.
+fn yesterday_midnight_ms() -> u64 {
+    let now = u64::try_from(outpost_control::store::now_ms()).expect("after 1970");
+    let day = DAY_MS as u64;
+    now / day * day - day
+}
+
 fn assert_close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs())), "{what}: {a} vs {b}");
 }
@@ -194,7 +202,7 @@ fn scenario(backend: Backend, mosquitto: bool) {
     });
 
     // Hour 1: seq 3, 1, 2 (out of order); hour 2: seq 4. Then 1 and 2 again.
-    let hour = 1_763_942_400_000 / HOUR_MS * HOUR_MS;
+    let hour = yesterday_midnight_ms();
     let windows: Vec<StatsWindow> = vec![
         window(&berlin, &model, &profile, 3, hour + 120_000, 40, 0.3),
         window(&berlin, &model, &profile, 1, hour, 25, 0.1),
@@ -204,7 +212,8 @@ fn scenario(backend: Backend, mosquitto: bool) {
     for w in windows.iter().chain(&windows[1..3]) {
         send(&site, &mut device, Publish::message(&berlin, w).expect("window"));
     }
-    // Refused, each counted: other edges, a device other than the topic's, malformed, too big.
+    // Refused, each counted: other edges, a device other than the topic's, malformed, too big,
+    // too old.
     let mut other_edges = window(&berlin, &model, &profile, 5, hour, 10, 0.5);
     other_edges.inputs[0].histogram.edges[0] -= 1.0;
     let stats_topic = "outpost/v1/berlin-1/stats";
@@ -215,6 +224,9 @@ fn scenario(backend: Backend, mosquitto: bool) {
     site.runtime.block_on(device.publish(stats_topic, foreign_bytes, false));
     site.runtime.block_on(device.publish(stats_topic, b"{\"v\":1,\"seq\":".to_vec(), false));
     site.runtime.block_on(device.publish(stats_topic, vec![b' '; 1024 * 1024 + 1], false));
+    // From a device whose clock says 1970: older than the retention, refused.
+    let ancient = window(&berlin, &model, &profile, 9, 0, 10, 0.5);
+    send(&site, &mut device, Publish::message(&berlin, &ancient).expect("window"));
     // A last good window: every message before it has been handled when it is counted.
     let last = window(&berlin, &model, &profile, 7, hour + HOUR_MS + 60_000, 5, 0.6);
     send(&site, &mut device, Publish::message(&berlin, &last).expect("window"));
@@ -224,7 +236,7 @@ fn scenario(backend: Backend, mosquitto: bool) {
     });
     let metrics = site.server().metrics();
     assert_eq!(load(&metrics.windows_duplicate), 2, "two duplicates counted once");
-    assert_eq!(load(&metrics.windows_rejected), 4, "four refused windows");
+    assert_eq!(load(&metrics.windows_rejected), 5, "five refused windows");
     assert_eq!(site.runtime.block_on(site.store().windows_seen("berlin-1")).expect("seen"), 5);
 
     let mut expected_hour_1 = AggregateWindow::of(&windows[1]);
@@ -268,7 +280,7 @@ fn scenario(backend: Backend, mosquitto: bool) {
     for line in [
         "outpost_windows_ingested_total 5",
         "outpost_windows_duplicate_total 2",
-        "outpost_windows_rejected_total 4",
+        "outpost_windows_rejected_total 5",
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
@@ -427,7 +439,7 @@ fn a_server_killed_mid_stream_and_restarted_loses_no_window_and_counts_none_twic
     };
     let digest = model.digest.as_str().to_string();
     let id = DeviceId::new("restart-1").expect("id");
-    let hour = 1_763_942_400_000 / HOUR_MS * HOUR_MS;
+    let hour = yesterday_midnight_ms();
     let window_of = |seq: u64| window(&id, &model, &profile, seq, hour + seq * 1000, 10 + seq, 0.1);
     let counted = || -> (u64, u64) {
         let answer = api
