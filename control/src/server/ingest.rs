@@ -238,6 +238,48 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn cohorts_are_the_tags_at_ingest_time_restricted_to_the_configured_keys() {
+        let store = Store::connect(&crate::store::StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("store");
+        let device = DeviceId::new("d").expect("id");
+        let hello = outpost_shared::wire::Hello {
+            v: ProtocolVersion,
+            device: device.clone(),
+            agent_version: "1".into(),
+            arch: "aarch64".into(),
+            tags: [("site", "berlin"), ("hw", "rpi4")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            active_model: None,
+            previous_model: None,
+            slots: outpost_shared::wire::Slots { active: None, a: None, b: None },
+            capabilities: vec![],
+            trust_root_version: 1,
+            last_plan_seq: None,
+            ts_ms: 0,
+        };
+        let every_tag = Ingest::new(store.clone(), IngestConfig::default());
+        assert_eq!(every_tag.cohorts(&device).await.expect("cohorts"), ["*"], "unknown device");
+        let delivery = crate::store::inventory::Delivery { received_ms: 1, retained: false };
+        store.record_hello(&device, &hello, delivery).await.expect("hello");
+        assert_eq!(
+            every_tag.cohorts(&device).await.expect("cohorts"),
+            ["*", "hw=rpi4", "site=berlin"]
+        );
+        let site_only = Ingest::new(
+            store.clone(),
+            IngestConfig { cohort_tag_keys: vec!["site".into()], ..IngestConfig::default() },
+        );
+        assert_eq!(site_only.cohorts(&device).await.expect("cohorts"), ["*", "site=berlin"]);
+    }
+
     #[test]
     fn windows_must_use_the_profile_features_and_edges() {
         let profile = Profile {

@@ -20,7 +20,8 @@
 //! With the default random client id the session is clean (a persistent session under a
 //! random name would only pile up in the broker). A database failure on `hello` / `state` is
 //! logged and counted; the broker replays those retained messages whenever the control
-//! resubscribes.
+//! resubscribes. A window whose transaction fails is retried a few times and then left
+//! unacknowledged, for the broker to redeliver after the next reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +152,10 @@ pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
     AsyncClient::new(options, 256)
 }
 
+/// Retries of a window whose transaction failed in the database, before it is left
+/// unacknowledged.
+const WINDOW_STORE_ATTEMPTS: u32 = 4;
+
 /// Fetch requests answered at the same time; more wait for a permit in their own task.
 const CONCURRENT_FETCHES: usize = 16;
 
@@ -255,8 +260,28 @@ async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumq
     let metrics = &handlers.metrics;
     let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
     let topic = publish.topic.as_str();
-    let outcome =
+    let mut outcome =
         process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery).await;
+    let is_window = Topic::parse(topic).is_ok_and(|topic| topic.channel == Channel::Stats);
+    // A window the database could not take is retried a few times, then left unacknowledged:
+    // acknowledging it would lose it, while the broker redelivers an unacknowledged message of
+    // a persistent session after the next reconnect (and the dedupe makes that harmless).
+    for attempt in 0..WINDOW_STORE_ATTEMPTS {
+        if !(is_window && outcome.is_err()) {
+            break;
+        }
+        // A retry pause while the database recovers, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(250u64 << attempt)).await;
+        outcome =
+            process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery)
+                .await;
+    }
+    if is_window && let Err(error) = &outcome {
+        bump(&metrics.mqtt_store_errors);
+        tracing::error!(%error, topic, "cannot store a statistics window; left unacknowledged \
+            for the broker to redeliver after a reconnect");
+        return;
+    }
     match outcome {
         Ok(MessageOutcome::Fetch(device, request)) => {
             count_message(metrics, Channel::Fetch);
