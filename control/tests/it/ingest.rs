@@ -2,7 +2,8 @@
 //! windows (in order, out of order, twice, malformed, over other edges) and the aggregates count
 //! each (device, seq) once and merge exactly, per device and per cohort, on SQLite with the
 //! embedded broker and on PostgreSQL through Mosquitto. A `outpost serve` process killed with
-//! SIGKILL mid-stream and started again loses no window and counts none twice. Downsampling
+//! SIGKILL mid-stream and started again (Mosquitto keeps its persistent session; SQLite and
+//! PostgreSQL) loses no window and counts none twice. Downsampling
 //! merges old buckets into day buckets without changing the totals.
 
 use std::collections::BTreeMap;
@@ -375,7 +376,22 @@ impl Drop for ServeProcess {
 
 #[test]
 fn a_server_killed_mid_stream_and_restarted_loses_no_window_and_counts_none_twice() {
+    kill_and_restart(Backend::Sqlite);
+}
+
+#[test]
+fn a_server_killed_mid_stream_and_restarted_on_postgres_loses_no_window_and_counts_none_twice() {
+    kill_and_restart(Backend::Postgres);
+}
+
+fn kill_and_restart(backend: Backend) {
     let directory = tempfile::tempdir().expect("tempdir");
+    let postgres = (backend == Backend::Postgres)
+        .then(|| outpost_tests::postgres::Postgres::start().expect("start PostgreSQL"));
+    let database = match &postgres {
+        Some(postgres) => format!("[database]\nurl = \"{}\"\n", postgres.url()),
+        None => String::new(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -391,8 +407,8 @@ fn a_server_killed_mid_stream_and_restarted_loses_no_window_and_counts_none_twic
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[broker]\n\
-             url = \"mqtt://{}:{}\"\nclient_id = \"control-restart-test\"\n",
+            "data_dir = \"{}\"\n{database}[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
+             [broker]\nurl = \"mqtt://{}:{}\"\nclient_id = \"control-restart-test\"\n",
             directory.path().join("state").display(),
             mosquitto.host(),
             mosquitto.port()
