@@ -3,8 +3,8 @@
 //! each (device, seq) once and merge exactly, per device and per cohort, on SQLite with the
 //! embedded broker and on PostgreSQL through Mosquitto. A `outpost serve` process killed with
 //! SIGKILL mid-stream and started again (Mosquitto keeps its persistent session; SQLite and
-//! PostgreSQL) loses no window and counts none twice. Downsampling
-//! merges old buckets into day buckets without changing the totals.
+//! PostgreSQL) loses no window and counts none twice. Downsampling merges old buckets into day
+//! buckets without changing the totals.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command};
