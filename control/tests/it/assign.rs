@@ -2,7 +2,8 @@
 //! retained on the device's `assign` topic, where a subscriber (as a device) receives it and
 //! verifies it; the server refuses, with the reason and without publishing, a plan with one
 //! approval too few, a plan for a device outside its cohort, a plan whose bundle is not in the
-//! registry, and callers whose role may not assign.
+//! registry, and callers whose role may not assign. Through the embedded broker on SQLite and
+//! through Mosquitto on PostgreSQL.
 
 use std::process::Command;
 use std::time::Duration;
@@ -57,10 +58,23 @@ fn plans(fleet: &Fleet, bundle: &str, cohort: &str, seq: &str, name: &str) -> (S
 
 #[test]
 fn assign_publishes_a_verified_plan_retained_and_refuses_what_does_not_verify() {
+    scenario(Backend::Sqlite, false);
+}
+
+#[test]
+fn assign_through_mosquitto_on_postgres() {
+    scenario(Backend::Postgres, true);
+}
+
+fn scenario(backend: Backend, mosquitto: bool) {
     let fleet = Fleet::new();
     let site = Site::start(
-        Backend::Sqlite,
-        SiteOptions { trust_root: Some(fleet.path("root.json")), ..SiteOptions::default() },
+        backend,
+        SiteOptions {
+            trust_root: Some(fleet.path("root.json")),
+            mosquitto,
+            ..SiteOptions::default()
+        },
     );
     site.outpost_ok(&["model", "push", &fleet.path_text("good.bundle")]);
     let (unsigned, signed) = plans(&fleet, "good.bundle", "site=berlin", "5", "berlin-rollout");
