@@ -14,7 +14,8 @@
 //!   its statistics window, and (c) the REST round trip to a real `outpost-agent run` process
 //!   on loopback over one keep-alive connection. The three are measured in interleaved blocks
 //!   (the order rotating every round), so a noisy machine slows all of them alike; overheads are
-//!   the medians of per-round differences;
+//!   the medians of per-round differences. A fourth, diagnostic subject times the statistics
+//!   window's `record_success` alone on the same tensors, to show its share of (b);
 //! - REST throughput with 2 concurrent keep-alive clients;
 //! - the agent process's memory (`VmRSS`, `VmHWM` from `/proc/PID/status`): with no model
 //!   (idle), with the model loaded before any request, and after the load;
@@ -34,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use outpost_agent::Runtime;
-use outpost_shared::model::Model;
+use outpost_agent::{Runtime, WindowAccumulator};
+use outpost_shared::model::{Input, Model, Output};
 use outpost_shared::oip::InferenceRequest;
+use outpost_shared::profile::TensorView;
 use outpost_shared::wire::DeviceId;
 use outpost_tests::fixtures::{BUNDLE_MODELS, Fixture};
 
@@ -117,6 +119,20 @@ fn bench_model(
     let request =
         InferenceRequest { id: None, parameters: None, inputs: case.inputs.clone(), outputs: None };
     let body = serde_json::to_vec(&request).context("encoding the request")?;
+    // The statistics recording alone, on this request's tensors: what the window costs inside
+    // the Runtime's figure.
+    let model_ref = runtime.model_ref().clone();
+    let mut window = WindowAccumulator::new(
+        DeviceId::new("bench").context("device id")?,
+        model_ref,
+        &verified.profile,
+    )
+    .with_context(|| format!("statistics window for {model}"))?;
+    let prepared = bare.prepare(&request).context("preparing the request")?;
+    let produced = bare.run_prepared(&request, &prepared).context("running the request")?;
+    let input_views: Vec<TensorView<'_>> = prepared.iter().map(Input::view).collect();
+    let output_views: Vec<TensorView<'_>> = produced.iter().map(Output::view).collect();
+    let recorded_latency = Duration::from_micros(50);
 
     progress(&format!("{model}: cold starts"));
     let mut cold_starts = Vec::new();
@@ -173,6 +189,11 @@ fn bench_model(
                 let started = Instant::now();
                 match subject {
                     Subject::Bare => drop(black_box(bare.infer(&request).context("bare")?)),
+                    Subject::Stats => window.record_success(
+                        black_box(&input_views),
+                        black_box(&output_views),
+                        recorded_latency,
+                    ),
                     Subject::Runtime => {
                         drop(black_box(runtime.infer(&request).context("runtime")?))
                     }
@@ -202,6 +223,13 @@ fn bench_model(
     let per_round = |subject: Subject| round_medians.get(&subject).cloned().unwrap_or_default();
     let (bare_rounds, runtime_rounds, rest_rounds) =
         (per_round(Subject::Bare), per_round(Subject::Runtime), per_round(Subject::Rest));
+    let stats_only_pct = median_f64(
+        bare_rounds
+            .iter()
+            .zip(&per_round(Subject::Stats))
+            .map(|(bare, stats)| stats.as_secs_f64() / bare.as_secs_f64() * 100.0)
+            .collect(),
+    );
     let stats_pct = median_f64(
         bare_rounds
             .iter()
@@ -219,7 +247,11 @@ fn bench_model(
     record(
         "overhead",
         &[("model", model.into())],
-        &[("stats_pct", format!("{stats_pct:.2}")), ("rest_us", format!("{rest_us:.1}"))],
+        &[
+            ("stats_pct", format!("{stats_pct:.2}")),
+            ("stats_only_pct", format!("{stats_only_pct:.2}")),
+            ("rest_us", format!("{rest_us:.1}")),
+        ],
     );
     drop(client);
 
@@ -271,16 +303,19 @@ fn bench_model(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Subject {
     Bare,
+    /// `WindowAccumulator::record_success` alone: diagnostic, the window's share of Runtime.
+    Stats,
     Runtime,
     Rest,
 }
 
 impl Subject {
-    const ALL: [Subject; 3] = [Subject::Bare, Subject::Runtime, Subject::Rest];
+    const ALL: [Subject; 4] = [Subject::Bare, Subject::Stats, Subject::Runtime, Subject::Rest];
 
     fn name(self) -> &'static str {
         match self {
             Self::Bare => "bare",
+            Self::Stats => "stats_only",
             Self::Runtime => "runtime",
             Self::Rest => "rest",
         }

@@ -889,6 +889,101 @@ mod tests {
         Ok(())
     }
 
+    /// Runs a maintainer script with `/bin/sh` and a PATH of stubs that log their arguments;
+    /// `getent` answers `user_exists`. Returns the logged calls, one per line.
+    fn run_script_with_stubs(script: &str, args: &[&str], user_exists: bool) -> Result<String> {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("calls.log");
+        let stubs = dir.path().join("bin");
+        std::fs::create_dir(&stubs)?;
+        let stub = |name: &str, code: u8| -> Result<()> {
+            let path = stubs.join(name);
+            let text =
+                format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\nexit {code}\n", log.display());
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            Ok(())
+        };
+        stub("getent", if user_exists { 0 } else { 2 })?;
+        for name in [
+            "addgroup",
+            "adduser",
+            "groupadd",
+            "useradd",
+            "chown",
+            "chmod",
+            "systemctl",
+            "deb-systemd-helper",
+            "deb-systemd-invoke",
+            "rm",
+        ] {
+            // Every stub succeeds, so `was-enabled` answers "yes" and the unit is enabled.
+            stub(name, 0)?;
+        }
+        let output = Command::new("/bin/sh")
+            .arg(debian_dir().join(script))
+            .args(args)
+            .env_clear()
+            .env("PATH", &stubs)
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "{script} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    #[test]
+    fn postinst_creates_the_user_hands_it_the_config_and_enables_the_unit() -> Result<()> {
+        let calls = run_script_with_stubs("postinst", &["configure", ""], false)?;
+        let expected_start = [
+            "getent group outpost",
+            "addgroup --system --quiet outpost",
+            "getent passwd outpost",
+            "adduser --system --quiet --ingroup outpost --home /var/lib/outpost \
+             --no-create-home --shell /usr/sbin/nologin --gecos Outpost device agent outpost",
+            "chown root:outpost /etc/outpost /etc/outpost/agent.toml",
+            "chmod 0750 /etc/outpost",
+            "chmod 0640 /etc/outpost/agent.toml",
+            "deb-systemd-helper unmask outpost-agent.service",
+            "deb-systemd-helper --quiet was-enabled outpost-agent.service",
+            "deb-systemd-helper enable outpost-agent.service",
+        ];
+        let lines: Vec<&str> = calls.lines().collect();
+        assert_eq!(&lines[..expected_start.len()], expected_start, "{calls}");
+        // systemctl runs only where systemd is the running init.
+        let systemd_runs = Path::new("/run/systemd/system").is_dir();
+        assert_eq!(
+            calls.contains("systemctl start outpost-agent.service"),
+            systemd_runs,
+            "{calls}"
+        );
+
+        let again = run_script_with_stubs("postinst", &["configure", "0.1.0"], true)?;
+        assert!(!again.contains("adduser") && !again.contains("addgroup"), "{again}");
+        Ok(())
+    }
+
+    #[test]
+    fn prerm_and_postrm_stop_forget_and_purge() -> Result<()> {
+        let upgrade = run_script_with_stubs("prerm", &["upgrade", "0.2.0"], true)?;
+        assert!(!upgrade.contains("stop"), "an upgrade keeps the agent serving: {upgrade}");
+        let remove = run_script_with_stubs("postrm", &["remove"], true)?;
+        assert!(remove.contains("deb-systemd-helper mask outpost-agent.service"), "{remove}");
+        let purge = run_script_with_stubs("postrm", &["purge"], true)?;
+        assert!(purge.contains("deb-systemd-helper purge outpost-agent.service"), "{purge}");
+        assert!(purge.contains("rm -rf /var/lib/outpost"), "{purge}");
+        assert!(!remove.contains("rm "), "remove keeps the agent's state: {remove}");
+        for script in MAINTAINER_SCRIPTS {
+            let text = std::fs::read_to_string(debian_dir().join(script))?;
+            assert!(text.starts_with("#!/bin/sh\n") && text.contains("set -e\n"), "{script}");
+        }
+        Ok(())
+    }
+
     /// The whole packaging path on a stand-in binary (a host build is not an ARM release build,
     /// which takes minutes): stage, `dpkg-deb --build`, then every check `cargo xtask cross
     /// --package` runs on the real packages, and a mislabelled architecture is refused.

@@ -225,12 +225,17 @@ impl Report {
                     Json::object([
                         ("bare_tract", latency(model, "bare")),
                         ("runtime_with_stats", latency(model, "runtime")),
+                        ("statistics_recording_only", latency(model, "stats_only")),
                         ("rest_loopback", latency(model, "rest")),
                     ]),
                 ),
                 (
                     "stats_overhead_pct",
                     Json::number(self.number("overhead", &[("model", model)], "stats_pct")),
+                ),
+                (
+                    "statistics_recording_pct",
+                    Json::number(self.number("overhead", &[("model", model)], "stats_only_pct")),
                 ),
                 (
                     "rest_added_us",
@@ -360,8 +365,9 @@ impl Report {
         let _ = writeln!(
             md,
             "\n### Latency (µs, median / p99) and throughput\n\n\
-             | model | bare tract | Runtime, stats on | REST, loopback | stats overhead | REST adds | \
-             REST req/s, 2 clients |\n|---|---|---|---|---|---|---|"
+             | model | bare tract | Runtime, stats on | REST, loopback | stats overhead | \
+             of which recording | REST adds | REST req/s, 2 clients |\n\
+             |---|---|---|---|---|---|---|---|"
         );
         let cell = |model: &str, subject: &str| {
             let record = self.find("latency", &[("model", model), ("subject", subject)]);
@@ -378,11 +384,12 @@ impl Report {
             let overhead = |key: &str| self.number("overhead", &[("model", model)], key);
             let _ = writeln!(
                 md,
-                "| {model} | {} | {} | {} | {} | {} | {} |",
+                "| {model} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(model, "bare"),
                 cell(model, "runtime"),
                 cell(model, "rest"),
                 figure(overhead("stats_pct"), " %", 2),
+                figure(overhead("stats_only_pct"), " %", 2),
                 figure(overhead("rest_us"), " µs", 1),
                 figure(self.number("throughput", &[("model", model)], "requests_per_s"), "", 0),
             );
@@ -555,7 +562,8 @@ bench kind=rss model=mlp_classifier state=ready vmrss_kb=10000 vmhwm_kb=10100
 bench kind=latency model=mlp_classifier subject=bare median_us=10.0 p99_us=20.0 samples=4000
 bench kind=latency model=mlp_classifier subject=runtime median_us=10.2 p99_us=21.0 samples=4000
 bench kind=latency model=mlp_classifier subject=rest median_us=80.0 p99_us=150.0 samples=4000
-bench kind=overhead model=mlp_classifier stats_pct=2.00 rest_us=69.8
+bench kind=latency model=mlp_classifier subject=stats_only median_us=0.1 p99_us=0.2 samples=4000
+bench kind=overhead model=mlp_classifier stats_pct=2.00 stats_only_pct=1.00 rest_us=69.8
 bench kind=throughput model=mlp_classifier clients=2 requests=60000 requests_per_s=20000
 bench kind=rss model=mlp_classifier state=after_load vmrss_kb=11000 vmhwm_kb=12000
 bench kind=overhead model=cnn stats_pct=4.10 rest_us=120.0
@@ -611,6 +619,7 @@ not a record line
             "\"date\": \"2026-01-02\"",
             "\"stats_overhead_pct\": 2,",
             "\"rest_added_us\": 69.8,",
+            "\"statistics_recording_pct\": 1,",
             "\"throughput_2_clients_rps\": 20000,",
             "\"median\": 80,",
             "\"peak\": 12000",
@@ -634,7 +643,7 @@ not a record line
             ),
             "{md}"
         );
-        assert!(md.contains("| mlp_classifier | 10.0 / 20.0 | 10.2 / 21.0 | 80.0 / 150.0 | 2.00 % | 69.8 µs | 20000 |"), "{md}");
+        assert!(md.contains("| mlp_classifier | 10.0 / 20.0 | 10.2 / 21.0 | 80.0 / 150.0 | 2.00 % | 1.00 % | 69.8 µs | 20000 |"), "{md}");
         assert!(
             md.contains("| mlp_classifier | 10.24 MB | 11.26 MB | 12.29 MB | 35 / 40 ms |"),
             "{md}"
