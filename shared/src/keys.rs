@@ -8,6 +8,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+#[cfg(feature = "keyfile")]
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,7 @@ impl SecretKey {
     }
 
     /// Seals this key under `passphrase` with the given KDF cost.
+    #[cfg(feature = "keyfile")]
     pub fn encrypt(&self, passphrase: &str, cost: KdfCost) -> Result<EncryptedKey, KeyError> {
         let mut salt = [0u8; 16];
         let mut nonce = [0u8; 24];
@@ -167,6 +169,7 @@ impl SecretKey {
     }
 }
 
+#[cfg(feature = "keyfile")]
 /// Argon2id cost. [`KdfCost::DEFAULT`] follows OWASP's recommendation (19 MiB, 2 passes).
 #[derive(Debug, Clone, Copy)]
 pub struct KdfCost {
@@ -174,10 +177,12 @@ pub struct KdfCost {
     pub t_cost: u32,
 }
 
+#[cfg(feature = "keyfile")]
 impl KdfCost {
     pub const DEFAULT: KdfCost = KdfCost { m_cost_kib: 19 * 1024, t_cost: 2 };
 }
 
+#[cfg(feature = "keyfile")]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KdfParams {
@@ -188,6 +193,7 @@ pub struct KdfParams {
     pub salt: String,
 }
 
+#[cfg(feature = "keyfile")]
 impl KdfParams {
     fn derive(&self, passphrase: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         if self.algorithm != "argon2id" {
@@ -212,6 +218,7 @@ impl KdfParams {
     }
 }
 
+#[cfg(feature = "keyfile")]
 /// The `*.key.json` file: a private key sealed under a passphrase, with its public half in clear.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +231,7 @@ pub struct EncryptedKey {
     pub ciphertext: String,
 }
 
+#[cfg(feature = "keyfile")]
 impl EncryptedKey {
     pub fn from_json(bytes: &[u8]) -> Result<Self, KeyError> {
         let key: EncryptedKey =
@@ -266,11 +274,12 @@ impl EncryptedKey {
     }
 }
 
+#[cfg(feature = "keyfile")]
 fn associated_data(public: &PublicKey) -> Vec<u8> {
     format!("outpost-key-v1\n{}\n{}\n{}", public.keyid, public.role, public.name).into_bytes()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "keyfile"))]
 mod tests {
     use super::*;
 
