@@ -107,36 +107,78 @@ impl FeatureSource {
             FeatureSource::Element { index, .. } => {
                 sample.get(*index).map_or(f64::NAN, |v| f64::from(*v))
             }
-            FeatureSource::ChannelMean { channel, .. }
-            | FeatureSource::ChannelStd { channel, .. } => {
-                let sample_shape = view.sample_shape();
-                let channel_data = if sample_shape.len() >= 2 {
-                    let size: usize = sample_shape[1..].iter().product();
-                    sample.get(channel * size..(channel + 1) * size).unwrap_or(&[])
-                } else if *channel == 0 {
-                    sample
-                } else {
-                    &[]
-                };
-                if channel_data.is_empty() {
-                    return f64::NAN;
-                }
-                let mut moments = Moments::default();
-                for v in channel_data {
-                    let v = f64::from(*v);
-                    if v.is_nan() {
-                        return f64::NAN;
-                    }
-                    moments.observe(v);
-                }
-                if matches!(self, FeatureSource::ChannelMean { .. }) {
-                    moments.mean
-                } else {
-                    moments.std_dev()
-                }
-            }
+            FeatureSource::ChannelMean { channel, .. } => channel_mean_and_std(view, *channel, i).0,
+            FeatureSource::ChannelStd { channel, .. } => channel_mean_and_std(view, *channel, i).1,
         }
     }
+}
+
+/// Mean and population standard deviation of channel `channel` of sample `i` of `view` —
+/// the values of the `ChannelMean` and `ChannelStd` features, computed together for callers
+/// that need both. NaN for both when the sample has no such channel or holds a NaN.
+pub fn channel_mean_and_std(view: &TensorView<'_>, channel: usize, i: usize) -> (f64, f64) {
+    let sample = view.sample(i);
+    let sample_shape = view.sample_shape();
+    let channel_data = if sample_shape.len() >= 2 {
+        let size: usize = sample_shape[1..].iter().product();
+        sample.get(channel * size..(channel + 1) * size).unwrap_or(&[])
+    } else if channel == 0 {
+        sample
+    } else {
+        &[]
+    };
+    if channel_data.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    channel_summary(channel_data).unwrap_or((f64::NAN, f64::NAN))
+}
+
+/// Mean and population standard deviation of the finite values of `data` (infinities are
+/// skipped, as [`Moments::observe`] skips them); `None` when a value is NaN.
+///
+/// This runs on every image the device serves, so it is two passes over four interleaved
+/// partial sums: no division per element and a loop the compiler vectorises. The additions
+/// happen in a fixed order, so the result is the same on every platform and a profile computed
+/// at publish time bins exactly like a window computed on the device.
+fn channel_summary(data: &[f32]) -> Option<(f64, f64)> {
+    if data.is_empty() {
+        return Some((0.0, 0.0));
+    }
+    let n = data.len() as f64;
+    let sum = sum_in_four_lanes(data, f64::from);
+    // f32 values cannot overflow an f64 sum, so a non-finite sum means a NaN or an infinity.
+    if !sum.is_finite() {
+        if data.iter().any(|v| v.is_nan()) {
+            return None;
+        }
+        // Rare (only outputs can hold infinities): drop them, then the same computation.
+        let finite: Vec<f32> = data.iter().copied().filter(|v| v.is_finite()).collect();
+        return channel_summary(&finite);
+    }
+    let mean = sum / n;
+    let m2 = sum_in_four_lanes(data, |v| {
+        let deviation = f64::from(v) - mean;
+        deviation * deviation
+    });
+    Some((mean, (m2 / n).sqrt()))
+}
+
+/// `Σ f(v)` over `data` in four interleaved partial sums added in a fixed order.
+#[inline(always)]
+fn sum_in_four_lanes(data: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let chunks = data.chunks_exact(4);
+    let remainder = chunks.remainder();
+    for chunk in chunks {
+        lanes[0] += f(chunk[0]);
+        lanes[1] += f(chunk[1]);
+        lanes[2] += f(chunk[2]);
+        lanes[3] += f(chunk[3]);
+    }
+    for (lane, value) in remainder.iter().enumerate() {
+        lanes[lane] += f(*value);
+    }
+    (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
 }
 
 /// The features to profile for a tensor: element-wise for small samples (named after
@@ -348,6 +390,19 @@ mod tests {
         assert_eq!(element.value(&view, 1), 4.0);
         let missing = FeatureSource::Element { tensor: "x".into(), index: 9 };
         assert!(missing.value(&view, 0).is_nan());
+    }
+
+    #[test]
+    fn channel_summary_agrees_with_moments_and_handles_specials() {
+        let values: Vec<f32> = (0..787).map(|i| ((i as f32) * 0.37).sin() * 3.0 + 1.0).collect();
+        let mut moments = Moments::default();
+        values.iter().for_each(|v| moments.observe(f64::from(*v)));
+        let (mean, std_dev) = channel_summary(&values).expect("finite values");
+        assert!((mean - moments.mean).abs() < 1e-12, "{mean} vs {}", moments.mean);
+        assert!((std_dev - moments.std_dev()).abs() < 1e-12);
+        assert_eq!(channel_summary(&[1.0, f32::INFINITY, 3.0]), Some((2.0, 1.0)));
+        assert_eq!(channel_summary(&[f32::INFINITY]), Some((0.0, 0.0)));
+        assert_eq!(channel_summary(&[1.0, f32::NAN]), None);
     }
 
     #[test]
