@@ -6,6 +6,7 @@
 //! [`Failure`] carrying the documented exit code (see [`exit`]) and a message chain.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -295,7 +296,7 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
         .exit_code(exit::FAILURE)?;
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let router = api::router(Arc::clone(&active), &config.api);
-    let server = tokio::spawn(listener.serve(router, wait_for_shutdown(shutdown_receiver)));
+    let mut server = tokio::spawn(listener.serve(router, wait_for_shutdown(shutdown_receiver)));
     tracing::info!(%address, "inference API listening");
 
     let hello = hello_of(&config, &store, now);
@@ -324,29 +325,51 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
     if let Err(error) = notifier.ready(&status) {
         tracing::warn!(%error, "could not notify systemd");
     }
-    let watchdog = tokio::spawn(systemd::run_watchdog(notifier.clone(), || true));
+    // The watchdog is fed only while the window loop keeps turning: a wedged agent gets
+    // restarted by systemd instead of being kept alive by a healthy timer.
+    let period = config.stats.period;
+    let heartbeat = Arc::new(AtomicU64::new(unix_millis()));
+    let stalled_after_ms =
+        u64::try_from((period * 3).as_millis()).unwrap_or(u64::MAX).saturating_add(10_000);
+    let watchdog = tokio::spawn(systemd::run_watchdog(notifier.clone(), {
+        let heartbeat = Arc::clone(&heartbeat);
+        move || unix_millis().saturating_sub(heartbeat.load(Ordering::Relaxed)) <= stalled_after_ms
+    }));
 
     let store = Arc::new(Mutex::new(store));
     let mut window_start_ms = unix_millis();
-    let period = config.stats.period;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(%status, "agent ready");
-    let reason = loop {
+    let stop = loop {
         tokio::select! {
             _ = ticks.tick() => {
                 window_start_ms = flush_window(&active, &store, window_start_ms, &telemetry).await;
+                heartbeat.store(unix_millis(), Ordering::Relaxed);
             }
-            reason = signals.received() => break reason,
+            reason = signals.received() => break Stop::Signal(reason),
+            ended = &mut server => break Stop::ApiEnded(ended),
         }
     };
-    tracing::info!(%reason, "shutting down");
     if let Err(error) = notifier.stopping() {
         tracing::warn!(%error, "could not notify systemd");
     }
-    // Stop taking requests first, so the last window holds every request that was answered.
-    let _ = shutdown_sender.send(true);
-    let served = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let served = match stop {
+        Stop::Signal(reason) => {
+            tracing::info!(%reason, "shutting down");
+            // Stop taking requests first, so the last window holds every answered request.
+            let _ = shutdown_sender.send(true);
+            let finished = tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await;
+            if finished.is_err() {
+                server.abort();
+            }
+            finished
+        }
+        Stop::ApiEnded(ended) => {
+            tracing::error!("the inference API stopped unexpectedly; shutting down");
+            Ok(ended)
+        }
+    };
     flush_window(&active, &store, window_start_ms, &telemetry).await;
     if let Err(error) = telemetry.shutdown().await {
         tracing::warn!(%error, "telemetry did not shut down cleanly");
@@ -372,6 +395,12 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
             )),
         },
     }
+}
+
+/// Why the main loop ended.
+enum Stop {
+    Signal(&'static str),
+    ApiEnded(Result<std::io::Result<()>, tokio::task::JoinError>),
 }
 
 /// The `hello` this device publishes: what it is and what its slots hold.

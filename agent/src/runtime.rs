@@ -8,14 +8,14 @@
 //! ran, for the few feature updates.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outpost_shared::Verified;
 use outpost_shared::bundle::Bundle;
 use outpost_shared::golden::Golden;
 use outpost_shared::manifest::Manifest;
 use outpost_shared::model::{GoldenCheckError, InferError, Input, LoadError, Model, Output};
-use outpost_shared::oip::{InferenceRequest, InferenceResponse, ModelMetadata, TensorSpec};
+use outpost_shared::oip::{InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorSpec};
 use outpost_shared::profile::TensorView;
 use outpost_shared::wire::{DeviceId, Digest, DigestError, ModelRef, StatsWindow};
 
@@ -76,15 +76,39 @@ impl Runtime {
         match self.run(request) {
             Ok((inputs, outputs)) => {
                 let latency = started.elapsed();
-                let input_views: Vec<TensorView<'_>> = inputs.iter().map(Input::view).collect();
-                let output_views: Vec<TensorView<'_>> = outputs.iter().map(Output::view).collect();
-                self.lock_window().record_success(&input_views, &output_views, latency);
+                self.record_success(&inputs, &outputs, latency);
                 Ok(self.response(request, outputs))
             }
             Err(error) => {
                 self.lock_window().record_failure(error.kind());
                 Err(error)
             }
+        }
+    }
+
+    /// Records a call in the window. Models have a handful of tensors: their views go on the
+    /// stack, so recording allocates nothing.
+    fn record_success(&self, inputs: &[Input], outputs: &[Output], latency: Duration) {
+        const ON_STACK: usize = 4;
+        const EMPTY: TensorView<'static> = TensorView { name: "", shape: &[], data: &[] };
+        if inputs.len() <= ON_STACK && outputs.len() <= ON_STACK {
+            let mut input_views = [EMPTY; ON_STACK];
+            let mut output_views = [EMPTY; ON_STACK];
+            for (view, input) in input_views.iter_mut().zip(inputs) {
+                *view = input.view();
+            }
+            for (view, output) in output_views.iter_mut().zip(outputs) {
+                *view = output.view();
+            }
+            self.lock_window().record_success(
+                &input_views[..inputs.len()],
+                &output_views[..outputs.len()],
+                latency,
+            );
+        } else {
+            let input_views: Vec<TensorView<'_>> = inputs.iter().map(Input::view).collect();
+            let output_views: Vec<TensorView<'_>> = outputs.iter().map(Output::view).collect();
+            self.lock_window().record_success(&input_views, &output_views, latency);
         }
     }
 
@@ -100,6 +124,10 @@ impl Runtime {
         // JSON numbers beyond the f32 range become infinities when converted: refuse them as
         // the caller's error rather than feed the model an infinity.
         for input in &inputs {
+            // `all` over the whole slice vectorises; the position is looked up only on failure.
+            if input.data.iter().all(|v| v.is_finite()) {
+                continue;
+            }
             if let Some(index) = input.data.iter().position(|v| !v.is_finite()) {
                 let value = request
                     .inputs
@@ -125,6 +153,7 @@ impl Runtime {
         Ok((inputs, outputs))
     }
 
+    /// The response, taking the outputs apart rather than copying their names.
     fn response(&self, request: &InferenceRequest, outputs: Vec<Output>) -> InferenceResponse {
         let wanted = |output: &Output| match &request.outputs {
             Some(requested) => requested.iter().any(|r| r.name == output.name),
@@ -134,7 +163,17 @@ impl Runtime {
             model_name: self.manifest.name.clone(),
             model_version: Some(self.manifest.version.clone()),
             id: request.id.clone(),
-            outputs: outputs.iter().filter(|o| wanted(o)).map(Output::to_oip).collect(),
+            outputs: outputs
+                .into_iter()
+                .filter(wanted)
+                .map(|output| Tensor {
+                    name: output.name,
+                    datatype: output.datatype,
+                    shape: output.shape.iter().map(|d| *d as u64).collect(),
+                    data: output.data.iter().map(|v| f64::from(*v)).collect(),
+                    parameters: None,
+                })
+                .collect(),
         }
     }
 

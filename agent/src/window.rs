@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outpost_shared::profile::{FeatureSource, Profile, TensorView, top1};
+use outpost_shared::profile::{FeatureSource, Profile, TensorView, channel_mean_and_std, top1};
 use outpost_shared::stats::{Histogram, HistogramError, Moments, confidence_edges};
 use outpost_shared::wire::{
     ClassifierStats, DeviceId, FeatureStats, LatencyHistogram, MAX_NAME_BYTES, ModelRef,
@@ -36,18 +36,56 @@ struct FeatureAccumulator {
     name: String,
     source: FeatureSource,
     histogram: Histogram,
-    moments: Moments,
+    moments: ShiftedMoments,
+    /// Where the feature's tensor was among the views last time: checked first.
+    view_hint: usize,
+    /// Whether the previous feature reads the same tensor, so its view can be reused.
+    same_tensor_as_previous: bool,
 }
 
 impl FeatureAccumulator {
-    fn observe(&mut self, views: &[TensorView<'_>]) {
-        // A tensor the call did not produce (an output not computed) contributes nothing.
-        let Some(view) = views.iter().find(|v| v.name == self.source.tensor()) else { return };
-        for sample in 0..view.samples() {
-            let value = self.source.value(view, sample);
-            self.histogram.observe(value);
-            self.moments.observe(value);
+    /// The view of the feature's tensor; `None` when the call did not produce it (an output
+    /// that was not computed), which contributes nothing.
+    fn find_view<'a>(&mut self, views: &[TensorView<'a>]) -> Option<TensorView<'a>> {
+        let tensor = self.source.tensor();
+        if let Some(view) = views.get(self.view_hint)
+            && view.name == tensor
+        {
+            return Some(*view);
         }
+        let index = views.iter().position(|v| v.name == tensor)?;
+        self.view_hint = index;
+        views.get(index).copied()
+    }
+
+    fn observe(&mut self, view: &TensorView<'_>) {
+        let samples = view.samples();
+        match self.source {
+            // The common tabular case, inlined: the element of each sample, exactly as
+            // `FeatureSource::value` reads it, without re-deriving the sample layout per value.
+            FeatureSource::Element { index, .. } => {
+                let sample_len = sample_len(view);
+                for sample in 0..samples {
+                    let value = view
+                        .data
+                        .get(sample * sample_len..(sample + 1) * sample_len)
+                        .and_then(|values| values.get(index))
+                        .map_or(f64::NAN, |v| f64::from(*v));
+                    self.count(value);
+                }
+            }
+            _ => {
+                for sample in 0..samples {
+                    let value = self.source.value(view, sample);
+                    self.count(value);
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, value: f64) {
+        observe_histogram(&mut self.histogram, value);
+        self.moments.observe(value);
     }
 
     fn take(&mut self) -> FeatureStats {
@@ -61,10 +99,173 @@ impl FeatureAccumulator {
         FeatureStats {
             name: self.name.clone(),
             histogram: std::mem::replace(&mut self.histogram, empty),
-            moments: std::mem::take(&mut self.moments),
+            moments: self.moments.take(),
             kll_sketch: None,
         }
     }
+}
+
+/// Marks the features that read the same tensor as the feature before them.
+fn mark_tensor_groups(mut features: Vec<FeatureAccumulator>) -> Vec<FeatureAccumulator> {
+    for index in 1..features.len() {
+        let same = features[index].source.tensor() == features[index - 1].source.tensor();
+        features[index].same_tensor_as_previous = same;
+    }
+    features
+}
+
+/// Records one side's features from `views`. A `ChannelMean` followed by the `ChannelStd` of
+/// the same channel (the order profiles list them in) is computed in one pass over the channel.
+fn observe_features(features: &mut [FeatureAccumulator], views: &[TensorView<'_>]) {
+    let mut index = 0;
+    let mut previous_view: Option<TensorView<'_>> = None;
+    while index < features.len() {
+        let (head, tail) = features.split_at_mut(index + 1);
+        let Some(feature) = head.last_mut() else { break };
+        // Features of one tensor come together: look the tensor up once per group.
+        let view = match previous_view {
+            Some(view) if feature.same_tensor_as_previous => Some(view),
+            _ => feature.find_view(views),
+        };
+        previous_view = view;
+        let Some(view) = view else {
+            index += 1;
+            continue;
+        };
+        let paired_channel = match (&feature.source, tail.first().map(|next| &next.source)) {
+            (
+                FeatureSource::ChannelMean { tensor, channel },
+                Some(FeatureSource::ChannelStd { tensor: next_tensor, channel: next_channel }),
+            ) if tensor == next_tensor && channel == next_channel => Some(*channel),
+            _ => None,
+        };
+        match (paired_channel, tail.first_mut()) {
+            (Some(channel), Some(std_feature)) => {
+                for sample in 0..view.samples() {
+                    let (mean, std_dev) = channel_mean_and_std(&view, channel, sample);
+                    feature.count(mean);
+                    std_feature.count(std_dev);
+                }
+                index += 2;
+            }
+            _ => {
+                feature.observe(&view);
+                index += 1;
+            }
+        }
+    }
+}
+
+/// Running moments kept as sums of deviations from a fixed shift (the baseline's mean): an
+/// update is a subtraction, a multiplication and a few additions — no division, which is slow
+/// on the ARM cores devices have — and with the shift near the data's mean the cancellation is
+/// negligible (the "shifted data" algorithm). Turned into [`Moments`] when the window is cut.
+#[derive(Debug, Clone)]
+struct ShiftedMoments {
+    shift: f64,
+    count: u64,
+    sum: f64,
+    sum_of_squares: f64,
+    min: f64,
+    max: f64,
+}
+
+impl ShiftedMoments {
+    fn new(shift: f64) -> Self {
+        let shift = if shift.is_finite() { shift } else { 0.0 };
+        Self {
+            shift,
+            count: 0,
+            sum: 0.0,
+            sum_of_squares: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+
+    /// Adds one value; non-finite values are left to the histogram, as in [`Moments`].
+    #[inline]
+    fn observe(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        let deviation = x - self.shift;
+        self.count += 1;
+        self.sum += deviation;
+        self.sum_of_squares += deviation * deviation;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+
+    /// The moments so far, starting over.
+    fn take(&mut self) -> Moments {
+        let taken = std::mem::replace(self, Self::new(self.shift));
+        if taken.count == 0 {
+            return Moments::default();
+        }
+        let n = taken.count as f64;
+        let mean_deviation = taken.sum / n;
+        Moments {
+            count: taken.count,
+            mean: taken.shift + mean_deviation,
+            m2: (taken.sum_of_squares - taken.sum * mean_deviation).max(0.0),
+            min: Some(taken.min),
+            max: Some(taken.max),
+        }
+    }
+}
+
+/// Elements per sample of a view, as [`TensorView::sample`] lays samples out: everything after
+/// the first axis for rank ≥ 2, the whole tensor otherwise.
+fn sample_len(view: &TensorView<'_>) -> usize {
+    if view.shape.len() >= 2 {
+        view.shape[1..].iter().product()
+    } else {
+        view.shape.iter().product()
+    }
+}
+
+/// [`Histogram::observe`] with a branch-free bin search: profiles have a handful of edges, and
+/// counting the edges at or below `x` costs less than the mispredicted branches of a binary
+/// search. Same bins, same underflow/overflow/NaN rules.
+fn observe_histogram(histogram: &mut Histogram, x: f64) {
+    let (Some(first), Some(last)) = (histogram.edges.first(), histogram.edges.last()) else {
+        return;
+    };
+    if x.is_nan() {
+        histogram.nan += 1;
+    } else if x < *first {
+        histogram.underflow += 1;
+    } else if x > *last {
+        histogram.overflow += 1;
+    } else {
+        let at_or_below = count_at_or_below(&histogram.edges, x);
+        let bin = at_or_below.saturating_sub(1).min(histogram.counts.len().saturating_sub(1));
+        if let Some(count) = histogram.counts.get_mut(bin) {
+            *count += 1;
+        }
+    }
+}
+
+/// How many of `edges` are `<= x`, in four independent lanes so the comparisons pipeline (or
+/// vectorise) instead of forming one long chain.
+#[inline]
+fn count_at_or_below(edges: &[f64], x: f64) -> usize {
+    // Wrapping adds: at most `edges.len()` ones are added, and without overflow checks the
+    // comparisons vectorise.
+    let mut lanes = [0u64; 4];
+    let chunks = edges.chunks_exact(4);
+    let remainder = chunks.remainder();
+    for chunk in chunks {
+        for (lane, edge) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.wrapping_add(u64::from(*edge <= x));
+        }
+    }
+    let mut total = lanes.iter().fold(0u64, |sum, lane| sum.wrapping_add(*lane));
+    for edge in remainder {
+        total = total.wrapping_add(u64::from(*edge <= x));
+    }
+    usize::try_from(total).unwrap_or(usize::MAX)
 }
 
 /// Class counts and top-1 confidence of a classifier's probability output.
@@ -86,7 +287,7 @@ impl ClassifierAccumulator {
                 && let Some(count) = self.class_counts.get_mut(class)
             {
                 *count += 1;
-                self.confidence.observe(f64::from(probability));
+                observe_histogram(&mut self.confidence, f64::from(probability));
             }
         }
     }
@@ -148,10 +349,13 @@ impl WindowAccumulator {
                             name: feature.name.clone(),
                             source: feature.source.clone(),
                             histogram,
-                            moments: Moments::default(),
+                            moments: ShiftedMoments::new(feature.moments.mean),
+                            view_hint: 0,
+                            same_tensor_as_previous: false,
                         })
                     })
                     .collect::<Result<Vec<_>, WindowError>>()
+                    .map(mark_tensor_groups)
             };
         let classifier = match &profile.classifier {
             None => None,
@@ -187,12 +391,8 @@ impl WindowAccumulator {
     ) {
         self.count = self.count.saturating_add(1);
         self.latency.observe(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-        for feature in &mut self.inputs {
-            feature.observe(inputs);
-        }
-        for feature in &mut self.outputs {
-            feature.observe(outputs);
-        }
+        observe_features(&mut self.inputs, inputs);
+        observe_features(&mut self.outputs, outputs);
         if let Some(classifier) = &mut self.classifier {
             classifier.observe(outputs);
         }
@@ -439,6 +639,39 @@ mod tests {
         }
         assert_eq!(merged.classifier, whole.classifier);
         assert_eq!((merged.start_ms, merged.end_ms, merged.seq), (0, 200, 2));
+    }
+
+    #[test]
+    fn shifted_moments_agree_with_welford_whatever_the_shift() {
+        let values: Vec<f64> =
+            (0..1000).map(|i| (i as f64 * 0.37).sin() * 5.0 + 100.0).chain([f64::NAN]).collect();
+        let mut welford = Moments::default();
+        values.iter().for_each(|v| welford.observe(*v));
+        for shift in [100.0, 0.0, -1e4, f64::NAN] {
+            let mut shifted = ShiftedMoments::new(shift);
+            values.iter().for_each(|v| shifted.observe(*v));
+            let moments = shifted.take();
+            assert_eq!(moments.count, welford.count);
+            assert!((moments.mean - welford.mean).abs() < 1e-9, "shift {shift}");
+            assert!((moments.m2 - welford.m2).abs() < 1e-6 * welford.m2, "shift {shift}");
+            assert_eq!((moments.min, moments.max), (welford.min, welford.max));
+            assert_eq!(shifted.take(), Moments::default(), "take starts over");
+        }
+    }
+
+    #[test]
+    fn the_branch_free_bin_search_bins_like_the_histogram() {
+        let edges = vec![-1.0, 0.0, 0.5, 2.0, 10.0];
+        let mut ours = Histogram::new(edges.clone()).expect("edges");
+        let mut reference = Histogram::new(edges).expect("edges");
+        let values = [-5.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 9.99, 10.0, 10.5, f64::NAN]
+            .into_iter()
+            .chain([f64::INFINITY, f64::NEG_INFINITY, -0.0, f64::MIN_POSITIVE]);
+        for value in values {
+            observe_histogram(&mut ours, value);
+            reference.observe(value);
+        }
+        assert_eq!(ours, reference);
     }
 
     #[test]
