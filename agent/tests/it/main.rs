@@ -8,6 +8,7 @@
 //!   validation).
 //! - `api`: every route, every bad request of issue 3, concurrent clients.
 //! - `cli`: `run`, `provision`, `check-model`, `print-default-config`, exit codes.
+//! - `mqtt`: telemetry against real brokers (Mosquitto, embedded rumqttd).
 
 mod api;
 mod cli;
