@@ -363,7 +363,7 @@ mod tests {
         let config = AgentConfig::from_toml(MINIMAL).expect("config");
         assert_eq!(config.device.id.as_str(), "pump-17");
         assert!(config.device.tags.is_empty());
-        assert_eq!(config.data_dir, PathBuf::from("/var/lib/outpost-agent"));
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/outpost"));
         assert_eq!(config.api.listen, ListenAddress::Tcp("127.0.0.1:8080".parse().expect("addr")));
         assert_eq!(config.api.max_body_bytes, 4 * 1024 * 1024);
         assert!(config.api.max_concurrency >= 1);
