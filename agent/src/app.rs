@@ -77,17 +77,28 @@ fn store_exit_code(error: &StoreError) -> u8 {
 }
 
 /// Sets up logging to stderr (journald reads it there): `RUST_LOG` if set, else `filter`.
+///
+/// Filters use the `target=level,…,default-level` syntax of [`Targets`], which needs no regular
+/// expression engine: it keeps the device binary small.
+///
+/// [`Targets`]: tracing_subscriber::filter::Targets
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|value| value.parse::<Targets>().ok())
+        .or_else(|| filter.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     // A second initialisation (tests calling twice) is harmless: keep the first.
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .finish()
+        .with(targets)
         .try_init();
 }
 

@@ -259,6 +259,14 @@ impl RawConfig {
         if self.log.filter.trim().is_empty() {
             return Err(invalid("log.filter", "must not be empty (use \"info\")"));
         }
+        if let Err(error) = self.log.filter.parse::<tracing_subscriber::filter::Targets>() {
+            return Err(invalid(
+                "log.filter",
+                format!(
+                    "{error}: use `level` or `target=level,…` (e.g. \"info,outpost_agent=debug\")"
+                ),
+            ));
+        }
         self.queue.validate().map_err(|e| invalid("queue", e.to_string()))?;
         self.mqtt.validate().map_err(|e| invalid("mqtt", e.to_string()))?;
         Ok(AgentConfig {
