@@ -30,7 +30,7 @@ pub enum Suite {
 pub struct BenchOptions {
     #[arg(value_enum)]
     pub suite: Suite,
-    /// Do not build the ARM release binaries (3-7 minutes each); report the sizes of those a
+    /// Do not build the ARM release binaries (5-12 minutes each); report the sizes of those a
     /// previous `cargo xtask cross --release` left, if any.
     #[arg(long)]
     pub skip_cross: bool,

@@ -83,7 +83,7 @@ pub struct CrossOptions {
     /// Which ARM target to build.
     #[arg(long, value_enum, default_value_t = TargetChoice::All)]
     pub target: TargetChoice,
-    /// Build with the size-tuned release profile (3-7 minutes per target on 2 cores).
+    /// Build with the size-tuned release profile (5-12 minutes per target on 2 cores).
     #[arg(long)]
     pub release: bool,
     /// Run the agent's test subset under qemu-user (see cross/README.md).
