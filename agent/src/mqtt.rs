@@ -441,8 +441,7 @@ fn mqtt_options(
         };
         // rustls needs a process-wide crypto provider when more than one is compiled in;
         // installing ours fails harmlessly if one is installed already.
-        let _ =
-            rumqttc::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = rustls::crypto::ring::default_provider().install_default();
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
             ca,
             alpn: None,

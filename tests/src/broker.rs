@@ -439,8 +439,7 @@ impl TestClient {
         mqtt.set_keep_alive(Duration::from_secs(30));
         mqtt.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
         if let Some(tls) = &options.tls {
-            let _ = rumqttc::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider()
-                .install_default();
+            let _ = rustls::crypto::ring::default_provider().install_default();
             mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
                 ca: tls.ca.clone(),
                 alpn: None,

@@ -1,5 +1,5 @@
 //! The API client used by the `outpost` CLI (and, later, the console): blocking, over rustls
-//! with the process-wide aws-lc-rs provider, no OpenSSL. Errors carry the server's
+//! with the process-wide ring provider, no OpenSSL. Errors carry the server's
 //! `{"error"}` text so the CLI can print what the server said.
 
 use std::path::Path;

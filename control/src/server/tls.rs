@@ -1,4 +1,4 @@
-//! TLS for the control server, all through rustls with the aws-lc-rs provider: the API's
+//! TLS for the control server, all through rustls with the ring provider: the API's
 //! server certificate and the MQTT client's connection to an external broker.
 
 use std::path::Path;
@@ -10,10 +10,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::ServerError;
 use crate::config::{BrokerTls, TlsFiles};
 
-/// Makes aws-lc-rs the process-wide rustls provider (once; later calls do nothing), so every
+/// Makes ring the process-wide rustls provider (once; later calls do nothing), so every
 /// rustls user in the process (API, MQTT client, HTTP client) agrees on one provider.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn tls_error(path: &Path, what: &str, reason: impl std::fmt::Display) -> ServerError {
