@@ -23,6 +23,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,7 +33,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_shared::model::InferError;
-use outpost_shared::oip::{ErrorBody, InferenceRequest};
+use outpost_shared::oip::{ErrorBody, InferenceRequest, InferenceResponse};
 use serde_json::Value;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -48,16 +49,39 @@ pub mod refusal {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
 }
 
+/// Sees every inference request the API ran, with its outcome and latency: the updater's
+/// shadow phase and health watch. Called on the inference thread after the response was
+/// computed, so it must be quick (hand heavy work to another thread).
+pub trait InferenceObserver: Send + Sync + std::fmt::Debug {
+    fn observe(
+        &self,
+        runtime: &Arc<Runtime>,
+        request: &InferenceRequest,
+        outcome: Result<&InferenceResponse, &InferError>,
+        latency: Duration,
+    );
+}
+
 /// The model currently serving, swappable as a whole (an install replaces it; requests in
-/// flight finish on the runtime they started with).
+/// flight finish on the runtime they started with), and an optional observer of every call.
 #[derive(Debug, Default)]
 pub struct ActiveRuntime {
     current: RwLock<Option<Arc<Runtime>>>,
+    observer: RwLock<Option<Arc<dyn InferenceObserver>>>,
 }
 
 impl ActiveRuntime {
     pub fn new(runtime: Option<Arc<Runtime>>) -> Self {
-        Self { current: RwLock::new(runtime) }
+        Self { current: RwLock::new(runtime), observer: RwLock::new(None) }
+    }
+
+    /// Installs (or with `None` removes) the observer of every inference.
+    pub fn set_observer(&self, observer: Option<Arc<dyn InferenceObserver>>) {
+        *self.observer.write().unwrap_or_else(PoisonError::into_inner) = observer;
+    }
+
+    fn observer(&self) -> Option<Arc<dyn InferenceObserver>> {
+        self.observer.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The runtime serving now, if any.
@@ -390,9 +414,15 @@ async fn run_inference(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down")
     })?;
     let worker = Arc::clone(&runtime);
+    let observer = state.active.observer();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        worker.infer(&request)
+        let started = Instant::now();
+        let result = worker.infer(&request);
+        if let Some(observer) = observer {
+            observer.observe(&worker, &request, result.as_ref(), started.elapsed());
+        }
+        result
     })
     .await;
     match outcome {

@@ -16,9 +16,7 @@ use outpost_shared::dsse::MAX_ENVELOPE_BYTES;
 use outpost_shared::model::{InferError, Model, Output};
 use outpost_shared::oip::{InferenceResponse, TensorSpec};
 use outpost_shared::trust;
-use outpost_shared::wire::{
-    DeviceId, Event, EventKind, Hello, Outcome, ProtocolVersion, SlotName, ToDevice,
-};
+use outpost_shared::wire::{DeviceId, Event, EventKind, Hello, Outcome, ProtocolVersion, SlotName};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
@@ -320,8 +318,16 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
     )
     .context("cannot start MQTT telemetry")
     .exit_code(exit::USAGE)?;
-    // Assignments and chunks are for the updater (issue 5); until it lands they are logged.
-    let update_log = tokio::spawn(log_updates(updates));
+    let store = Arc::new(Mutex::new(store));
+    let updater = tokio::spawn(
+        crate::update::Updater::new(
+            config.clone(),
+            Arc::clone(&store),
+            Arc::clone(&active),
+            telemetry.clone(),
+        )
+        .run(updates),
+    );
     for event in boot_events {
         if let Err(error) = telemetry.send_event(event).await {
             tracing::warn!(%error, "could not report a start-up event");
@@ -347,7 +353,6 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
         move || unix_millis().saturating_sub(heartbeat.load(Ordering::Relaxed)) <= stalled_after_ms
     }));
 
-    let store = Arc::new(Mutex::new(store));
     let mut window_start_ms = unix_millis();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -388,7 +393,7 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
     if let Err(error) = telemetry_task.await {
         tracing::warn!(%error, "telemetry task failed");
     }
-    update_log.abort();
+    updater.abort();
     watchdog.abort();
     match served {
         Err(_) => {
@@ -415,7 +420,7 @@ enum Stop {
 }
 
 /// The `hello` this device publishes: what it is and what its slots hold.
-fn hello_of(config: &AgentConfig, store: &Store, now: OffsetDateTime) -> Hello {
+pub(crate) fn hello_of(config: &AgentConfig, store: &Store, now: OffsetDateTime) -> Hello {
     let state = store.state();
     let slots = state.wire_slots();
     Hello {
@@ -455,17 +460,6 @@ fn event(
         code: Some(code.to_string()),
         message,
         details: None,
-    }
-}
-
-async fn log_updates(mut updates: tokio::sync::mpsc::Receiver<ToDevice>) {
-    while let Some(update) = updates.recv().await {
-        let what = match update {
-            ToDevice::Assign(_) => "assignment",
-            ToDevice::AssignCleared => "cleared assignment",
-            ToDevice::Chunk(_) => "chunk",
-        };
-        tracing::info!(what, "update message received; this agent does not install updates yet");
     }
 }
 

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 use crate::fsutil;
 use crate::mqtt::MqttConfig;
 use crate::queue::QueueConfig;
+use crate::update::UpdateConfig;
 
 /// The documented default configuration, embedded in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("../agent.example.toml");
@@ -119,6 +120,7 @@ pub struct AgentConfig {
     pub log: LogConfig,
     pub mqtt: MqttConfig,
     pub queue: QueueConfig,
+    pub update: UpdateConfig,
 }
 
 /// The file's shape, before the checks serde cannot make.
@@ -134,6 +136,8 @@ struct RawConfig {
     mqtt: MqttConfig,
     #[serde(default)]
     queue: QueueConfig,
+    #[serde(default)]
+    update: UpdateConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +273,7 @@ impl RawConfig {
         }
         self.queue.validate().map_err(|e| invalid("queue", e.to_string()))?;
         self.mqtt.validate().map_err(|e| invalid("mqtt", e.to_string()))?;
+        self.update.validate().map_err(|e| invalid("update", e))?;
         Ok(AgentConfig {
             device: DeviceConfig { id: self.device.id, tags: self.device.tags },
             data_dir: self.data_dir,
@@ -277,6 +282,7 @@ impl RawConfig {
             log: LogConfig { filter: self.log.filter },
             mqtt: self.mqtt,
             queue: self.queue,
+            update: self.update,
         })
     }
 }

@@ -9,6 +9,8 @@
 //! - [`config`]: the typed configuration (embedded default, file, environment).
 //! - [`app`]: the commands of the binary wired together (`run`, `provision`, `check-model`).
 //! - [`mqtt`], [`queue`], [`backoff`]: telemetry to the broker and the offline window queue.
+//! - [`update`]: verified model updates — plan admission, resumable download, A/B install,
+//!   acceptance, shadow, health watch, commit or rollback.
 //! - [`systemd`]: readiness and watchdog notifications.
 //! - [`fsutil`]: crash-safe file writes.
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod queue;
 pub mod runtime;
 pub mod store;
 pub mod systemd;
+pub mod update;
 pub mod window;
 
 pub use config::AgentConfig;

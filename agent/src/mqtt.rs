@@ -236,6 +236,7 @@ enum Command {
     Window { window: Box<wire::StatsWindow>, done: oneshot::Sender<Result<(), TelemetryError>> },
     Event(Box<Event>),
     Hello(Box<Hello>),
+    Fetch(Box<wire::Publish>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -274,6 +275,14 @@ impl TelemetryHandle {
             .validate()
             .map_err(|source| TelemetryError::InvalidMessage { what: "hello", source })?;
         self.command(Command::Hello(Box::new(hello))).await
+    }
+
+    /// Asks the control for a range of an artifact (`fetch`). Sent at once when connected and
+    /// otherwise dropped: the updater asks again after its timeout.
+    pub async fn send_fetch(&self, request: &wire::FetchRequest) -> Result<(), TelemetryError> {
+        let publish = wire::Publish::message(&self.device, request)
+            .map_err(|source| TelemetryError::InvalidMessage { what: "fetch request", source })?;
+        self.command(Command::Fetch(Box::new(publish))).await
     }
 
     /// Whether the broker connection is up.
@@ -739,6 +748,11 @@ impl Shell {
             }
             Command::Event(event) => self.session.send_event(*event),
             Command::Hello(hello) => self.session.update_hello(*hello),
+            Command::Fetch(publish) => {
+                if !self.session.send_fetch(*publish) {
+                    tracing::debug!("offline: fetch request not sent");
+                }
+            }
             Command::Shutdown(done) => {
                 self.shutdown_waiters.push(done);
                 self.begin_shutdown();

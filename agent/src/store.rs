@@ -6,7 +6,9 @@
 //!   trust/root.json    the trust root envelope installed at enrollment
 //!   slots/a/bundle     the bundle file of slot a, exactly as verified
 //!   slots/b/bundle     the bundle file of slot b
-//!   state.json         AgentState: active slot, committed flag, sequence numbers
+//!   slots/<x>/staging/ a download in progress into slot x (owned by `crate::update::fetch`)
+//!   state.json         AgentState: active slot, committed flag, sequence numbers, the install
+//!                      in progress or the last one concluded
 //!   queue/             unsent statistics windows (owned by `crate::queue`)
 //! ```
 //!
@@ -33,6 +35,8 @@ use crate::fsutil::{self, FileError};
 pub const STATE_VERSION: u32 = 1;
 /// Largest `state.json` read.
 const MAX_STATE_BYTES: u64 = 64 * 1024;
+/// Reason recorded when a restart found a model on trial and went back to the other slot.
+pub const INTERRUPTED_TRIAL: &str = "restarted_during_trial";
 
 /// Why the data directory cannot be used as asked.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +110,7 @@ pub struct SlotRecord {
 }
 
 impl SlotRecord {
-    fn of(bundle: &Bundle) -> Self {
+    pub fn of(bundle: &Bundle) -> Self {
         Self {
             name: bundle.manifest.name.clone(),
             version: bundle.manifest.version.clone(),
@@ -124,9 +128,58 @@ impl SlotRecord {
         })
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         format!("{}@{} ({})", self.name, self.version, self.digest)
     }
+}
+
+/// Where an install stands. Persisted at every step, so a restart resumes it (downloading,
+/// staged) or knows how it ended (the other phases) and never starts it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallPhase {
+    /// Admitted; the bundle is being downloaded into the target slot's staging area.
+    Downloading,
+    /// Verified and in the target slot; acceptance and shadow come next.
+    Staged,
+    /// Serving, not committed: the health watch runs.
+    Activated,
+    Committed,
+    RolledBack,
+    /// Refused or failed before activation; the previous model kept serving.
+    Failed,
+}
+
+impl InstallPhase {
+    /// Whether the install is over (nothing left to do for its plan).
+    pub fn concluded(self) -> bool {
+        matches!(self, InstallPhase::Committed | InstallPhase::RolledBack | InstallPhase::Failed)
+    }
+}
+
+/// What an install is for: the plan's bundle, or the plan's fallback on an operator's revert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallAction {
+    Install,
+    Revert,
+}
+
+/// The install of one admitted plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRecord {
+    pub rollout: String,
+    pub plan_seq: u64,
+    pub action: InstallAction,
+    /// The bundle being installed.
+    pub bundle: SlotRecord,
+    /// The slot it goes into (the inactive one when admitted).
+    pub slot: SlotName,
+    pub phase: InstallPhase,
+    /// Why it failed or rolled back: a stable code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The two slots' records.
@@ -175,6 +228,9 @@ pub struct AgentState {
     /// Sequence number of the last rollout plan accepted (replay protection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_plan_seq: Option<u64>,
+    /// The install of the last accepted plan: in progress, or how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<InstallRecord>,
     /// Sequence number the next statistics window gets. (Event sequence numbers are kept
     /// with the telemetry queue, `crate::queue`.)
     pub next_window_seq: u64,
@@ -188,6 +244,7 @@ impl Default for AgentState {
             committed: false,
             slots: SlotRecords::default(),
             last_plan_seq: None,
+            install: None,
             next_window_seq: 1,
         }
     }
@@ -455,6 +512,15 @@ impl Store {
                 Ok((bundle, accepted)) => {
                     let mut next = self.state.clone();
                     next.serve_committed(candidate.slot);
+                    if candidate.is_rollback
+                        && let Some(install) = next.install.as_mut()
+                        && !install.phase.concluded()
+                    {
+                        // The agent stopped while the new model was on trial: it goes back
+                        // to the known-good model, and the plan is not tried again.
+                        install.phase = InstallPhase::RolledBack;
+                        install.reason = Some(INTERRUPTED_TRIAL.into());
+                    }
                     self.replace_state(next)?;
                     return Ok(Some(Boot {
                         slot: candidate.slot,
@@ -513,6 +579,156 @@ impl Store {
         next.install_initial(slot, SlotRecord::of(verified));
         self.replace_state(next)?;
         Ok(slot)
+    }
+
+    /// Where downloads into `slot` are kept until verified.
+    pub fn staging_dir(&self, slot: SlotName) -> PathBuf {
+        self.data_dir.join("slots").join(slot_dir_name(slot)).join("staging")
+    }
+
+    /// Records an admitted plan: its sequence number becomes the last accepted (so it is never
+    /// accepted again) and `install` the install in progress.
+    pub fn accept_plan(&mut self, install: InstallRecord) -> Result<(), StoreError> {
+        let mut next = self.state.clone();
+        next.last_plan_seq = Some(install.plan_seq);
+        next.install = Some(install);
+        self.replace_state(next)
+    }
+
+    /// Moves the install in progress to `phase`, with `reason` for a failure or rollback.
+    pub fn set_install_phase(
+        &mut self,
+        phase: InstallPhase,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let mut next = self.state.clone();
+        if let Some(install) = next.install.as_mut() {
+            install.phase = phase;
+            install.reason = reason;
+        }
+        self.replace_state(next)
+    }
+
+    /// Puts the verified bundle at `staged` (bytes `verified` came from, on the same file
+    /// system) into `slot`, which must not be the active slot. The slot's old record goes
+    /// first, then the file is renamed in, then the new record is written: a crash in between
+    /// leaves an empty slot, never a record naming the wrong bundle.
+    pub fn install_staged(
+        &mut self,
+        slot: SlotName,
+        staged: &Path,
+        verified: &Verified<Bundle>,
+    ) -> Result<(), StoreError> {
+        if self.state.active == Some(slot) {
+            return Err(StoreError::Slot {
+                slot: SlotDisplay(slot),
+                reason: "is the active slot; installs go to the other one".into(),
+            });
+        }
+        let mut emptied = self.state.clone();
+        emptied.slots.set(slot, None);
+        self.replace_state(emptied)?;
+        let path = Self::bundle_path(&self.data_dir, slot);
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir_durable(dir)?;
+        }
+        std::fs::rename(staged, &path).map_err(|source| {
+            StoreError::File(FileError::Io {
+                action: "moving the staged bundle to",
+                path: path.clone(),
+                source,
+            })
+        })?;
+        if let Some(dir) = path.parent() {
+            fsutil::sync_dir(dir)?;
+        }
+        let mut next = self.state.clone();
+        next.slots.set(slot, Some(SlotRecord::of(verified)));
+        if let Some(install) = next.install.as_mut() {
+            install.phase = InstallPhase::Staged;
+        }
+        self.replace_state(next)
+    }
+
+    /// Makes `slot` the serving slot, on trial (not committed): a restart now goes back to the
+    /// other slot.
+    pub fn activate_trial(&mut self, slot: SlotName) -> Result<(), StoreError> {
+        if self.state.slots.get(slot).is_none() {
+            return Err(StoreError::Slot {
+                slot: SlotDisplay(slot),
+                reason: "holds no model".into(),
+            });
+        }
+        let mut next = self.state.clone();
+        next.active = Some(slot);
+        next.committed = false;
+        if let Some(install) = next.install.as_mut() {
+            install.phase = InstallPhase::Activated;
+        }
+        self.replace_state(next)
+    }
+
+    /// The model on trial passed: it is the known-good model now.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let mut next = self.state.clone();
+        next.committed = true;
+        if let Some(install) = next.install.as_mut() {
+            install.phase = InstallPhase::Committed;
+            install.reason = None;
+        }
+        self.replace_state(next)
+    }
+
+    /// Serves `slot` as the committed model again (after a failed trial, or an operator's
+    /// revert to a model already on the device) and records the install as rolled back.
+    pub fn serve_slot(
+        &mut self,
+        slot: SlotName,
+        phase: InstallPhase,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        if self.state.slots.get(slot).is_none() {
+            return Err(StoreError::Slot {
+                slot: SlotDisplay(slot),
+                reason: "holds no model".into(),
+            });
+        }
+        let mut next = self.state.clone();
+        next.serve_committed(slot);
+        if let Some(install) = next.install.as_mut() {
+            install.phase = phase;
+            install.reason = reason;
+        }
+        self.replace_state(next)
+    }
+
+    /// Empties `slot` (not the active one): its record first, then its file.
+    pub fn clear_slot(&mut self, slot: SlotName) -> Result<(), StoreError> {
+        if self.state.active == Some(slot) {
+            return Err(StoreError::Slot {
+                slot: SlotDisplay(slot),
+                reason: "is the active slot and cannot be emptied".into(),
+            });
+        }
+        let mut next = self.state.clone();
+        next.slots.set(slot, None);
+        self.replace_state(next)?;
+        let path = Self::bundle_path(&self.data_dir, slot);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::File(FileError::Io { action: "removing", path, source }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot holding the bundle with `digest`, if any.
+    pub fn slot_with(&self, digest: &str) -> Option<SlotName> {
+        [SlotName::A, SlotName::B]
+            .into_iter()
+            .find(|slot| self.state.slots.get(*slot).is_some_and(|r| r.digest == digest))
     }
 
     /// Takes the next statistics window sequence number. It is persisted before it is returned,

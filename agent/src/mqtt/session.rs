@@ -56,6 +56,8 @@ pub enum Outbound {
     Hello,
     Window(u64),
     Event(u64),
+    /// A fetch request of the updater: not retried here (the updater asks again on timeout).
+    Fetch,
 }
 
 /// What the shell must do, in order.
@@ -284,7 +286,7 @@ impl Session {
             Outbound::State(Presence::Offline) if self.shutting_down => {
                 self.actions.push_back(Action::Disconnect);
             }
-            Outbound::State(_) => {}
+            Outbound::State(_) | Outbound::Fetch => {}
         }
         self.fill();
     }
@@ -360,8 +362,19 @@ impl Session {
             Outbound::State(Presence::Offline) if self.shutting_down => {
                 self.actions.push_back(Action::Finish);
             }
-            Outbound::State(_) => {}
+            Outbound::State(_) | Outbound::Fetch => {}
         }
+    }
+
+    /// Publishes an updater's fetch request now if connected; returns whether it went out.
+    /// A request made offline is not kept: the updater asks again after its timeout, from
+    /// whatever it has on disk by then.
+    pub fn send_fetch(&mut self, publish: Publish) -> bool {
+        if !self.connected || self.shutting_down {
+            return false;
+        }
+        self.request(Outbound::Fetch, publish);
+        true
     }
 
     /// Reports `event`, assigning its `seq` and `device`.
@@ -650,6 +663,7 @@ mod tests {
                         format!("pub event {seq} {}", event.code.unwrap_or(event.kind.to_string()))
                     }
                     Outbound::Window(seq) => format!("pub window {seq}?"),
+                    Outbound::Fetch => format!("pub fetch {}", publish.topic),
                 },
                 Action::PublishWindow(seq) => format!("window {seq}"),
                 Action::Subscribe(topics) => format!("sub {}", topics.join(" ")),
@@ -962,5 +976,25 @@ mod tests {
         let long = printable(&"é".repeat(1000), 64);
         assert!(long.len() <= 64, "{}", long.len());
         assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn fetch_requests_go_out_only_while_connected_and_need_no_acknowledgement() {
+        let mut s = session(&[]);
+        let request = Publish {
+            topic: "outpost/v1/dev-1/fetch".into(),
+            payload: b"{}".to_vec(),
+            qos: wire::QoS::AtLeastOnce,
+            retain: false,
+        };
+        assert!(!s.send_fetch(request.clone()), "offline: not sent, not kept");
+        assert!(drain(&mut s).is_empty());
+        s.on_connected(1);
+        drain(&mut s);
+        assert!(s.send_fetch(request));
+        check(&mut s, &["pub fetch outpost/v1/dev-1/fetch"]);
+        s.on_publish_sent(1);
+        s.on_puback(1);
+        assert!(drain(&mut s).is_empty(), "an acknowledged fetch changes nothing");
     }
 }
