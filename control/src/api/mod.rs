@@ -4,6 +4,7 @@
 //! - [`auth`]: bearer tokens and role checks in one layer in front of every route; denials are
 //!   recorded in the audit log.
 //! - [`handlers`]: thin adapters to the store and to `outpost-shared` verification.
+//! - [`enroll`]: device enrollment and broker / control certificates from the fleet CA.
 //! - [`openapi`]: `/openapi.json`, generated from the route table.
 //! - [`error`]: [`ApiError`], each variant with its status; bodies are `{"error", "code"}`.
 //! - [`client`]: the blocking HTTP client of `outpost model|devices|users` (ureq, rustls).
@@ -11,6 +12,7 @@
 pub mod aggregates;
 pub mod auth;
 pub mod client;
+pub mod enroll;
 pub mod error;
 pub mod handlers;
 pub mod openapi;
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub max_bundle_bytes: u64,
     /// The control's MQTT client, for publishing assignments; `None` in API-only setups.
     pub mqtt: Option<rumqttc::AsyncClient>,
+    /// The fleet CA in the data directory, loaded or created on first use.
+    pub fleet_ca: Arc<crate::ca::FleetCaCell>,
 }
 
 /// The handler of each route. The match is exhaustive, so every [`RouteId`] has one; that
@@ -63,6 +67,9 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::ListAuditEvents => get(list_audit_events),
         RouteId::Aggregates => get(aggregates::aggregates),
         RouteId::Assign => post(crate::server::assign::assign),
+        RouteId::Enroll => post(enroll::enroll),
+        RouteId::ListEnrollments => get(enroll::list_enrollments),
+        RouteId::IssueBrokerCertificate => post(enroll::issue_broker_certificate),
     }
 }
 

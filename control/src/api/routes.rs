@@ -60,6 +60,9 @@ pub enum RouteId {
     ListAuditEvents,
     Aggregates,
     Assign,
+    Enroll,
+    ListEnrollments,
+    IssueBrokerCertificate,
 }
 
 /// A query parameter, for the OpenAPI document.
@@ -340,6 +343,49 @@ pub const ROUTES: &[Route] = &[
         request_body: Some(JSON),
         query: &[],
         success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::Enroll,
+        method: HttpMethod::Post,
+        path: "/v1/enrollments",
+        access: Access::Roles(ADMIN_ONLY),
+        operation_id: "enrollDevice",
+        summary: "Enroll a device: the fleet CA signs the CSR of the device's key (made where \
+                  the key lives; ECDSA P-256) into a certificate whose CN is the device id, and \
+                  the device is recorded with its tags. 409 when already enrolled (unless \
+                  `replace`), 400 when the id, tags or CSR are refused. The CA is created on \
+                  first use.",
+        request_body: Some(JSON),
+        query: &[],
+        success_status: 201,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListEnrollments,
+        method: HttpMethod::Get,
+        path: "/v1/enrollments",
+        access: Access::Roles(ADMIN_AND_AUDITOR),
+        operation_id: "listEnrollments",
+        summary: "Every enrolled device: tags, certificate serial and fingerprint, expiry, \
+                  when and by whom.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::IssueBrokerCertificate,
+        method: HttpMethod::Post,
+        path: "/v1/broker/certificates",
+        access: Access::Roles(ADMIN_ONLY),
+        operation_id: "issueBrokerCertificate",
+        summary: "Sign a CSR into the broker's TLS server certificate (`kind: broker`, with \
+                  `hosts`) or a control instance's broker client certificate (`kind: control`, \
+                  with `instance`; CN `outpost-control:<instance>`).",
+        request_body: Some(JSON),
+        query: &[],
+        success_status: 201,
         response_type: JSON,
     },
 ];

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use outpost_shared::verify::Role;
 
 pub mod assign;
+pub mod broker_config;
 mod bundle;
 pub mod devices;
 mod keys;
@@ -52,6 +53,9 @@ pub enum Command {
     Users(users::UsersCommand),
     /// Publish a signed rollout plan to one device (verified by the server first).
     Assign(assign::AssignArgs),
+    /// Broker configurations with certificates from the fleet CA (`mosquitto`).
+    #[command(subcommand)]
+    BrokerConfig(broker_config::BrokerConfigCommand),
 }
 
 /// A key's role, as given on the command line.
@@ -325,6 +329,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices(command) => devices::run(command),
         Command::Users(command) => users::run(command),
         Command::Assign(args) => assign::run(args),
+        Command::BrokerConfig(command) => broker_config::run(command),
     }
 }
 

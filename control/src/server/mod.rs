@@ -154,6 +154,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         trust_root: trust_root.map(Arc::new),
         max_bundle_bytes: config.max_bundle_bytes,
         mqtt: Some(mqtt_client),
+        fleet_ca: Arc::new(crate::ca::FleetCaCell::new(&config.data_dir)),
     };
     let listener = std::net::TcpListener::bind(config.api.listen)
         .map_err(|source| ServerError::Bind { what: "API", address: config.api.listen, source })?;

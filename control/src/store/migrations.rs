@@ -22,6 +22,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_ingest.sql"),
         include_str!("../../migrations/postgres/0002_ingest.sql"),
     ),
+    (
+        3,
+        "enrollment",
+        include_str!("../../migrations/sqlite/0003_enrollment.sql"),
+        include_str!("../../migrations/postgres/0003_enrollment.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

@@ -15,9 +15,11 @@
 //! - [`audit`]: the `audit_events` table (denied requests and actions).
 //! - [`ingest`]: statistics windows: dedupe, aggregates, downsampling.
 //! - [`artifacts`]: byte ranges of stored bundles, for artifact serving.
+//! - [`enrollment`]: the fleet CA's fingerprint, issued certificates and enrolled devices.
 
 pub mod artifacts;
 pub mod audit;
+pub mod enrollment;
 pub mod ingest;
 pub mod inventory;
 mod migrations;
