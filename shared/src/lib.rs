@@ -5,7 +5,8 @@
 //!   passphrase-encrypted private keys.
 //! - [`trust`], [`manifest`], [`bundle`], [`plan`]: the signed documents of the trust model and
 //!   their verification, which yields [`Verified`] values or a [`VerifyError`] naming the problem.
-//! - [`stats`], [`profile`]: mergeable statistics and the baseline profile format.
+//! - [`stats`], [`profile`]: mergeable statistics and the baseline profile format; [`drift`]:
+//!   drift metrics (PSI, Jensen–Shannon, KS, Wasserstein, chi-square) and verdicts.
 //! - [`oip`]: Open Inference Protocol v2 tensors as JSON.
 //! - [`selector`]: device tag selectors (`site=berlin,hw=rpi4`).
 //! - `model` (feature `runtime`): ONNX execution with tract, shared by the agent and the bundle
@@ -16,6 +17,7 @@
 
 pub mod bundle;
 pub mod dedupe;
+pub mod drift;
 pub mod dsse;
 pub mod fuzzing;
 pub mod golden;

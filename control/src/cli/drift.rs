@@ -1,0 +1,243 @@
+//! `outpost drift`: exact drift metrics between two CSV files (a reference and a current
+//! sample), per feature and for the dataset, as a table or JSON.
+//!
+//! Reading CSV and choosing columns lives here; every metric and verdict comes from
+//! [`outpost_shared::drift`], the same code the server uses on windows.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::ValueEnum;
+use outpost_shared::drift::{self, DatasetDrift, FeatureKind, FeatureMetrics, Thresholds, Verdict};
+
+/// Compare a current sample with a reference sample, feature by feature.
+#[derive(Debug, clap::Args)]
+pub struct DriftArgs {
+    /// Reference CSV (training or baseline data) with a header row.
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// Current CSV with the same columns (extra columns are ignored).
+    #[arg(long)]
+    pub current: PathBuf,
+    /// Columns to compare, comma separated (default: every column of the reference).
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Columns to compare as categories even when every value is a number.
+    #[arg(long, value_delimiter = ',')]
+    pub categorical: Vec<String>,
+    /// Reference-quantile bins for numeric columns (PSI and Jensen–Shannon).
+    #[arg(long, default_value_t = drift::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Thresholds file (TOML): defaults at the top level, `[features.NAME]` overrides.
+    #[arg(long)]
+    pub thresholds: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 when the dataset verdict is at least this level.
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FailOn>,
+}
+
+/// Dataset verdict levels `--fail-on` accepts.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FailOn {
+    Warn,
+    Alert,
+}
+
+/// One CSV file, column by column, cells kept as text.
+struct Table {
+    path: PathBuf,
+    header: Vec<String>,
+    columns: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn read(path: &Path) -> Result<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .trim(csv::Trim::All)
+            .from_path(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let header: Vec<String> = reader
+            .headers()
+            .with_context(|| format!("reading the header row of {}", path.display()))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        ensure!(!header.is_empty(), "{} has no header row", path.display());
+        let mut seen = BTreeSet::new();
+        for name in &header {
+            ensure!(seen.insert(name), "{} has the column {name:?} twice", path.display());
+        }
+        let mut columns = vec![Vec::new(); header.len()];
+        for (index, record) in reader.records().enumerate() {
+            // Line numbers count the header as line 1.
+            let record = record
+                .with_context(|| format!("reading {} at data row {}", path.display(), index + 1))?;
+            for (column, cell) in columns.iter_mut().zip(record.iter()) {
+                column.push(cell.to_string());
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), header, columns })
+    }
+
+    fn column(&self, name: &str) -> Result<&[String]> {
+        match self.header.iter().position(|h| h == name) {
+            Some(index) => Ok(&self.columns[index]),
+            None => bail!(
+                "{} has no column {name:?} (its columns: {})",
+                self.path.display(),
+                self.header.join(", ")
+            ),
+        }
+    }
+}
+
+/// Cells that mean "no value".
+fn is_missing(cell: &str) -> bool {
+    cell.is_empty() || matches!(cell.to_ascii_lowercase().as_str(), "na" | "n/a" | "null" | "none")
+}
+
+/// The cell as a number, `None` for a missing cell, `Err` for text.
+fn parse_number(cell: &str) -> Result<Option<f64>, ()> {
+    if is_missing(cell) {
+        return Ok(None);
+    }
+    cell.parse::<f64>().map(Some).map_err(|_| ())
+}
+
+fn numbers(cells: &[String]) -> Option<Vec<f64>> {
+    cells
+        .iter()
+        .map(|cell| parse_number(cell).map(|v| v.unwrap_or(f64::NAN)))
+        .collect::<Result<Vec<f64>, ()>>()
+        .ok()
+}
+
+fn categories(cells: &[String]) -> Vec<Option<&str>> {
+    cells.iter().map(|cell| (!is_missing(cell)).then_some(cell.as_str())).collect()
+}
+
+/// Computes the metrics of every requested feature.
+pub fn compare_files(args: &DriftArgs) -> Result<Vec<FeatureMetrics>> {
+    ensure!(args.bins >= 2, "--bins must be at least 2 (got {})", args.bins);
+    let reference = Table::read(&args.reference)?;
+    let current = Table::read(&args.current)?;
+    let features: Vec<String> =
+        if args.features.is_empty() { reference.header.clone() } else { args.features.clone() };
+    for name in &args.categorical {
+        ensure!(
+            features.contains(name),
+            "--categorical names {name:?}, which is not among the compared features"
+        );
+    }
+    let mut out = Vec::with_capacity(features.len());
+    for name in &features {
+        let (reference_cells, current_cells) = (reference.column(name)?, current.column(name)?);
+        let forced = args.categorical.contains(name);
+        let metrics = match (forced, numbers(reference_cells), numbers(current_cells)) {
+            (false, Some(reference_values), Some(current_values)) => {
+                drift::compare_numeric(name, &reference_values, &current_values, args.bins)
+            }
+            _ => drift::compare_categorical(
+                name,
+                &categories(reference_cells),
+                &categories(current_cells),
+            ),
+        };
+        out.push(metrics);
+    }
+    Ok(out)
+}
+
+fn read_thresholds(path: Option<&Path>) -> Result<Thresholds> {
+    let thresholds = match path {
+        None => Thresholds::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+    };
+    thresholds.validate().context("the drift thresholds are not usable")?;
+    Ok(thresholds)
+}
+
+pub fn run(args: DriftArgs) -> Result<()> {
+    let thresholds = read_thresholds(args.thresholds.as_deref())?;
+    let dataset = DatasetDrift::judge(compare_files(&args)?, &thresholds);
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut stdout, &dataset)?;
+        writeln!(stdout)?;
+    } else {
+        write!(stdout, "{}", render_table(&dataset))?;
+    }
+    stdout.flush()?;
+    if let Some(level) = args.fail_on {
+        let limit = match level {
+            FailOn::Warn => Verdict::Warn,
+            FailOn::Alert => Verdict::Alert,
+        };
+        if dataset.verdict >= limit {
+            bail!("the dataset's drift verdict is {} (--fail-on {})", dataset.verdict, limit);
+        }
+    }
+    Ok(())
+}
+
+fn number(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"))
+}
+
+/// The human-readable report: one row per feature, then the dataset verdict and the reasons.
+pub fn render_table(dataset: &DatasetDrift) -> String {
+    let mut rows = vec![
+        [
+            "feature", "kind", "n_ref", "n_cur", "psi", "js", "ks", "ks_p", "wass_n", "chi2_p",
+            "verdict",
+        ]
+        .map(str::to_string),
+    ];
+    for feature in &dataset.features {
+        let m = &feature.metrics;
+        rows.push([
+            m.feature.clone(),
+            match m.kind {
+                FeatureKind::Numeric => "numeric".into(),
+                FeatureKind::Categorical => "categorical".into(),
+            },
+            m.reference_count.to_string(),
+            m.current_count.to_string(),
+            number(m.psi),
+            number(m.js_distance),
+            number(m.ks.map(|ks| ks.statistic)),
+            m.ks.map_or_else(|| "-".into(), |ks| format!("{:.3e}", ks.p_value)),
+            number(m.normed_wasserstein),
+            m.chi_square.map_or_else(|| "-".into(), |chi| format!("{:.3e}", chi.p_value)),
+            feature.verdict.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "\ndataset: {} ({} of {} judged features alert, share {:.2})\n",
+        dataset.verdict, dataset.alerting, dataset.judged, dataset.drift_share
+    ));
+    for feature in dataset.features.iter().filter(|f| !f.reasons.is_empty()) {
+        out.push_str(&format!("  {}: {}\n", feature.metrics.feature, feature.reasons.join("; ")));
+    }
+    out
+}

@@ -1,0 +1,544 @@
+//! Drift: how far the data a model sees has moved from its reference, per feature and for a
+//! whole dataset, with a verdict from configurable thresholds.
+//!
+//! - [`special`]: the gamma and Kolmogorov functions behind the p-values.
+//! - [`samples`]: metrics that need raw values (exact KS test, Wasserstein-1).
+//! - [`binned`]: metrics on counts over shared bins (PSI, Jensen–Shannon, chi-square, KS
+//!   bounds); these also work on merged statistics windows.
+//!
+//! [`compare_numeric`] and [`compare_categorical`] compute every metric for one feature from raw
+//! values; [`Thresholds::judge`] turns the metrics into a [`Verdict`]; [`DatasetDrift`] sums a
+//! dataset up. The verdict rules, bins and smoothing are documented on each item and in
+//! `docs/drift.md`.
+
+pub mod binned;
+pub mod samples;
+pub mod special;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use binned::{ChiSquare, KsBounds, PSI_EPSILON, chi_square, js_distance, ks_bounds, psi};
+pub use samples::{KsMethod, KsTest, ks_2samp, std_dev, wasserstein};
+
+use crate::stats::{Histogram, quantile_edges};
+
+/// Default number of reference-quantile bins for numeric features (deciles).
+pub const DEFAULT_BINS: usize = 10;
+
+/// How bad a drift finding is. Ordered: `Ok < Warn < Alert`; `Insufficient` means too few
+/// samples to judge and never raises anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Insufficient,
+    Ok,
+    Warn,
+    Alert,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Insufficient => "insufficient",
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Alert => "alert",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Thresholds for one feature. Every field may be set fleet-wide or per feature.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureThresholds {
+    /// PSI at or above this warns (default 0.1).
+    pub psi_warn: f64,
+    /// PSI at or above this alerts (default 0.25).
+    pub psi_alert: f64,
+    /// Jensen–Shannon distance at or above this alerts (default 0.1).
+    pub js: f64,
+    /// Wasserstein-1 divided by the reference's standard deviation at or above this alerts
+    /// (default 0.1).
+    pub normed_wasserstein: f64,
+    /// A KS or chi-square p-value below this warns (default 0.05).
+    pub p_value: f64,
+    /// Fewer observations than this on either side gives [`Verdict::Insufficient`] (default 30).
+    pub min_samples: u64,
+}
+
+impl Default for FeatureThresholds {
+    fn default() -> Self {
+        Self {
+            psi_warn: 0.1,
+            psi_alert: 0.25,
+            js: 0.1,
+            normed_wasserstein: 0.1,
+            p_value: 0.05,
+            min_samples: 30,
+        }
+    }
+}
+
+/// Per-feature overrides of [`FeatureThresholds`]: unset fields fall back to the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThresholdOverrides {
+    pub psi_warn: Option<f64>,
+    pub psi_alert: Option<f64>,
+    pub js: Option<f64>,
+    pub normed_wasserstein: Option<f64>,
+    pub p_value: Option<f64>,
+    pub min_samples: Option<u64>,
+}
+
+/// Every threshold drift is judged by: defaults, per-feature overrides, and the share of
+/// alerting features at which a whole dataset counts as drifted.
+///
+/// The TOML/JSON form is flat for the defaults with a `features` table for overrides:
+/// `psi_alert = 0.3` and `[features.age] psi_alert = 0.5`. Unknown keys are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    pub psi_warn: f64,
+    pub psi_alert: f64,
+    pub js: f64,
+    pub normed_wasserstein: f64,
+    pub p_value: f64,
+    pub min_samples: u64,
+    /// Share of judged features at [`Verdict::Alert`] from which the dataset alerts (default
+    /// 0.5, as in Evidently's dataset drift).
+    pub drift_share: f64,
+    pub features: BTreeMap<String, ThresholdOverrides>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self::with_defaults(FeatureThresholds::default())
+    }
+}
+
+/// A threshold set that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ThresholdError {
+    #[error("threshold {name} for {scope} is {value}; it must be a finite number >= 0")]
+    Negative { scope: String, name: &'static str, value: f64 },
+    #[error("psi_warn ({warn}) is above psi_alert ({alert}) for {scope}")]
+    WarnAboveAlert { scope: String, warn: f64, alert: f64 },
+    #[error("drift_share is {0}; it must be in (0, 1]")]
+    DriftShare(f64),
+}
+
+impl Thresholds {
+    /// Thresholds with the given defaults, no overrides, and a drift share of 0.5.
+    pub fn with_defaults(defaults: FeatureThresholds) -> Self {
+        let FeatureThresholds { psi_warn, psi_alert, js, normed_wasserstein, p_value, min_samples } =
+            defaults;
+        Self {
+            psi_warn,
+            psi_alert,
+            js,
+            normed_wasserstein,
+            p_value,
+            min_samples,
+            drift_share: 0.5,
+            features: BTreeMap::new(),
+        }
+    }
+
+    /// The thresholds that apply to features without overrides.
+    pub fn defaults(&self) -> FeatureThresholds {
+        FeatureThresholds {
+            psi_warn: self.psi_warn,
+            psi_alert: self.psi_alert,
+            js: self.js,
+            normed_wasserstein: self.normed_wasserstein,
+            p_value: self.p_value,
+            min_samples: self.min_samples,
+        }
+    }
+
+    /// The thresholds in force for `feature`.
+    pub fn for_feature(&self, feature: &str) -> FeatureThresholds {
+        let d = self.defaults();
+        match self.features.get(feature) {
+            None => d,
+            Some(o) => FeatureThresholds {
+                psi_warn: o.psi_warn.unwrap_or(d.psi_warn),
+                psi_alert: o.psi_alert.unwrap_or(d.psi_alert),
+                js: o.js.unwrap_or(d.js),
+                normed_wasserstein: o.normed_wasserstein.unwrap_or(d.normed_wasserstein),
+                p_value: o.p_value.unwrap_or(d.p_value),
+                min_samples: o.min_samples.unwrap_or(d.min_samples),
+            },
+        }
+    }
+
+    /// Checks that every threshold is usable.
+    pub fn validate(&self) -> Result<(), ThresholdError> {
+        if !(self.drift_share > 0.0 && self.drift_share <= 1.0) {
+            return Err(ThresholdError::DriftShare(self.drift_share));
+        }
+        let scopes = std::iter::once(("the defaults".to_string(), self.defaults())).chain(
+            self.features.keys().map(|name| (format!("feature {name}"), self.for_feature(name))),
+        );
+        for (scope, t) in scopes {
+            for (name, value) in [
+                ("psi_warn", t.psi_warn),
+                ("psi_alert", t.psi_alert),
+                ("js", t.js),
+                ("normed_wasserstein", t.normed_wasserstein),
+                ("p_value", t.p_value),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(ThresholdError::Negative { scope, name, value });
+                }
+            }
+            if t.psi_warn > t.psi_alert {
+                return Err(ThresholdError::WarnAboveAlert {
+                    scope,
+                    warn: t.psi_warn,
+                    alert: t.psi_alert,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The verdict for one feature's metrics, with the reasons that raised it.
+    ///
+    /// - Alert: PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein ≥ `normed_wasserstein`.
+    /// - Warn: PSI ≥ `psi_warn`, or the KS (numeric) or chi-square (categorical) p-value is
+    ///   below `p_value`. With large samples tests find tiny, harmless shifts significant, so a
+    ///   p-value alone never alerts.
+    /// - Insufficient: fewer than `min_samples` observations on either side.
+    pub fn judge(&self, metrics: &FeatureMetrics) -> (Verdict, Vec<String>) {
+        let t = self.for_feature(&metrics.feature);
+        if metrics.reference_count < t.min_samples || metrics.current_count < t.min_samples {
+            return (
+                Verdict::Insufficient,
+                vec![format!(
+                    "{} reference and {} current values; at least {} each are needed",
+                    metrics.reference_count, metrics.current_count, t.min_samples
+                )],
+            );
+        }
+        let mut alerts = Vec::new();
+        let mut warnings = Vec::new();
+        if let Some(psi) = metrics.psi {
+            if psi >= t.psi_alert {
+                alerts.push(format!("PSI {psi:.4} >= {}", t.psi_alert));
+            } else if psi >= t.psi_warn {
+                warnings.push(format!("PSI {psi:.4} >= {}", t.psi_warn));
+            }
+        }
+        if let Some(js) = metrics.js_distance.filter(|js| *js >= t.js) {
+            alerts.push(format!("Jensen-Shannon distance {js:.4} >= {}", t.js));
+        }
+        if let Some(w) = metrics.normed_wasserstein.filter(|w| *w >= t.normed_wasserstein) {
+            alerts.push(format!("normed Wasserstein {w:.4} >= {}", t.normed_wasserstein));
+        }
+        if let Some(ks) = metrics.ks.filter(|ks| ks.p_value < t.p_value) {
+            warnings.push(format!("KS p-value {:.3e} < {}", ks.p_value, t.p_value));
+        }
+        if let Some(chi) = metrics.chi_square.filter(|chi| chi.p_value < t.p_value) {
+            warnings.push(format!("chi-square p-value {:.3e} < {}", chi.p_value, t.p_value));
+        }
+        if !alerts.is_empty() {
+            alerts.extend(warnings);
+            (Verdict::Alert, alerts)
+        } else if !warnings.is_empty() {
+            (Verdict::Warn, warnings)
+        } else {
+            (Verdict::Ok, Vec::new())
+        }
+    }
+}
+
+/// Whether a feature is compared as numbers or as categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    Numeric,
+    Categorical,
+}
+
+/// Every drift metric of one feature. Metrics that do not apply to the feature's kind, or that
+/// are undefined for the data (e.g. normed Wasserstein of a constant reference), are `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureMetrics {
+    pub feature: String,
+    pub kind: FeatureKind,
+    pub reference_count: u64,
+    pub current_count: u64,
+    /// Values left out on each side: empty cells, and for numeric features NaN or ±inf.
+    pub reference_missing: u64,
+    pub current_missing: u64,
+    /// The bins PSI, JS and chi-square compare: for numeric features the reference-quantile
+    /// edges (underflow and overflow bins lie outside them); for categorical ones the
+    /// categories, sorted.
+    pub bins: Bins,
+    pub reference_counts: Vec<u64>,
+    pub current_counts: Vec<u64>,
+    pub psi: Option<f64>,
+    pub js_distance: Option<f64>,
+    pub ks: Option<KsTest>,
+    pub wasserstein: Option<f64>,
+    pub normed_wasserstein: Option<f64>,
+    pub chi_square: Option<ChiSquare>,
+}
+
+/// The bins of a feature comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bins {
+    /// Counts are laid out `[underflow, bin 0, …, bin k-1, overflow]` over these edges.
+    Edges(Vec<f64>),
+    Categories(Vec<String>),
+}
+
+/// Compares two samples of a numeric feature. Non-finite values are counted as missing.
+///
+/// Bins: `bins` reference quantiles with numpy's linear interpolation, duplicate edges merged
+/// ([`quantile_edges`]), plus an underflow and an overflow bin for current values outside the
+/// reference's range.
+pub fn compare_numeric(
+    feature: &str,
+    reference: &[f64],
+    current: &[f64],
+    bins: usize,
+) -> FeatureMetrics {
+    let finite =
+        |values: &[f64]| -> Vec<f64> { values.iter().copied().filter(|v| v.is_finite()).collect() };
+    let (reference_values, current_values) = (finite(reference), finite(current));
+    let counts_over = |edges: &[f64], values: &[f64]| -> Vec<u64> {
+        match Histogram::new(edges.to_vec()) {
+            Ok(mut histogram) => {
+                for v in values {
+                    histogram.observe(*v);
+                }
+                let mut counts = vec![histogram.underflow];
+                counts.extend_from_slice(&histogram.counts);
+                counts.push(histogram.overflow);
+                counts
+            }
+            Err(_) => Vec::new(),
+        }
+    };
+    let edges = quantile_edges(&reference_values, bins.max(1)).unwrap_or_default();
+    let reference_counts = counts_over(&edges, &reference_values);
+    let current_counts = counts_over(&edges, &current_values);
+    let ks = ks_2samp(&reference_values, &current_values);
+    let wasserstein = wasserstein(&reference_values, &current_values);
+    let normed_wasserstein = match (wasserstein, std_dev(&reference_values)) {
+        (Some(w), Some(s)) if s > 0.0 => Some(w / s),
+        _ => None,
+    };
+    FeatureMetrics {
+        feature: feature.to_string(),
+        kind: FeatureKind::Numeric,
+        reference_count: reference_values.len() as u64,
+        current_count: current_values.len() as u64,
+        reference_missing: (reference.len() - reference_values.len()) as u64,
+        current_missing: (current.len() - current_values.len()) as u64,
+        psi: psi(&reference_counts, &current_counts),
+        js_distance: js_distance(&reference_counts, &current_counts),
+        chi_square: None,
+        bins: Bins::Edges(edges),
+        reference_counts,
+        current_counts,
+        ks,
+        wasserstein,
+        normed_wasserstein,
+    }
+}
+
+/// Compares two samples of a categorical feature; `None` values are missing. Bins are the
+/// union of the categories seen on either side, so a category new in the current data gets a
+/// bin with an empty reference (PSI smooths it with [`PSI_EPSILON`]).
+pub fn compare_categorical(
+    feature: &str,
+    reference: &[Option<&str>],
+    current: &[Option<&str>],
+) -> FeatureMetrics {
+    let categories: BTreeSet<&str> = reference.iter().chain(current).flatten().copied().collect();
+    let categories: Vec<&str> = categories.into_iter().collect();
+    let counts = |values: &[Option<&str>]| -> Vec<u64> {
+        let mut counts = vec![0u64; categories.len()];
+        for value in values.iter().flatten() {
+            if let Ok(index) = categories.binary_search(value) {
+                counts[index] += 1;
+            }
+        }
+        counts
+    };
+    let (reference_counts, current_counts) = (counts(reference), counts(current));
+    let present = |values: &[Option<&str>]| values.iter().flatten().count() as u64;
+    FeatureMetrics {
+        feature: feature.to_string(),
+        kind: FeatureKind::Categorical,
+        reference_count: present(reference),
+        current_count: present(current),
+        reference_missing: reference.len() as u64 - present(reference),
+        current_missing: current.len() as u64 - present(current),
+        psi: psi(&reference_counts, &current_counts),
+        js_distance: js_distance(&reference_counts, &current_counts),
+        chi_square: chi_square(&reference_counts, &current_counts),
+        bins: Bins::Categories(categories.iter().map(|c| c.to_string()).collect()),
+        reference_counts,
+        current_counts,
+        ks: None,
+        wasserstein: None,
+        normed_wasserstein: None,
+    }
+}
+
+/// One feature's metrics with its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureDrift {
+    #[serde(flatten)]
+    pub metrics: FeatureMetrics,
+    pub verdict: Verdict,
+    /// Why the verdict is not `ok`, one line per threshold crossed.
+    pub reasons: Vec<String>,
+}
+
+/// The drift of a whole dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetDrift {
+    pub features: Vec<FeatureDrift>,
+    /// Features with enough data to judge.
+    pub judged: u64,
+    /// Judged features at [`Verdict::Alert`].
+    pub alerting: u64,
+    /// `alerting / judged` (0 when nothing could be judged).
+    pub drift_share: f64,
+    /// Alert when `drift_share` reaches the configured share; warn when any feature warns or
+    /// alerts; ok otherwise; insufficient when no feature could be judged.
+    pub verdict: Verdict,
+}
+
+impl DatasetDrift {
+    /// Judges every feature and the dataset.
+    pub fn judge(features: Vec<FeatureMetrics>, thresholds: &Thresholds) -> Self {
+        let features: Vec<FeatureDrift> = features
+            .into_iter()
+            .map(|metrics| {
+                let (verdict, reasons) = thresholds.judge(&metrics);
+                FeatureDrift { metrics, verdict, reasons }
+            })
+            .collect();
+        let judged = features.iter().filter(|f| f.verdict != Verdict::Insufficient).count() as u64;
+        let alerting = features.iter().filter(|f| f.verdict == Verdict::Alert).count() as u64;
+        let drift_share = if judged == 0 { 0.0 } else { alerting as f64 / judged as f64 };
+        let worst = features.iter().map(|f| f.verdict).max().unwrap_or(Verdict::Insufficient);
+        let verdict = if judged == 0 {
+            Verdict::Insufficient
+        } else if drift_share >= thresholds.drift_share {
+            Verdict::Alert
+        } else if worst >= Verdict::Warn {
+            Verdict::Warn
+        } else {
+            Verdict::Ok
+        };
+        Self { features, judged, alerting, drift_share, verdict }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn normal_like(n: usize, shift: f64, scale: f64) -> Vec<f64> {
+        // A deterministic bell-shaped sample: the sum of three uniform grids.
+        (0..n)
+            .map(|i| {
+                let u = |k: usize| ((i * k + 7) % n) as f64 / n as f64 - 0.5;
+                shift + scale * (u(1) + u(7919) + u(104_729))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shifted_feature_alerts_and_an_unshifted_one_does_not() {
+        let reference = normal_like(2000, 0.0, 1.0);
+        let thresholds = Thresholds::default();
+        let same = compare_numeric("x", &reference, &normal_like(1500, 0.0, 1.0), DEFAULT_BINS);
+        let (verdict, reasons) = thresholds.judge(&same);
+        assert!(verdict <= Verdict::Warn, "{verdict}: {reasons:?}");
+        let moved = compare_numeric("x", &reference, &normal_like(1500, 1.0, 1.0), DEFAULT_BINS);
+        let (verdict, reasons) = thresholds.judge(&moved);
+        assert_eq!(verdict, Verdict::Alert, "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("PSI")), "{reasons:?}");
+    }
+
+    #[test]
+    fn non_finite_values_are_missing_and_small_samples_insufficient() {
+        let metrics =
+            compare_numeric("x", &[1.0, f64::NAN, 2.0], &[f64::INFINITY, 3.0], DEFAULT_BINS);
+        assert_eq!((metrics.reference_missing, metrics.current_missing), (1, 1));
+        assert_eq!((metrics.reference_count, metrics.current_count), (2, 1));
+        let (verdict, _) = Thresholds::default().judge(&metrics);
+        assert_eq!(verdict, Verdict::Insufficient);
+    }
+
+    #[test]
+    fn a_new_category_alerts() {
+        let reference: Vec<Option<&str>> =
+            (0..1000).map(|i| Some(if i % 2 == 0 { "a" } else { "b" })).collect();
+        let current: Vec<Option<&str>> = (0..1000)
+            .map(|i| {
+                Some(if i % 10 == 0 {
+                    "new"
+                } else if i % 2 == 0 {
+                    "a"
+                } else {
+                    "b"
+                })
+            })
+            .chain([None])
+            .collect();
+        let metrics = compare_categorical("c", &reference, &current);
+        assert_eq!(metrics.bins, Bins::Categories(vec!["a".into(), "b".into(), "new".into()]));
+        assert_eq!(metrics.current_missing, 1);
+        assert_eq!(Thresholds::default().judge(&metrics).0, Verdict::Alert);
+    }
+
+    #[test]
+    fn per_feature_overrides_apply_and_bad_thresholds_are_named() {
+        let mut thresholds = Thresholds::default();
+        thresholds.features.insert(
+            "age".into(),
+            ThresholdOverrides { psi_alert: Some(0.5), ..Default::default() },
+        );
+        assert_eq!(thresholds.for_feature("age").psi_alert, 0.5);
+        assert_eq!(thresholds.for_feature("age").psi_warn, 0.1);
+        assert_eq!(thresholds.for_feature("other").psi_alert, 0.25);
+        assert!(thresholds.validate().is_ok());
+        thresholds
+            .features
+            .insert("bad".into(), ThresholdOverrides { psi_warn: Some(0.9), ..Default::default() });
+        let error = thresholds.validate().expect_err("warn above alert");
+        assert_eq!(error.to_string(), "psi_warn (0.9) is above psi_alert (0.25) for feature bad");
+    }
+
+    #[test]
+    fn the_dataset_alerts_from_the_drift_share() {
+        let reference = normal_like(1000, 0.0, 1.0);
+        let moved = compare_numeric("a", &reference, &normal_like(1000, 2.0, 1.0), DEFAULT_BINS);
+        let same = compare_numeric("b", &reference, &reference, DEFAULT_BINS);
+        let thresholds = Thresholds::default();
+        let dataset = DatasetDrift::judge(vec![moved.clone(), same.clone()], &thresholds);
+        assert_eq!((dataset.judged, dataset.alerting), (2, 1));
+        assert_eq!(dataset.verdict, Verdict::Alert, "half the features alert");
+        let dataset = DatasetDrift::judge(vec![moved, same.clone(), same], &thresholds);
+        assert_eq!(dataset.verdict, Verdict::Warn, "a third alert: below the share");
+    }
+}
