@@ -10,6 +10,7 @@ pub mod assign;
 pub mod broker_config;
 mod bundle;
 pub mod devices;
+pub mod drift;
 mod keys;
 pub mod model;
 mod plan;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Broker configurations with certificates from the fleet CA (`mosquitto`).
     #[command(subcommand)]
     BrokerConfig(broker_config::BrokerConfigCommand),
+    /// Drift between a reference and a current CSV: PSI, Jensen–Shannon, KS, Wasserstein and
+    /// chi-square per feature, with verdicts.
+    Drift(drift::DriftArgs),
 }
 
 /// A key's role, as given on the command line.
@@ -330,6 +334,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Users(command) => users::run(command),
         Command::Assign(args) => assign::run(args),
         Command::BrokerConfig(command) => broker_config::run(command),
+        Command::Drift(args) => drift::run(args),
     }
 }
 
