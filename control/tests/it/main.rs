@@ -5,6 +5,7 @@ mod artifacts;
 mod assign;
 mod authz;
 mod cli;
+mod drift;
 mod ingest;
 mod inventory;
 mod registry;
