@@ -160,7 +160,7 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub target: BrokerTarget,
-    /// `None`: `outpost-control-<random>`.
+    /// `None`: derived per instance (`crate::server::instance`).
     pub client_id: Option<String>,
     pub keep_alive: std::time::Duration,
 }

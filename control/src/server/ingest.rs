@@ -17,7 +17,7 @@
 //! KLL sketches (present only where a profile asks for them) are not aggregated by this
 //! version: they are dropped from the window before merging; histograms and moments are kept.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use outpost_shared::profile::{FeatureProfile, Profile};
@@ -25,7 +25,7 @@ use outpost_shared::wire::{DeviceId, FeatureStats, StatsWindow};
 use tokio::sync::Mutex;
 
 use crate::config::IngestConfig;
-use crate::store::ingest::{IngestOutcome, WindowToIngest};
+use crate::store::ingest::{BatchOutcome, IngestOutcome, WindowToIngest};
 use crate::store::{Store, StoreError, now_ms};
 
 /// What happened to one window.
@@ -57,32 +57,13 @@ impl Ingest {
     pub async fn ingest(
         &self,
         device: &DeviceId,
-        mut window: StatsWindow,
+        window: StatsWindow,
     ) -> Result<WindowOutcome, StoreError> {
         let received_ms = now_ms();
-        let start = i64::try_from(window.start_ms).unwrap_or(i64::MAX);
-        let bucket_start_ms = start - start.rem_euclid(self.config.bucket_ms);
-        if let Some(retention) = self.config.retention_ms
-            && bucket_start_ms < received_ms.saturating_sub(retention)
-        {
-            return Ok(WindowOutcome::Rejected {
-                code: "too_old",
-                reason: format!(
-                    "window {} starts at {} ms, older than the retention of {} days",
-                    window.seq,
-                    window.start_ms,
-                    retention / 86_400_000
-                ),
-            });
-        }
-        for feature in window.inputs.iter_mut().chain(window.outputs.iter_mut()) {
-            feature.kll_sketch = None;
-        }
-        if let Some(profile) = self.profile(window.model.digest.as_str()).await?
-            && let Err(reason) = matches_profile(&window, &profile)
-        {
-            return Ok(WindowOutcome::Rejected { code: "profile_mismatch", reason });
-        }
+        let (window, bucket_start_ms) = match self.prepare(window, received_ms).await? {
+            Ok(prepared) => prepared,
+            Err(refused) => return Ok(refused),
+        };
         let cohorts = self.cohorts(device).await?;
         let item = WindowToIngest {
             window: &window,
@@ -91,19 +72,99 @@ impl Ingest {
             cohorts,
             received_ms,
         };
-        Ok(match self.store.ingest_window(&item).await? {
-            IngestOutcome::Ingested => {
-                let end = i64::try_from(window.end_ms).unwrap_or(i64::MAX);
-                let lag_seconds =
-                    u64::try_from(received_ms.saturating_sub(end) / 1000).unwrap_or(0);
-                WindowOutcome::Ingested { lag_seconds }
+        let outcome = self.store.ingest_window(&item).await?;
+        Ok(window_outcome(outcome, &window, received_ms))
+    }
+
+    /// Counts and merges many windows, each of the device in its payload (checked against the
+    /// topic by the wire layer), in one transaction; the outcomes are those of [`Ingest::ingest`]
+    /// on each in turn. When some window does not merge, the batch is ingested window by window
+    /// to refuse exactly that one.
+    pub async fn ingest_batch(
+        &self,
+        windows: &[StatsWindow],
+    ) -> Result<Vec<WindowOutcome>, StoreError> {
+        let received_ms = now_ms();
+        let mut outcomes: Vec<Option<WindowOutcome>> = vec![None; windows.len()];
+        let mut accepted = Vec::with_capacity(windows.len());
+        for (index, window) in windows.iter().enumerate() {
+            match self.prepare(window.clone(), received_ms).await? {
+                Ok((window, bucket_start_ms)) => accepted.push((index, window, bucket_start_ms)),
+                Err(refused) => outcomes[index] = Some(refused),
             }
-            IngestOutcome::Duplicate => WindowOutcome::Duplicate,
-            IngestOutcome::NotMergeable(error) => WindowOutcome::Rejected {
-                code: "not_mergeable",
-                reason: format!("does not merge with the stored bucket: {error}"),
-            },
-        })
+        }
+        let devices: Vec<&str> = {
+            let mut devices: Vec<&str> =
+                accepted.iter().map(|(_, window, _)| window.device.as_str()).collect();
+            devices.sort_unstable();
+            devices.dedup();
+            devices
+        };
+        let tags = crate::store::ingest::device_tags(&self.store, &devices).await?;
+        let items: Vec<WindowToIngest<'_>> = accepted
+            .iter()
+            .map(|(_, window, bucket_start_ms)| WindowToIngest {
+                window,
+                bucket_start_ms: *bucket_start_ms,
+                bucket_ms: self.config.bucket_ms,
+                cohorts: self.cohorts_of(tags.get(window.device.as_str())),
+                received_ms,
+            })
+            .collect();
+        match self.store.ingest_batch(&items).await? {
+            BatchOutcome::Committed(results) => {
+                for ((index, window, _), result) in accepted.iter().zip(results) {
+                    outcomes[*index] = Some(window_outcome(result, window, received_ms));
+                }
+            }
+            BatchOutcome::NotMergeable => {
+                for (index, window, _) in &accepted {
+                    let device = window.device.clone();
+                    outcomes[*index] = Some(self.ingest(&device, window.clone()).await?);
+                }
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or(WindowOutcome::Rejected {
+                    code: "internal",
+                    reason: "no outcome was recorded for this window".into(),
+                })
+            })
+            .collect())
+    }
+
+    /// The checks before storing: retention, the model's profile. `Ok(Err(..))`: refused.
+    async fn prepare(
+        &self,
+        mut window: StatsWindow,
+        received_ms: i64,
+    ) -> Result<Result<(StatsWindow, i64), WindowOutcome>, StoreError> {
+        let start = i64::try_from(window.start_ms).unwrap_or(i64::MAX);
+        let bucket_start_ms = start - start.rem_euclid(self.config.bucket_ms);
+        if let Some(retention) = self.config.retention_ms
+            && bucket_start_ms < received_ms.saturating_sub(retention)
+        {
+            return Ok(Err(WindowOutcome::Rejected {
+                code: "too_old",
+                reason: format!(
+                    "window {} starts at {} ms, older than the retention of {} days",
+                    window.seq,
+                    window.start_ms,
+                    retention / 86_400_000
+                ),
+            }));
+        }
+        for feature in window.inputs.iter_mut().chain(window.outputs.iter_mut()) {
+            feature.kll_sketch = None;
+        }
+        if let Some(profile) = self.profile(window.model.digest.as_str()).await?
+            && let Err(reason) = matches_profile(&window, &profile)
+        {
+            return Ok(Err(WindowOutcome::Rejected { code: "profile_mismatch", reason }));
+        }
+        Ok(Ok((window, bucket_start_ms)))
     }
 
     /// Runs downsampling and retention once, relative to now.
@@ -131,18 +192,37 @@ impl Ingest {
     }
 
     async fn cohorts(&self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
+        let record = self.store.device(device.as_str()).await?;
+        Ok(self.cohorts_of(record.as_ref().map(|record| &record.tags)))
+    }
+
+    /// `*` and the cohorts of a device with `tags` (`None`: not in the inventory).
+    fn cohorts_of(&self, tags: Option<&BTreeMap<String, String>>) -> Vec<String> {
         let mut cohorts = vec!["*".to_string()];
-        if let Some(record) = self.store.device(device.as_str()).await? {
+        if let Some(tags) = tags {
             let keys = &self.config.cohort_tag_keys;
             cohorts.extend(
-                record
-                    .tags
-                    .iter()
+                tags.iter()
                     .filter(|(key, _)| keys.is_empty() || keys.contains(key))
                     .map(|(key, value)| format!("{key}={value}")),
             );
         }
-        Ok(cohorts)
+        cohorts
+    }
+}
+
+fn window_outcome(outcome: IngestOutcome, window: &StatsWindow, received_ms: i64) -> WindowOutcome {
+    match outcome {
+        IngestOutcome::Ingested => {
+            let end = i64::try_from(window.end_ms).unwrap_or(i64::MAX);
+            let lag_seconds = u64::try_from(received_ms.saturating_sub(end) / 1000).unwrap_or(0);
+            WindowOutcome::Ingested { lag_seconds }
+        }
+        IngestOutcome::Duplicate => WindowOutcome::Duplicate,
+        IngestOutcome::NotMergeable(error) => WindowOutcome::Rejected {
+            code: "not_mergeable",
+            reason: format!("does not merge with the stored bucket: {error}"),
+        },
     }
 }
 

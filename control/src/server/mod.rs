@@ -9,6 +9,7 @@ pub mod artifacts;
 pub mod assign;
 pub mod broker;
 pub mod ingest;
+pub mod instance;
 pub mod metrics;
 pub mod mqtt;
 pub mod tls;
@@ -41,6 +42,8 @@ pub enum ServerError {
     TrustRoot { path: String, reason: String },
     #[error("the API server failed: {0}")]
     Api(std::io::Error),
+    #[error("instance identity {path}: {reason}")]
+    Instance { path: String, reason: String },
 }
 
 /// A started server; [`RunningServer::shutdown`] stops it.
@@ -58,6 +61,10 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     api_handle: axum_server::Handle<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
+    /// The MQTT client id and session kind this instance uses.
+    pub mqtt_session: instance::MqttSession,
+    /// Released when the server is dropped.
+    _data_dir_lock: instance::DataDirLock,
 }
 
 impl RunningServer {
@@ -99,6 +106,7 @@ fn load_trust_root(config: &ServerConfig) -> Result<Option<Verified<TrustRoot>>,
 /// Starts every part and returns when the API and the MQTT client are running.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tls::install_crypto_provider();
+    let data_dir_lock = instance::lock_data_dir(&config.data_dir)?;
     let trust_root = load_trust_root(&config)?;
     let url = match &config.database.url {
         Some(url) => url.clone(),
@@ -124,11 +132,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             mqtt::BrokerEndpoint::embedded(address)
         }
     };
-    let client_id = match &config.broker.client_id {
-        Some(id) => id.clone(),
-        None => format!("outpost-control-{}", random_suffix()),
-    };
-    let options = mqtt::mqtt_options(&endpoint, &config.broker, &client_id)?;
+    let mqtt_session = instance::mqtt_session(&config.broker, &config.data_dir)?;
+    tracing::info!(client_id = %mqtt_session.client_id, persistent = mqtt_session.persistent,
+        "MQTT session");
+    let options = mqtt::mqtt_options(&endpoint, &config.broker, &mqtt_session)?;
 
     let metrics = Arc::new(metrics::Metrics::default());
     let (stop, stop_receiver) = watch::channel(false);
@@ -204,6 +211,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         stop,
         api_handle,
         tasks,
+        mqtt_session,
+        _data_dir_lock: data_dir_lock,
     })
 }
 

@@ -12,25 +12,39 @@
 //! audit trail lands. A malformed topic or payload is counted, logged and dropped; nothing
 //! stops the loop.
 //!
-//! Delivery: messages are acknowledged (manual acks) after they were processed or dropped,
-//! never before. When `broker.client_id` is configured the session is persistent
-//! (`clean_session = false`): the broker keeps this instance's subscriptions and queues QoS 1
-//! messages while it is down, and redelivers those it sent but never saw acknowledged, so a
-//! restart loses no window; the (device, seq) dedupe makes the redelivered ones count once.
-//! With the default random client id the session is clean (a persistent session under a
-//! random name would only pile up in the broker). A database failure on `hello` / `state` is
-//! logged and counted; the broker replays those retained messages whenever the control
-//! resubscribes. A window whose transaction fails is retried a few times and then left
-//! unacknowledged, for the broker to redeliver after the next reconnect.
+//! Ingest path: a `stats` message is decoded in the loop and queued (bounded,
+//! [`WINDOW_QUEUE`]) to [`run_window_writer`], which takes what is queued (up to [`MAX_BATCH`])
+//! and stores it in one transaction ([`Ingest::ingest_batch`]) while the loop goes on reading.
+//! When the queue is full the loop waits and the broker holds the rest.
+//!
+//! Delivery: every message is acknowledged (manual acks) after it was processed or dropped,
+//! never before: a window after the transaction that counted it committed. Acknowledgements go
+//! out in the order the messages came ([`AckOrder`]). With an external broker the session is
+//! persistent under a client id that survives restarts (`super::instance`): the broker keeps
+//! this instance's subscriptions and QoS 1 messages while it is down, and redelivers those it
+//! sent but never saw acknowledged, so a restart or a kill loses no window; the (device, seq)
+//! dedupe, in the same transaction as the merge, makes the redelivered ones count once. A
+//! database failure on `hello` / `state` is logged and counted; the broker replays those
+//! retained messages whenever the control resubscribes. A batch whose transaction keeps failing
+//! is retried a few times and then left unacknowledged, for the broker to redeliver after the
+//! next reconnect.
+//!
+//! Several instances (PostgreSQL, one broker) split the device topics through the shared
+//! subscription. Mosquitto 2.0 hands each message to the group's members in turn, connected or
+//! not: the share of an instance that is down waits in its session until it comes back under
+//! its client id (so run instances under a supervisor that restarts them, on data directories
+//! that persist), and its in-flight messages are not handed to another member. Its queue per
+//! session is bounded by `max_queued_messages` (default 1000, beyond which Mosquitto drops
+//! messages): raise it for a fleet, see `outpost broker-config mosquitto`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_shared::wire::{
-    CONTROL_SHARE_GROUP, Channel, FromDevice, Topic, control_subscriptions,
+    CONTROL_SHARE_GROUP, Channel, FromDevice, StatsWindow, Topic, control_subscriptions,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::ServerError;
 use super::ingest::{Ingest, WindowOutcome};
@@ -112,13 +126,14 @@ pub async fn process_message(
 pub fn mqtt_options(
     endpoint: &BrokerEndpoint,
     config: &BrokerConfig,
-    client_id: &str,
+    session: &super::instance::MqttSession,
 ) -> Result<MqttOptions, ServerError> {
-    let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+    let mut options =
+        MqttOptions::new(session.client_id.clone(), endpoint.host.clone(), endpoint.port);
     options.set_keep_alive(config.keep_alive);
     options.set_manual_acks(true);
-    // A persistent session only under a stable, configured name (see the module docs).
-    options.set_clean_session(config.client_id.is_none());
+    // A persistent session only under a stable name (see `super::instance`).
+    options.set_clean_session(!session.persistent);
     let max_packet = outpost_shared::wire::MAX_JSON_PAYLOAD_BYTES + 64 * 1024;
     options.set_max_packet_size(max_packet, max_packet);
     if let Some(external) = &endpoint.external {
@@ -149,12 +164,27 @@ pub fn external_endpoint(config: &BrokerConfig) -> Option<BrokerEndpoint> {
 
 /// The control's MQTT client and its event loop (run by [`run_subscriber`]).
 pub fn client(options: MqttOptions) -> (AsyncClient, EventLoop) {
-    AsyncClient::new(options, 256)
+    AsyncClient::new(options, REQUEST_QUEUE)
 }
 
-/// Retries of a window whose transaction failed in the database, before it is left
+/// Attempts at a batch of windows whose transaction failed in the database, before it is left
 /// unacknowledged.
 const WINDOW_STORE_ATTEMPTS: u32 = 4;
+
+/// Decoded windows waiting for the writer. When it is full the MQTT loop waits, and the broker
+/// holds the rest.
+pub const WINDOW_QUEUE: usize = 4096;
+
+/// Most windows written in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+/// Requests (acknowledgements, publishes) queued to the MQTT event loop. Larger than all the
+/// messages the control holds unacknowledged (the window queue, a batch, fetch answers), so an
+/// acknowledgement always fits.
+const REQUEST_QUEUE: usize = 4 * WINDOW_QUEUE;
+
+/// How long a stopping server lets the writer finish the windows it holds.
+const WRITER_FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Fetch requests answered at the same time; more wait for a permit in their own task.
 const CONCURRENT_FETCHES: usize = 16;
@@ -167,6 +197,8 @@ pub struct Handlers {
     pub metrics: Arc<Metrics>,
     /// Bounds the database reads of concurrent fetch answers.
     pub fetch_permits: Arc<tokio::sync::Semaphore>,
+    /// Sends the acknowledgements in the order the messages came.
+    pub acks: Arc<AckOrder>,
 }
 
 impl Handlers {
@@ -176,11 +208,14 @@ impl Handlers {
             ingest,
             metrics,
             fetch_permits: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
+            acks: Arc::default(),
         }
     }
 }
 
-/// Runs the subscriber until `shutdown` turns true.
+/// Runs the subscriber until `shutdown` turns true. Statistics windows go through a bounded
+/// queue to [`run_window_writer`], which this task starts and, on shutdown, lets finish the
+/// windows it holds (their acknowledgements still go out) before disconnecting.
 pub async fn run_subscriber(
     client: AsyncClient,
     mut event_loop: EventLoop,
@@ -188,6 +223,8 @@ pub async fn run_subscriber(
     handlers: Handlers,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (windows, queue) = mpsc::channel(WINDOW_QUEUE);
+    let mut writer = tokio::spawn(run_window_writer(client.clone(), queue, handlers.clone()));
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -201,7 +238,7 @@ pub async fn run_subscriber(
                 subscribe(&client, shared_subscriptions).await;
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                handle_publish(&client, &handlers, publish).await;
+                handle_publish(&client, &handlers, &windows, publish).await;
             }
             Ok(_) => {}
             Err(error) => {
@@ -218,8 +255,144 @@ pub async fn run_subscriber(
             }
         }
     }
+    // The writer ends once the queue is empty; meanwhile the loop sends its acknowledgements.
+    drop(windows);
+    let finish = async {
+        loop {
+            tokio::select! {
+                _ = &mut writer => break,
+                event = event_loop.poll() => if event.is_err() { break },
+            }
+        }
+    };
+    if tokio::time::timeout(WRITER_FINISH_TIMEOUT, finish).await.is_err() {
+        tracing::warn!(
+            "the window writer did not finish in time; its windows stay unacknowledged \
+            for the broker to redeliver"
+        );
+    }
     let _ = client.disconnect().await;
     drain(&mut event_loop).await;
+}
+
+/// Acknowledges messages in the order they were received, whatever order their processing ends
+/// in (inline, in the window writer, in a fetch task): MQTT 3.1.1 asks a client to acknowledge
+/// in order, and rumqttd drops a connection that does not. Each message takes a ticket when it
+/// arrives; [`AckOrder::complete`] acknowledges every completed message up to the first one
+/// still being processed. A message completed without a publish (its window could not be
+/// stored) is skipped: it stays unacknowledged for the broker to redeliver after a reconnect.
+#[derive(Debug, Default)]
+pub struct AckOrder {
+    state: std::sync::Mutex<AckState>,
+}
+
+#[derive(Debug, Default)]
+struct AckState {
+    next_ticket: u64,
+    next_to_ack: u64,
+    completed: std::collections::BTreeMap<u64, Option<rumqttc::Publish>>,
+}
+
+impl AckOrder {
+    /// The ticket of the message just received.
+    pub fn ticket(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        ticket
+    }
+
+    /// Marks `ticket` done (`publish` to acknowledge, or `None` to leave unacknowledged) and
+    /// sends the acknowledgements that are now in order. Never waits: the requests queue holds
+    /// more than the messages a control can have unacknowledged.
+    pub fn complete(&self, client: &AsyncClient, ticket: u64, publish: Option<&rumqttc::Publish>) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.completed.insert(ticket, publish.cloned());
+        loop {
+            let next = state.next_to_ack;
+            let Some(done) = state.completed.remove(&next) else { break };
+            state.next_to_ack += 1;
+            if let Some(publish) = done
+                && let Err(error) = client.try_ack(&publish)
+            {
+                tracing::warn!(%error, topic = %publish.topic, "cannot acknowledge a message; \
+                    the broker redelivers it after a reconnect");
+            }
+        }
+    }
+}
+
+/// A decoded window waiting for the writer, with the message to acknowledge once it is stored.
+#[derive(Debug)]
+pub struct QueuedWindow {
+    pub window: StatsWindow,
+    pub publish: rumqttc::Publish,
+    pub ticket: u64,
+}
+
+/// Writes queued windows in batches ([`Ingest::ingest_batch`], one transaction each) and
+/// acknowledges each window's message only after its batch committed (or it was refused).
+/// A batch the database keeps failing is left unacknowledged, for the broker to redeliver.
+pub async fn run_window_writer(
+    client: AsyncClient,
+    mut queue: mpsc::Receiver<QueuedWindow>,
+    handlers: Handlers,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write_batch(&client, &handlers, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn write_batch(client: &AsyncClient, handlers: &Handlers, batch: Vec<QueuedWindow>) {
+    let (ingest, metrics) = (&handlers.ingest, &handlers.metrics);
+    let (windows, publishes): (Vec<StatsWindow>, Vec<(rumqttc::Publish, u64)>) =
+        batch.into_iter().map(|queued| (queued.window, (queued.publish, queued.ticket))).unzip();
+    let mut attempt = 0;
+    let outcomes = loop {
+        match ingest.ingest_batch(&windows).await {
+            Ok(outcomes) => break outcomes,
+            Err(error) if attempt + 1 < WINDOW_STORE_ATTEMPTS => {
+                tracing::warn!(%error, windows = windows.len(), attempt,
+                    "cannot store a batch of statistics windows; retrying");
+                // A retry pause while the database recovers, not synchronisation.
+                tokio::time::sleep(Duration::from_millis(250u64 << attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => {
+                for (_, ticket) in &publishes {
+                    bump(&metrics.mqtt_store_errors);
+                    handlers.acks.complete(client, *ticket, None);
+                }
+                tracing::error!(%error, windows = windows.len(), "cannot store a batch of \
+                    statistics windows; left unacknowledged for the broker to redeliver after \
+                    a reconnect");
+                return;
+            }
+        }
+    };
+    for (outcome, (publish, ticket)) in outcomes.into_iter().zip(&publishes) {
+        count_window(metrics, &publish.topic, outcome);
+        handlers.acks.complete(client, *ticket, Some(publish));
+    }
+}
+
+fn count_window(metrics: &Metrics, topic: &str, outcome: WindowOutcome) {
+    count_message(metrics, Channel::Stats);
+    match outcome {
+        WindowOutcome::Ingested { lag_seconds } => {
+            bump(&metrics.windows_ingested);
+            metrics.ingest_lag_seconds.store(lag_seconds, std::sync::atomic::Ordering::Relaxed);
+        }
+        WindowOutcome::Duplicate => {
+            bump(&metrics.windows_duplicate);
+            tracing::debug!(topic, "duplicate window counted once");
+        }
+        WindowOutcome::Rejected { code, reason } => {
+            bump(&metrics.windows_rejected);
+            tracing::warn!(topic, code, reason, "dropped a statistics window");
+        }
+    }
 }
 
 /// Lets the event loop send the DISCONNECT, briefly.
@@ -256,32 +429,30 @@ async fn subscribe(client: &AsyncClient, shared_subscriptions: bool) {
     }
 }
 
-async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumqttc::Publish) {
+async fn handle_publish(
+    client: &AsyncClient,
+    handlers: &Handlers,
+    windows: &mpsc::Sender<QueuedWindow>,
+    mut publish: rumqttc::Publish,
+) {
     let metrics = &handlers.metrics;
-    let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
-    let topic = publish.topic.as_str();
-    let mut outcome =
-        process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery).await;
-    let is_window = Topic::parse(topic).is_ok_and(|topic| topic.channel == Channel::Stats);
-    // A window the database could not take is retried a few times, then left unacknowledged:
-    // acknowledging it would lose it, while the broker redelivers an unacknowledged message of
-    // a persistent session after the next reconnect (and the dedupe makes that harmless).
-    for attempt in 0..WINDOW_STORE_ATTEMPTS {
-        if !(is_window && outcome.is_err()) {
-            break;
+    let ticket = handlers.acks.ticket();
+    let topic = publish.topic.clone();
+    let topic = topic.as_str();
+    if Topic::parse(topic).is_ok_and(|topic| topic.channel == Channel::Stats)
+        && let Ok((_, FromDevice::Stats(window))) = FromDevice::decode(topic, &publish.payload)
+    {
+        // Only the packet id is needed to acknowledge it later.
+        publish.payload.clear();
+        if windows.send(QueuedWindow { window, publish, ticket }).await.is_err() {
+            tracing::warn!(topic, "the window writer has stopped; window left unacknowledged");
+            handlers.acks.complete(client, ticket, None);
         }
-        // A retry pause while the database recovers, not synchronisation.
-        tokio::time::sleep(Duration::from_millis(250u64 << attempt)).await;
-        outcome =
-            process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery)
-                .await;
-    }
-    if is_window && let Err(error) = &outcome {
-        bump(&metrics.mqtt_store_errors);
-        tracing::error!(%error, topic, "cannot store a statistics window; left unacknowledged \
-            for the broker to redeliver after a reconnect");
         return;
     }
+    let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
+    let outcome =
+        process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery).await;
     match outcome {
         Ok(MessageOutcome::Fetch(device, request)) => {
             count_message(metrics, Channel::Fetch);
@@ -289,6 +460,7 @@ async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumq
             let client = client.clone();
             let store = handlers.store.clone();
             let permits = handlers.fetch_permits.clone();
+            let acks = handlers.acks.clone();
             tokio::spawn(async move {
                 // The semaphore is never closed; without a permit the answer simply goes ahead.
                 let _permit = permits.acquire_owned().await.ok();
@@ -303,31 +475,11 @@ async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumq
                     }
                     Err(error) => tracing::error!(%error, %device, "cannot encode a chunk reply"),
                 }
-                if let Err(error) = client.ack(&publish).await {
-                    tracing::warn!(%error, "cannot acknowledge a fetch request");
-                }
+                acks.complete(&client, ticket, Some(&publish));
             });
             return;
         }
-        Ok(MessageOutcome::Window(outcome)) => {
-            count_message(metrics, Channel::Stats);
-            match outcome {
-                WindowOutcome::Ingested { lag_seconds } => {
-                    bump(&metrics.windows_ingested);
-                    metrics
-                        .ingest_lag_seconds
-                        .store(lag_seconds, std::sync::atomic::Ordering::Relaxed);
-                }
-                WindowOutcome::Duplicate => {
-                    bump(&metrics.windows_duplicate);
-                    tracing::debug!(topic, "duplicate window counted once");
-                }
-                WindowOutcome::Rejected { code, reason } => {
-                    bump(&metrics.windows_rejected);
-                    tracing::warn!(topic, code, reason, "dropped a statistics window");
-                }
-            }
-        }
+        Ok(MessageOutcome::Window(outcome)) => count_window(metrics, topic, outcome),
         Ok(outcome) => match &outcome {
             MessageOutcome::Processed(channel) => {
                 if let Some(index) = channel_index(*channel) {
@@ -360,7 +512,5 @@ async fn handle_publish(client: &AsyncClient, handlers: &Handlers, publish: rumq
             tracing::error!(%error, topic, "cannot store a device message");
         }
     }
-    if let Err(error) = client.ack(&publish).await {
-        tracing::warn!(%error, topic, "cannot acknowledge a message");
-    }
+    handlers.acks.complete(client, ticket, Some(&publish));
 }

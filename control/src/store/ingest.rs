@@ -472,6 +472,319 @@ async fn merge_into(
     Ok(Ok(()))
 }
 
+/// Most parameters one batched statement binds (below SQLite's limit of 32,766 and
+/// PostgreSQL's of 65,535).
+const MAX_PARAMETERS: usize = 16_000;
+
+/// `($1, $2, …), (…)` for `rows` rows of `columns` parameters each.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut text = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        for column in 0..columns {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            text.push('$');
+            text.push_str(&(row * columns + column + 1).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
+/// One aggregate row's key, owned, ordered as rows are locked: device rows before cohort
+/// rows, then by model, key and bucket. Every batch locks in this one order, so two instances
+/// merging into the same rows wait for each other instead of deadlocking.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct AggregateKey {
+    kind: u8,
+    digest: String,
+    key: String,
+    bucket_start_ms: i64,
+}
+
+impl AggregateKey {
+    fn kind(&self) -> AggregateKind {
+        if self.kind == 0 { AggregateKind::Device } else { AggregateKind::Cohort }
+    }
+}
+
+/// What [`Store::ingest_batch`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOutcome {
+    /// Committed: one outcome per window, in the order given (only `Ingested` and `Duplicate`).
+    Committed(Vec<IngestOutcome>),
+    /// Some window does not merge (with another of the batch or with a stored bucket); nothing
+    /// was written. The caller ingests the windows one by one to find which.
+    NotMergeable,
+}
+
+impl Store {
+    /// Counts and merges many windows in one transaction: the `(device, seq)` rows in one
+    /// statement (a window seen before, or twice in the batch, is a duplicate), the windows
+    /// merged in memory per aggregate row, then each row written once: inserted when new,
+    /// otherwise read (`FOR UPDATE` on PostgreSQL), merged and written back. The outcome is
+    /// exactly that of [`Store::ingest_window`] on each window in turn, at a fraction of the
+    /// statements; ingest relies on that to batch.
+    pub async fn ingest_batch(
+        &self,
+        items: &[WindowToIngest<'_>],
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut transaction = self.pool().begin().await?;
+        // The dedupe rows, sorted so concurrent batches take their locks in one order.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (items[a].window, items[b].window);
+            (a.device.as_str(), a.seq).cmp(&(b.device.as_str(), b.seq))
+        });
+        let mut outcomes = vec![IngestOutcome::Duplicate; items.len()];
+        let mut fresh = Vec::with_capacity(items.len());
+        let mut previous: Option<(&str, u64)> = None;
+        for &index in &order {
+            let window = items[index].window;
+            let key = (window.device.as_str(), window.seq);
+            if previous != Some(key) {
+                fresh.push(index);
+            }
+            previous = Some(key);
+        }
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in fresh.chunks(MAX_PARAMETERS / 5) {
+            let sql = format!(
+                "INSERT INTO windows_seen (device_id, seq, model_digest, bucket_start_ms, \
+                 received_ms) VALUES {} ON CONFLICT (device_id, seq) DO NOTHING \
+                 RETURNING device_id, seq",
+                placeholders(chunk.len(), 5)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for &index in chunk {
+                let item = &items[index];
+                query = query
+                    .bind(item.window.device.as_str().to_string())
+                    .bind(to_i64(item.window.seq, "window sequence number")?)
+                    .bind(item.window.model.digest.as_str().to_string())
+                    .bind(item.bucket_start_ms)
+                    .bind(item.received_ms);
+            }
+            for row in query.fetch_all(&mut *transaction).await? {
+                let device: String = row.try_get("device_id")?;
+                let seq: i64 = row.try_get("seq")?;
+                inserted.insert((device, seq));
+            }
+        }
+        // The new windows merged in memory, per aggregate row.
+        let mut targets: BTreeMap<AggregateKey, (i64, AggregateWindow)> = BTreeMap::new();
+        for &index in &fresh {
+            let item = &items[index];
+            let window = item.window;
+            let seq = to_i64(window.seq, "window sequence number")?;
+            if !inserted.contains(&(window.device.as_str().to_string(), seq)) {
+                continue;
+            }
+            outcomes[index] = IngestOutcome::Ingested;
+            let aggregate = AggregateWindow::of(window);
+            let digest = window.model.digest.as_str();
+            let mut cohorts: Vec<&String> = item.cohorts.iter().collect();
+            cohorts.sort();
+            cohorts.dedup();
+            let keys = std::iter::once((0, window.device.as_str().to_string()))
+                .chain(cohorts.into_iter().map(|cohort| (1, cohort.clone())));
+            for (kind, key) in keys {
+                let key = AggregateKey {
+                    kind,
+                    digest: digest.to_string(),
+                    key,
+                    bucket_start_ms: item.bucket_start_ms,
+                };
+                match targets.entry(key) {
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert((item.bucket_ms, aggregate.clone()));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                        let (length, merged) = entry.get_mut();
+                        *length = (*length).max(item.bucket_ms);
+                        if merged.merge(&aggregate).is_err() {
+                            transaction.rollback().await?;
+                            return Ok(BatchOutcome::NotMergeable);
+                        }
+                    }
+                }
+            }
+        }
+        let now = now_ms();
+        for kind in [AggregateKind::Device, AggregateKind::Cohort] {
+            let rows: Vec<(&AggregateKey, &(i64, AggregateWindow))> =
+                targets.iter().filter(|(key, _)| key.kind() == kind).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let mut existing = Vec::new();
+            for chunk in rows.chunks(MAX_PARAMETERS / 8) {
+                let created = insert_new_rows(&mut transaction, kind, chunk, now).await?;
+                existing.extend(chunk.iter().filter(|(key, _)| !created.contains(key)).copied());
+            }
+            for chunk in existing.chunks(MAX_PARAMETERS / 3) {
+                if !merge_existing_rows(&mut transaction, self.backend(), kind, chunk, now).await? {
+                    transaction.rollback().await?;
+                    return Ok(BatchOutcome::NotMergeable);
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(BatchOutcome::Committed(outcomes))
+    }
+}
+
+/// Inserts the rows that do not exist yet (each holding just this batch's aggregate) and
+/// returns their keys; the others exist (or were just committed by another instance, whose
+/// insert this one waited for).
+async fn insert_new_rows(
+    transaction: &mut Transaction<'_>,
+    kind: AggregateKind,
+    rows: &[(&AggregateKey, &(i64, AggregateWindow))],
+    now: i64,
+) -> Result<std::collections::HashSet<AggregateKey>, StoreError> {
+    let table = kind.table();
+    let key_column = kind.key_column();
+    let sql = format!(
+        "INSERT INTO {table} (model_digest, {key_column}, bucket_start_ms, bucket_ms, windows, \
+         request_count, window_json, updated_ms) VALUES {} \
+         ON CONFLICT (model_digest, {key_column}, bucket_start_ms) DO NOTHING \
+         RETURNING model_digest, {key_column} AS aggregate_key, bucket_start_ms",
+        placeholders(rows.len(), 8)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (key, (length, aggregate)) in rows {
+        query = query
+            .bind(key.digest.clone())
+            .bind(key.key.clone())
+            .bind(key.bucket_start_ms)
+            .bind(*length)
+            .bind(to_i64(aggregate.windows, "aggregated windows")?)
+            .bind(to_i64(aggregate.count, "request count")?)
+            .bind(encode(aggregate)?)
+            .bind(now);
+    }
+    let mut created = std::collections::HashSet::new();
+    for row in query.fetch_all(&mut **transaction).await? {
+        created.insert(AggregateKey {
+            kind: if kind == AggregateKind::Device { 0 } else { 1 },
+            digest: row.try_get("model_digest")?,
+            key: row.try_get("aggregate_key")?,
+            bucket_start_ms: row.try_get("bucket_start_ms")?,
+        });
+    }
+    Ok(created)
+}
+
+/// Reads the existing rows (locked on PostgreSQL, in key order), merges the batch's aggregate
+/// into each and writes them back. `false`: some row does not merge; the caller rolls back.
+async fn merge_existing_rows(
+    transaction: &mut Transaction<'_>,
+    backend: Backend,
+    kind: AggregateKind,
+    rows: &[(&AggregateKey, &(i64, AggregateWindow))],
+    now: i64,
+) -> Result<bool, StoreError> {
+    let table = kind.table();
+    let key_column = kind.key_column();
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT model_digest, {key_column} AS aggregate_key, bucket_start_ms, window_json \
+         FROM {table} WHERE (model_digest, {key_column}, bucket_start_ms) IN (VALUES {}) \
+         ORDER BY model_digest, {key_column}, bucket_start_ms{lock}",
+        placeholders(rows.len(), 3)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (key, _) in rows {
+        query = query.bind(key.digest.clone()).bind(key.key.clone()).bind(key.bucket_start_ms);
+    }
+    let stored: std::collections::HashMap<(String, String, i64), String> = query
+        .fetch_all(&mut **transaction)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                (
+                    row.try_get("model_digest")?,
+                    row.try_get("aggregate_key")?,
+                    row.try_get("bucket_start_ms")?,
+                ),
+                row.try_get("window_json")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    let mut merged_rows = Vec::with_capacity(rows.len());
+    for (key, (length, aggregate)) in rows {
+        let what = format!("aggregate {} {} {}", key.digest, key.key, key.bucket_start_ms);
+        let Some(text) = stored.get(&(key.digest.clone(), key.key.clone(), key.bucket_start_ms))
+        else {
+            return Err(StoreError::Corrupt {
+                what,
+                reason: "the row existed when inserting and is gone when merging".into(),
+            });
+        };
+        let mut merged: AggregateWindow = from_json(text, &what)?;
+        if merged.merge(aggregate).is_err() {
+            return Ok(false);
+        }
+        merged_rows.push((*key, *length, merged));
+    }
+    let sql = format!(
+        "INSERT INTO {table} (model_digest, {key_column}, bucket_start_ms, bucket_ms, windows, \
+         request_count, window_json, updated_ms) VALUES {} \
+         ON CONFLICT (model_digest, {key_column}, bucket_start_ms) DO UPDATE SET \
+         windows = excluded.windows, request_count = excluded.request_count, \
+         window_json = excluded.window_json, updated_ms = excluded.updated_ms, \
+         bucket_ms = CASE WHEN {table}.bucket_ms > excluded.bucket_ms THEN {table}.bucket_ms \
+         ELSE excluded.bucket_ms END",
+        placeholders(merged_rows.len(), 8)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (key, length, merged) in &merged_rows {
+        query = query
+            .bind(key.digest.clone())
+            .bind(key.key.clone())
+            .bind(key.bucket_start_ms)
+            .bind(*length)
+            .bind(to_i64(merged.windows, "aggregated windows")?)
+            .bind(to_i64(merged.count, "request count")?)
+            .bind(encode(merged)?)
+            .bind(now);
+    }
+    query.execute(&mut **transaction).await?;
+    Ok(true)
+}
+
+/// `SELECT … WHERE device_id IN (…)`: the tags of each known device among `devices`.
+pub(crate) async fn device_tags(
+    store: &Store,
+    devices: &[&str],
+) -> Result<std::collections::HashMap<String, BTreeMap<String, String>>, StoreError> {
+    let mut tags = std::collections::HashMap::with_capacity(devices.len());
+    for chunk in devices.chunks(MAX_PARAMETERS) {
+        let sql = format!(
+            "SELECT device_id, tags_json FROM devices WHERE device_id IN ({})",
+            (1..=chunk.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for device in chunk {
+            query = query.bind(device.to_string());
+        }
+        for row in query.fetch_all(store.pool()).await? {
+            let device: String = row.try_get("device_id")?;
+            let text: String = row.try_get("tags_json")?;
+            let parsed = from_json(&text, &format!("tags of {device}"))?;
+            tags.insert(device, parsed);
+        }
+    }
+    Ok(tags)
+}
+
 impl Store {
     /// The baseline profile of the stored bundle `digest`, if the registry has it.
     pub async fn bundle_profile(

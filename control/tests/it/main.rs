@@ -4,9 +4,12 @@
 mod artifacts;
 mod assign;
 mod authz;
+mod broker_security;
 mod cli;
 mod drift;
+mod enroll;
 mod ingest;
 mod inventory;
+mod multi_instance;
 mod registry;
 mod server;
