@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod fixtures;
+pub mod mosquitto_tls;
 pub mod postgres;
 pub mod wait;
 
