@@ -1,5 +1,6 @@
 //! `outpost drift`: exact drift metrics between two CSV files (a reference and a current
-//! sample), per feature and for the dataset, as a table or JSON.
+//! sample), per feature and for the dataset, as a table or JSON; and `outpost drift fleet`:
+//! the server's drift of a model version per device or cohort, from ingested windows.
 //!
 //! Reading CSV and choosing columns lives here; every metric and verdict comes from
 //! [`outpost_shared::drift`], the same code the server uses on windows.
@@ -12,15 +13,19 @@ use anyhow::{Context as _, Result, bail, ensure};
 use clap::ValueEnum;
 use outpost_shared::drift::{self, DatasetDrift, FeatureKind, FeatureMetrics, Thresholds, Verdict};
 
-/// Compare a current sample with a reference sample, feature by feature.
+/// Compare a current sample with a reference sample, feature by feature; or (`fleet`) ask
+/// the server for a model version's drift across the fleet.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct DriftArgs {
+    #[command(subcommand)]
+    pub command: Option<DriftCommand>,
     /// Reference CSV (training or baseline data) with a header row.
-    #[arg(long)]
-    pub reference: PathBuf,
+    #[arg(long, required = true)]
+    pub reference: Option<PathBuf>,
     /// Current CSV with the same columns (extra columns are ignored).
-    #[arg(long)]
-    pub current: PathBuf,
+    #[arg(long, required = true)]
+    pub current: Option<PathBuf>,
     /// Columns to compare, comma separated (default: every column of the reference).
     #[arg(long, value_delimiter = ',')]
     pub features: Vec<String>,
@@ -41,11 +46,55 @@ pub struct DriftArgs {
     pub fail_on: Option<FailOn>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum DriftCommand {
+    /// Drift of a model version from the windows the fleet reported: every device (or cohort)
+    /// with its verdict, or one device or cohort feature by feature.
+    Fleet(FleetArgs),
+}
+
+/// Arguments of `outpost drift fleet`.
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    #[command(flatten)]
+    pub server: crate::cli::remote::ServerArgs,
+    /// The model version: `NAME@VERSION` or its bundle digest `sha256:…`.
+    #[arg(long)]
+    pub model: String,
+    /// One device, feature by feature.
+    #[arg(long, conflicts_with_all = ["cohort", "by"])]
+    pub device: Option<String>,
+    /// One cohort (`*` or `key=value`), feature by feature.
+    #[arg(long, conflicts_with = "by")]
+    pub cohort: Option<String>,
+    /// Without --device or --cohort: list every device (default) or every cohort.
+    #[arg(long, value_parser = ["device", "cohort"])]
+    pub by: Option<String>,
+    /// How far back to look, in hours.
+    #[arg(long, default_value_t = 24)]
+    pub hours: u32,
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 when any listed device or cohort (or the one asked for) is at least
+    /// this level.
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FailOn>,
+}
+
 /// Dataset verdict levels `--fail-on` accepts.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum FailOn {
     Warn,
     Alert,
+}
+
+impl FailOn {
+    fn level(self) -> Verdict {
+        match self {
+            FailOn::Warn => Verdict::Warn,
+            FailOn::Alert => Verdict::Alert,
+        }
+    }
 }
 
 /// One CSV file, column by column, cells kept as text.
@@ -125,8 +174,11 @@ fn categories(cells: &[String]) -> Vec<Option<&str>> {
 /// Computes the metrics of every requested feature.
 pub fn compare_files(args: &DriftArgs) -> Result<Vec<FeatureMetrics>> {
     ensure!(args.bins >= 2, "--bins must be at least 2 (got {})", args.bins);
-    let reference = Table::read(&args.reference)?;
-    let current = Table::read(&args.current)?;
+    let (Some(reference), Some(current)) = (&args.reference, &args.current) else {
+        bail!("give --reference and --current CSV files");
+    };
+    let reference = Table::read(reference)?;
+    let current = Table::read(current)?;
     let features: Vec<String> =
         if args.features.is_empty() { reference.header.clone() } else { args.features.clone() };
     for name in &args.categorical {
@@ -168,6 +220,9 @@ fn read_thresholds(path: Option<&Path>) -> Result<Thresholds> {
 }
 
 pub fn run(args: DriftArgs) -> Result<()> {
+    if let Some(DriftCommand::Fleet(fleet)) = args.command {
+        return run_fleet(fleet);
+    }
     let thresholds = read_thresholds(args.thresholds.as_deref())?;
     let dataset = DatasetDrift::judge(compare_files(&args)?, &thresholds);
     let mut stdout = std::io::stdout().lock();
@@ -179,13 +234,125 @@ pub fn run(args: DriftArgs) -> Result<()> {
     }
     stdout.flush()?;
     if let Some(level) = args.fail_on {
-        let limit = match level {
-            FailOn::Warn => Verdict::Warn,
-            FailOn::Alert => Verdict::Alert,
-        };
+        let limit = level.level();
         if dataset.verdict >= limit {
             bail!("the dataset's drift verdict is {} (--fail-on {})", dataset.verdict, limit);
         }
+    }
+    Ok(())
+}
+
+/// The bundle digest of `NAME@VERSION` (asked from the registry), or the digest as given.
+fn model_digest(client: &crate::api::client::ApiClient, model: &str) -> Result<String> {
+    if model.starts_with("sha256:") {
+        return Ok(model.to_string());
+    }
+    let Some((name, version)) = model.split_once('@') else {
+        bail!("--model must be NAME@VERSION or a bundle digest sha256:…, not {model:?}");
+    };
+    let path = format!(
+        "/v1/models/{}/versions/{}",
+        crate::cli::remote::path_segment(name),
+        crate::cli::remote::path_segment(version)
+    );
+    let answer = client.get_json(&path, &[])?;
+    let bundle = answer.get("bundle").unwrap_or(&answer);
+    bundle["digest"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("the registry's answer for {model} has no digest"))
+}
+
+fn verdict_of(value: &serde_json::Value) -> Verdict {
+    serde_json::from_value(value.clone()).unwrap_or(Verdict::Insufficient)
+}
+
+fn run_fleet(args: FleetArgs) -> Result<()> {
+    let client = args.server.client()?;
+    let digest = model_digest(&client, &args.model)?;
+    let to_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 1;
+    let from_ms = to_ms - i64::from(args.hours) * 3_600_000;
+    let mut query = vec![
+        ("model", digest.clone()),
+        ("from_ms", from_ms.to_string()),
+        ("to_ms", to_ms.to_string()),
+    ];
+    let scoped = args.device.is_some() || args.cohort.is_some();
+    let answer = if scoped {
+        if let Some(device) = &args.device {
+            query.push(("device", device.clone()));
+        }
+        if let Some(cohort) = &args.cohort {
+            query.push(("cohort", cohort.clone()));
+        }
+        client.get_json("/v1/drift", &query)?
+    } else {
+        query.push(("by", args.by.clone().unwrap_or_else(|| "device".into())));
+        client.get_json("/v1/drift/overview", &query)?
+    };
+    let worst = if scoped {
+        verdict_of(&answer["verdict"])
+    } else {
+        answer["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| verdict_of(&entry["verdict"]))
+            .max()
+            .unwrap_or(Verdict::Insufficient)
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if scoped {
+        let what = args.device.as_deref().or(args.cohort.as_deref()).unwrap_or("*");
+        println!("{} {what}: {} over the last {} h", args.model, worst, args.hours);
+        match serde_json::from_value::<crate::fleet_drift::WindowDrift>(answer["total"].clone()) {
+            Ok(total) => {
+                println!("{} windows, {} requests\n", total.windows, total.requests);
+                println!("inputs");
+                print!("{}", render_table(&total.inputs));
+                println!("\noutputs");
+                print!("{}", render_table(&total.outputs));
+                if !total.not_comparable.is_empty() {
+                    println!(
+                        "\nnot comparable with the profile: {}",
+                        total.not_comparable.join(", ")
+                    );
+                }
+            }
+            Err(_) => println!("no windows in this range"),
+        }
+    } else {
+        let rows: Vec<Vec<String>> = answer["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let list = |key: &str| {
+                    let names: Vec<&str> = entry[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str())
+                        .collect();
+                    if names.is_empty() { "-".to_string() } else { names.join(",") }
+                };
+                vec![
+                    crate::cli::remote::text(entry, "key"),
+                    entry["windows"].to_string(),
+                    entry["requests"].to_string(),
+                    crate::cli::remote::text(entry, "verdict"),
+                    list("alerting"),
+                ]
+            })
+            .collect();
+        let by = args.by.as_deref().unwrap_or("device");
+        crate::cli::remote::print_table(&[by, "windows", "requests", "verdict", "alerting"], &rows);
+    }
+    if let Some(level) = args.fail_on
+        && worst >= level.level()
+    {
+        bail!("drift verdict {worst} (--fail-on {})", level.level());
     }
     Ok(())
 }

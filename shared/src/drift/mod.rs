@@ -7,7 +7,8 @@
 //!   bounds); these also work on merged statistics windows.
 //!
 //! [`compare_numeric`] and [`compare_categorical`] compute every metric for one feature from raw
-//! values; [`Thresholds::judge`] turns the metrics into a [`Verdict`]; [`DatasetDrift`] sums a
+//! values, [`compare_binned`] and [`compare_counts`] from merged windows against the baseline
+//! profile; [`Thresholds::judge`] turns the metrics into a [`Verdict`]; [`DatasetDrift`] sums a
 //! dataset up. The verdict rules, bins and smoothing are documented on each item and in
 //! `docs/drift.md`.
 
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use binned::{ChiSquare, KsBounds, PSI_EPSILON, chi_square, js_distance, ks_bounds, psi};
 pub use samples::{KsMethod, KsTest, ks_2samp, std_dev, wasserstein};
 
-use crate::stats::{Histogram, quantile_edges};
+use crate::stats::{Histogram, Moments, quantile_edges};
 
 /// Default number of reference-quantile bins for numeric features (deciles).
 pub const DEFAULT_BINS: usize = 10;
@@ -214,9 +215,9 @@ impl Thresholds {
 
     /// The verdict for one feature's metrics, with the reasons that raised it.
     ///
-    /// - Alert: PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein ≥ `normed_wasserstein`.
-    /// - Warn: PSI ≥ `psi_warn`, or the KS (numeric) or chi-square (categorical) p-value is
-    ///   below `p_value`. With large samples tests find tiny, harmless shifts significant, so a
+    /// - Alert: PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein (from windows: its lower
+    ///   bound, the normed mean shift) ≥ `normed_wasserstein`.
+    /// - Warn: PSI ≥ `psi_warn`, or the KS or chi-square p-value is below `p_value`. With large samples tests find tiny, harmless shifts significant, so a
     ///   p-value alone never alerts.
     /// - Insufficient: fewer than `min_samples` observations on either side.
     pub fn judge(&self, metrics: &FeatureMetrics) -> (Verdict, Vec<String>) {
@@ -244,6 +245,13 @@ impl Thresholds {
         }
         if let Some(w) = metrics.normed_wasserstein.filter(|w| *w >= t.normed_wasserstein) {
             alerts.push(format!("normed Wasserstein {w:.4} >= {}", t.normed_wasserstein));
+        }
+        if let Some(shift) = metrics.normed_mean_shift.filter(|s| *s >= t.normed_wasserstein) {
+            alerts.push(format!(
+                "mean moved {shift:.4} reference standard deviations (normed Wasserstein >= \
+                 that) >= {}",
+                t.normed_wasserstein
+            ));
         }
         if let Some(ks) = metrics.ks.filter(|ks| ks.p_value < t.p_value) {
             warnings.push(format!("KS p-value {:.3e} < {}", ks.p_value, t.p_value));
@@ -293,6 +301,13 @@ pub struct FeatureMetrics {
     pub wasserstein: Option<f64>,
     pub normed_wasserstein: Option<f64>,
     pub chi_square: Option<ChiSquare>,
+    /// From binned data only (windows): the interval the KS statistic lies in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ks_bounds: Option<KsBounds>,
+    /// From binned data only: `|mean_cur − mean_ref| / std_ref`, a lower bound of the normed
+    /// Wasserstein distance (W1 is never below the difference of the means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normed_mean_shift: Option<f64>,
 }
 
 /// The bins of a feature comparison.
@@ -357,6 +372,8 @@ pub fn compare_numeric(
         ks,
         wasserstein,
         normed_wasserstein,
+        ks_bounds: None,
+        normed_mean_shift: None,
     }
 }
 
@@ -397,7 +414,88 @@ pub fn compare_categorical(
         ks: None,
         wasserstein: None,
         normed_wasserstein: None,
+        ks_bounds: None,
+        normed_mean_shift: None,
     }
+}
+
+/// Compares merged window histograms of a numeric feature with its baseline, both over the
+/// baseline profile's edges. Counts are `[underflow, bins…, overflow]`; NaN counts are missing.
+/// PSI, Jensen–Shannon and chi-square are exact; the KS statistic is bounded
+/// ([`KsBounds`]) and the normed Wasserstein distance bounded below by the normed mean shift.
+/// `None` when the histograms have different edges (a window of another model version).
+pub fn compare_binned(
+    feature: &str,
+    reference: (&Histogram, &Moments),
+    current: (&Histogram, &Moments),
+) -> Option<FeatureMetrics> {
+    let ((reference, reference_moments), (current, current_moments)) = (reference, current);
+    if reference.edges != current.edges
+        || reference.validate().is_err()
+        || current.validate().is_err()
+    {
+        return None;
+    }
+    let counts = |h: &Histogram| -> Vec<u64> {
+        let mut counts = Vec::with_capacity(h.counts.len() + 2);
+        counts.push(h.underflow);
+        counts.extend_from_slice(&h.counts);
+        counts.push(h.overflow);
+        counts
+    };
+    let (reference_counts, current_counts) = (counts(reference), counts(current));
+    let sum = |c: &[u64]| c.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    let std = reference_moments.std_dev();
+    let normed_mean_shift = (std > 0.0 && reference_moments.count > 0 && current_moments.count > 0)
+        .then(|| (current_moments.mean - reference_moments.mean).abs() / std)
+        .filter(|shift| shift.is_finite());
+    Some(FeatureMetrics {
+        feature: feature.to_string(),
+        kind: FeatureKind::Numeric,
+        reference_count: sum(&reference_counts),
+        current_count: sum(&current_counts),
+        reference_missing: reference.nan,
+        current_missing: current.nan,
+        psi: psi(&reference_counts, &current_counts),
+        js_distance: js_distance(&reference_counts, &current_counts),
+        chi_square: chi_square(&reference_counts, &current_counts),
+        ks_bounds: ks_bounds(&reference_counts, &current_counts),
+        normed_mean_shift,
+        bins: Bins::Edges(reference.edges.clone()),
+        reference_counts,
+        current_counts,
+        ks: None,
+        wasserstein: None,
+        normed_wasserstein: None,
+    })
+}
+
+/// Compares class counts (a classifier's predictions) with the baseline's: prediction drift.
+/// Classes are named by index. `None` when the class counts differ in length.
+pub fn compare_counts(feature: &str, reference: &[u64], current: &[u64]) -> Option<FeatureMetrics> {
+    if reference.len() != current.len() {
+        return None;
+    }
+    let sum = |c: &[u64]| c.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    Some(FeatureMetrics {
+        feature: feature.to_string(),
+        kind: FeatureKind::Categorical,
+        reference_count: sum(reference),
+        current_count: sum(current),
+        reference_missing: 0,
+        current_missing: 0,
+        psi: psi(reference, current),
+        js_distance: js_distance(reference, current),
+        chi_square: chi_square(reference, current),
+        bins: Bins::Categories((0..reference.len()).map(|i| i.to_string()).collect()),
+        reference_counts: reference.to_vec(),
+        current_counts: current.to_vec(),
+        ks: None,
+        wasserstein: None,
+        normed_wasserstein: None,
+        ks_bounds: None,
+        normed_mean_shift: None,
+    })
 }
 
 /// One feature's metrics with its verdict.
@@ -527,6 +625,45 @@ mod tests {
             .insert("bad".into(), ThresholdOverrides { psi_warn: Some(0.9), ..Default::default() });
         let error = thresholds.validate().expect_err("warn above alert");
         assert_eq!(error.to_string(), "psi_warn (0.9) is above psi_alert (0.25) for feature bad");
+    }
+
+    #[test]
+    fn binned_comparison_is_exact_where_it_can_be_and_bounded_elsewhere() {
+        let edges = quantile_edges(&normal_like(2000, 0.0, 1.0), DEFAULT_BINS).expect("edges");
+        let binned = |values: &[f64]| {
+            let mut histogram = Histogram::new(edges.clone()).expect("edges");
+            let mut moments = Moments::default();
+            for v in values {
+                histogram.observe(*v);
+                moments.observe(*v);
+            }
+            (histogram, moments)
+        };
+        let reference_values = normal_like(2000, 0.0, 1.0);
+        let current_values = normal_like(1500, 0.5, 1.0);
+        let (reference, reference_moments) = binned(&reference_values);
+        let (current, current_moments) = binned(&current_values);
+        let from_windows =
+            compare_binned("x", (&reference, &reference_moments), (&current, &current_moments))
+                .expect("same edges");
+        let from_values = compare_numeric("x", &reference_values, &current_values, DEFAULT_BINS);
+        // Same bins, so PSI and JS agree exactly with the raw computation.
+        assert_eq!(from_windows.reference_counts, from_values.reference_counts);
+        assert_eq!(from_windows.psi, from_values.psi);
+        assert_eq!(from_windows.js_distance, from_values.js_distance);
+        // The exact KS statistic lies within the bounds; the mean shift bounds W1 from below.
+        let bounds = from_windows.ks_bounds.expect("bounds");
+        let ks = from_values.ks.expect("ks").statistic;
+        assert!(bounds.lower <= ks + 1e-12 && ks <= bounds.upper + 1e-12, "{bounds:?} vs {ks}");
+        let shift = from_windows.normed_mean_shift.expect("shift");
+        assert!(shift <= from_values.normed_wasserstein.expect("w") + 1e-12);
+        assert_eq!(Thresholds::default().judge(&from_windows).0, Verdict::Alert);
+        // Histograms over other edges are not comparable.
+        let other = Histogram::new(vec![0.0, 1.0]).expect("edges");
+        assert!(
+            compare_binned("x", (&reference, &reference_moments), (&other, &current_moments))
+                .is_none()
+        );
     }
 
     #[test]

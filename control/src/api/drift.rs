@@ -1,0 +1,166 @@
+//! `GET /v1/drift` (one device or cohort, per bucket and over the range) and
+//! `GET /v1/drift/overview` (every device or every cohort with its verdict and the features it
+//! flags): fleet drift of one model version against the baseline profile of its bundle,
+//! computed from the stored aggregates by [`crate::fleet_drift`].
+
+use axum::Json;
+use axum::extract::{Query, State};
+use outpost_shared::drift::{Thresholds, Verdict};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState};
+use crate::fleet_drift::{self, WindowDrift};
+use crate::store::ingest::{AggregateKind, AggregateWindow};
+use crate::store::now_ms;
+
+/// The range used when a request gives none: the last 24 hours.
+const DEFAULT_RANGE_MS: i64 = 24 * 3_600_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftQuery {
+    /// Bundle digest (`sha256:…`) of the model version.
+    pub model: String,
+    pub device: Option<String>,
+    /// `*` (the default) or `key=value`.
+    pub cohort: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {
+    pub model: String,
+    /// `device` (the default) or `cohort`.
+    pub by: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+fn range(from_ms: Option<i64>, to_ms: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let to_ms = to_ms.unwrap_or_else(|| now_ms().saturating_add(1));
+    let from_ms = from_ms.unwrap_or_else(|| to_ms.saturating_sub(DEFAULT_RANGE_MS));
+    if from_ms >= to_ms {
+        return Err(ApiError::BadRequest(format!(
+            "from_ms ({from_ms}) must be before to_ms ({to_ms})"
+        )));
+    }
+    Ok((from_ms, to_ms))
+}
+
+async fn profile(
+    state: &ApiState,
+    model: &str,
+) -> Result<outpost_shared::profile::Profile, ApiError> {
+    state.store.bundle_profile(model).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no bundle {model} in the registry: drift compares with the profile of a pushed bundle"
+        ))
+    })
+}
+
+fn merge_all<'a>(
+    aggregates: impl IntoIterator<Item = &'a AggregateWindow>,
+) -> Result<Option<AggregateWindow>, ApiError> {
+    let mut total: Option<AggregateWindow> = None;
+    for aggregate in aggregates {
+        match &mut total {
+            None => total = Some(aggregate.clone()),
+            Some(total) => total.merge(aggregate).map_err(|error| {
+                ApiError::Conflict(format!("the buckets of this range do not merge: {error}"))
+            })?,
+        }
+    }
+    Ok(total)
+}
+
+pub async fn drift(
+    State(state): State<ApiState>,
+    query: Result<Query<DriftQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let (kind, kind_name, key) = match (query.device, query.cohort) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest("give a device or a cohort, not both".into()));
+        }
+        (Some(device), None) => (AggregateKind::Device, "device", device),
+        (None, cohort) => (AggregateKind::Cohort, "cohort", cohort.unwrap_or_else(|| "*".into())),
+    };
+    let (from_ms, to_ms) = range(query.from_ms, query.to_ms)?;
+    let profile = profile(&state, &query.model).await?;
+    let thresholds = Thresholds::default();
+    let buckets = state.store.aggregates(kind, &query.model, &key, from_ms, to_ms).await?;
+    let total = merge_all(buckets.iter().map(|b| &b.aggregate))?
+        .map(|total| fleet_drift::compare(&profile, &total, &thresholds));
+    let per_bucket: Vec<Value> = buckets
+        .iter()
+        .map(|bucket| {
+            json!({
+                "bucket_start_ms": bucket.bucket_start_ms,
+                "bucket_ms": bucket.bucket_ms,
+                "drift": fleet_drift::compare(&profile, &bucket.aggregate, &thresholds),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "model": query.model,
+        "kind": kind_name,
+        "key": key,
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "verdict": total.as_ref().map_or(Verdict::Insufficient, WindowDrift::verdict),
+        "total": total,
+        "buckets": per_bucket,
+    })))
+}
+
+pub async fn overview(
+    State(state): State<ApiState>,
+    query: Result<Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let (kind, by) = match query.by.as_deref() {
+        None | Some("device") => (AggregateKind::Device, "device"),
+        Some("cohort") => (AggregateKind::Cohort, "cohort"),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "by must be `device` or `cohort`, not {other:?}"
+            )));
+        }
+    };
+    let (from_ms, to_ms) = range(query.from_ms, query.to_ms)?;
+    let profile = profile(&state, &query.model).await?;
+    let thresholds = Thresholds::default();
+    let rows = state.store.aggregates_of_model(kind, &query.model, from_ms, to_ms).await?;
+    let mut entries = Vec::new();
+    for group in rows.chunk_by(|a, b| a.key == b.key) {
+        let Some(total) = merge_all(group.iter().map(|row| &row.aggregate))? else {
+            continue;
+        };
+        let drift = fleet_drift::compare(&profile, &total, &thresholds);
+        entries.push(json!({
+            "key": group[0].key,
+            "windows": drift.windows,
+            "requests": drift.requests,
+            "verdict": drift.verdict(),
+            "inputs_verdict": drift.inputs.verdict,
+            "outputs_verdict": drift.outputs.verdict,
+            "alerting": drift.flagged(Verdict::Alert),
+            "warning": drift.flagged(Verdict::Warn),
+        }));
+    }
+    // Worst first, then by name.
+    entries.sort_by(|a, b| {
+        let verdict = |v: &Value| serde_json::from_value::<Verdict>(v["verdict"].clone()).ok();
+        verdict(b).cmp(&verdict(a)).then_with(|| a["key"].as_str().cmp(&b["key"].as_str()))
+    });
+    Ok(Json(json!({
+        "model": query.model,
+        "by": by,
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "entries": entries,
+    })))
+}

@@ -1,0 +1,214 @@
+//! Fleet drift end to end with real agents: three `outpost-agent` processes on the server's
+//! embedded broker run the pushed bundle; one (in cohort `site=b`) is fed rows whose feature
+//! `f2` is shifted by 1.5 standard deviations. Once the windows with that traffic are ingested,
+//! `/v1/drift/overview` flags the shifted device and cohort (and only them), `/v1/drift` names
+//! `f2` as the drifting feature, and `outpost drift fleet` prints the same.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::ingest::api;
+use crate::server::{Backend, Fleet, Site, SiteOptions, wait_until};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests per device: enough for every feature to pass the minimum sample size.
+const REQUESTS: usize = 120;
+
+/// `outpost-agent` next to `outpost` in the target directory, built if missing.
+fn agent_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building outpost-agent");
+    }
+    path
+}
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
+}
+
+fn rows(file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(models().join(file)).expect("rows");
+    text.lines().skip(1).map(str::to_string).collect()
+}
+
+/// A running agent, killed on drop.
+struct Agent {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+}
+
+fn start_agent(site: &Site, fleet: &Fleet, id: &str, cohort: &str) -> Agent {
+    let dir = site.directory.path().join(id);
+    std::fs::create_dir_all(&dir).expect("agent dir");
+    let port = free_port();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{data}\"\n\n[device]\nid = \"{id}\"\n\n[device.tags]\nsite = \
+             \"{cohort}\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n\n[stats]\n\
+             period_seconds = 1.0\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {broker}\n",
+            data = dir.join("data").display(),
+            broker = site.server().broker_port,
+        ),
+    )
+    .expect("agent config");
+    let output = Command::new(agent_binary())
+        .args(["provision", "--config"])
+        .arg(&config)
+        .arg("--trust")
+        .arg(fleet.path("root.json"))
+        .arg("--bundle")
+        .arg(fleet.path("good.bundle"))
+        .output()
+        .expect("provision");
+    assert!(output.status.success(), "provision {id}: {}", crate::server::show(&output));
+    let child = Command::new(agent_binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts");
+    let agent = Agent { child, port };
+    let ready = format!("http://127.0.0.1:{port}/v2/health/ready");
+    wait_until(&format!("{id} ready"), TIMEOUT, || {
+        ureq::get(&ready).call().is_ok_and(|r| r.status() == 200)
+    });
+    agent
+}
+
+fn infer(agent: &Agent, row: &str) {
+    let body = format!(
+        "{{\"inputs\":[{{\"name\":\"features\",\"datatype\":\"FP32\",\"shape\":[1,8],\
+         \"data\":[{row}]}}]}}"
+    );
+    let url = format!("http://127.0.0.1:{}/v2/models/fraud/infer", agent.port);
+    let response = ureq::post(&url)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .expect("inference");
+    assert_eq!(response.status(), 200);
+}
+
+fn requests_ingested(site: &Site, digest: &str, device: &str) -> u64 {
+    let answer = api(site)
+        .get_json("/v1/aggregates", &[("model", digest.to_string()), ("device", device.into())])
+        .expect("aggregates");
+    answer["total"]["count"].as_u64().unwrap_or(0)
+}
+
+fn entry<'a>(overview: &'a Value, key: &str) -> &'a Value {
+    overview["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["key"] == key)
+        .unwrap_or_else(|| panic!("no entry {key}: {overview}"))
+}
+
+#[test]
+fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
+    let fleet = Fleet::new();
+    let site = Site::start(
+        Backend::Sqlite,
+        SiteOptions { trust_root: Some(fleet.path("root.json")), ..Default::default() },
+    );
+    site.outpost_ok(&["model", "push", &fleet.path_text("good.bundle")]);
+    let digest =
+        outpost_shared::sha256_digest(&std::fs::read(fleet.path("good.bundle")).expect("bundle"));
+
+    let devices = [("calm-1", "a", false), ("calm-2", "a", false), ("shifted-1", "b", true)];
+    let agents: Vec<Agent> =
+        devices.iter().map(|(id, cohort, _)| start_agent(&site, &fleet, id, cohort)).collect();
+    let (baseline, shifted) =
+        (rows("mlp_classifier.baseline.csv"), rows("mlp_classifier.shifted.csv"));
+    for ((_, _, drifting), agent) in devices.iter().zip(&agents) {
+        let rows = if *drifting { &shifted } else { &baseline };
+        for row in rows.iter().cycle().take(REQUESTS) {
+            infer(agent, row);
+        }
+    }
+    // The traffic is in the windows of the next period or two (1 s each); wait until the
+    // server has ingested all of it.
+    for (id, _, _) in &devices {
+        wait_until(&format!("{id}'s requests ingested"), TIMEOUT, || {
+            requests_ingested(&site, &digest, id) >= REQUESTS as u64
+        });
+    }
+
+    let overview =
+        api(&site).get_json("/v1/drift/overview", &[("model", digest.clone())]).expect("overview");
+    assert_eq!(entry(&overview, "shifted-1")["verdict"], "alert", "{overview}");
+    assert_eq!(entry(&overview, "shifted-1")["alerting"], serde_json::json!(["f2"]), "{overview}");
+    for calm in ["calm-1", "calm-2"] {
+        assert_ne!(entry(&overview, calm)["verdict"], "alert", "{overview}");
+        assert_eq!(entry(&overview, calm)["alerting"], serde_json::json!([]), "{overview}");
+    }
+    assert_eq!(overview["entries"][0]["key"], "shifted-1", "worst first: {overview}");
+
+    let cohorts = api(&site)
+        .get_json("/v1/drift/overview", &[("model", digest.clone()), ("by", "cohort".into())])
+        .expect("cohorts");
+    assert_eq!(entry(&cohorts, "site=b")["verdict"], "alert", "{cohorts}");
+    assert_ne!(entry(&cohorts, "site=a")["verdict"], "alert", "{cohorts}");
+
+    let detail = api(&site)
+        .get_json("/v1/drift", &[("model", digest.clone()), ("device", "shifted-1".into())])
+        .expect("drift");
+    let inputs = detail["total"]["inputs"]["features"].as_array().expect("features");
+    assert_eq!(inputs.len(), 8, "every input feature is compared: {detail}");
+    for feature in inputs {
+        let name = feature["feature"].as_str().expect("name");
+        let psi = feature["psi"].as_f64().expect("psi");
+        if name == "f2" {
+            assert_eq!(feature["verdict"], "alert");
+            assert!(psi >= 0.25, "f2 PSI {psi}");
+            // 1.5 standard deviations, seen through the mean: a lower bound of the normed W1.
+            let shift = feature["normed_mean_shift"].as_f64().expect("shift");
+            assert!((1.0..2.0).contains(&shift), "f2 shift {shift}");
+        } else {
+            assert_ne!(feature["verdict"], "alert", "{name}: {feature}");
+        }
+    }
+    assert!(detail["buckets"].as_array().is_some_and(|b| !b.is_empty()));
+    assert_eq!(detail["total"]["not_comparable"], serde_json::json!([]));
+
+    // The CLI shows the same.
+    let table = site.outpost_ok(&["drift", "fleet", "--model", "fraud@1.0.0"]);
+    let line = table.lines().find(|l| l.starts_with("shifted-1")).expect("row");
+    assert!(line.contains("alert") && line.ends_with("f2"), "{table}");
+    let refused = site.outpost_refused(&[
+        "drift",
+        "fleet",
+        "--model",
+        "fraud@1.0.0",
+        "--cohort",
+        "site=b",
+        "--fail-on",
+        "alert",
+    ]);
+    assert!(refused.contains("drift verdict alert"), "{refused}");
+    let unknown = site.outpost_refused(&["drift", "fleet", "--model", "fraud@9.9.9"]);
+    assert!(unknown.contains("9.9.9"), "{unknown}");
+}
