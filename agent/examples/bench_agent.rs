@@ -9,13 +9,16 @@
 //!
 //! For each generated model it measures, in one process run:
 //!
-//! - latency of (a) the bare model — `outpost_shared::model::Model::infer`, the tract plan run
-//!   plus the tensor conversion every caller needs — (b) `outpost_agent::Runtime::infer` with
-//!   its statistics window, and (c) the REST round trip to a real `outpost-agent run` process
-//!   on loopback over one keep-alive connection. The three are measured in interleaved blocks
-//!   (the order rotating every round), so a noisy machine slows all of them alike; overheads are
-//!   the medians of per-round differences. A fourth, diagnostic subject times the statistics
-//!   window's `record_success` alone on the same tensors, to show its share of (b);
+//! - latency of (a) the bare model answering in OIP — `outpost_shared::model::Model::infer`,
+//!   the tract plan run plus the tensor conversions every caller needs, and the same OIP
+//!   response `Runtime::infer` builds (`Runtime::respond`) — (b) `outpost_agent::Runtime::infer`
+//!   with its statistics window, and (c) the REST round trip to a real `outpost-agent run`
+//!   process on loopback over one keep-alive connection. They are measured in interleaved
+//!   blocks (the order rotating every round), so a noisy machine slows all of them alike;
+//!   overheads are the medians of per-round differences. Two diagnostic subjects: recording a
+//!   call on the request path alone (`PendingCalls::push_success` on the same tensors; the
+//!   binning happens on the runtime's folder thread), and `Model::infer` without the OIP
+//!   response, the baseline of the first benchmark runs;
 //! - REST throughput with 2 concurrent keep-alive clients;
 //! - the agent process's memory (`VmRSS`, `VmHWM` from `/proc/PID/status`): with no model
 //!   (idle), with the model loaded before any request, and after the load;
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use outpost_agent::window::PendingCalls;
 use outpost_agent::{Runtime, WindowAccumulator};
 use outpost_shared::model::{Input, Model, Output};
 use outpost_shared::oip::InferenceRequest;
@@ -119,8 +123,9 @@ fn bench_model(
     let request =
         InferenceRequest { id: None, parameters: None, inputs: case.inputs.clone(), outputs: None };
     let body = serde_json::to_vec(&request).context("encoding the request")?;
-    // The statistics recording alone, on this request's tensors: what the window costs inside
-    // the Runtime's figure.
+    // Recording on the request path alone, on this request's tensors: what the statistics
+    // cost the caller inside the Runtime's figure (the buffer is folded, untimed, as the
+    // runtime's folder thread does).
     let model_ref = runtime.model_ref().clone();
     let mut window = WindowAccumulator::new(
         DeviceId::new("bench").context("device id")?,
@@ -128,6 +133,7 @@ fn bench_model(
         &verified.profile,
     )
     .with_context(|| format!("statistics window for {model}"))?;
+    let mut pending: PendingCalls = window.pending();
     let prepared = bare.prepare(&request).context("preparing the request")?;
     let produced = bare.run_prepared(&request, &prepared).context("running the request")?;
     let input_views: Vec<TensorView<'_>> = prepared.iter().map(Input::view).collect();
@@ -169,7 +175,7 @@ fn bench_model(
 
     progress(&format!("{model}: warming up"));
     for _ in 0..options.block * 2 {
-        bare.infer(&request).context("bare inference")?;
+        runtime.respond(&request, bare.infer(&request).context("bare inference")?);
         runtime.infer(&request).context("runtime inference")?;
         client.post(&path, &body)?;
     }
@@ -188,12 +194,23 @@ fn bench_model(
             for _ in 0..options.block {
                 let started = Instant::now();
                 match subject {
-                    Subject::Bare => drop(black_box(bare.infer(&request).context("bare")?)),
-                    Subject::Stats => window.record_success(
-                        black_box(&input_views),
-                        black_box(&output_views),
-                        recorded_latency,
-                    ),
+                    Subject::Bare => drop(black_box(
+                        runtime.respond(&request, bare.infer(&request).context("bare")?),
+                    )),
+                    Subject::ModelOnly => drop(black_box(bare.infer(&request).context("bare")?)),
+                    Subject::Stats => {
+                        let pushed = pending.push_success(
+                            black_box(&input_views),
+                            black_box(&output_views),
+                            recorded_latency,
+                        );
+                        let elapsed = started.elapsed();
+                        if pushed.is_err() || pending.wants_fold() {
+                            pending.fold_into(&mut window);
+                        }
+                        block.push(elapsed);
+                        continue;
+                    }
                     Subject::Runtime => {
                         drop(black_box(runtime.infer(&request).context("runtime")?))
                     }
@@ -230,13 +247,17 @@ fn bench_model(
             .map(|(bare, stats)| stats.as_secs_f64() / bare.as_secs_f64() * 100.0)
             .collect(),
     );
-    let stats_pct = median_f64(
-        bare_rounds
-            .iter()
-            .zip(&runtime_rounds)
-            .map(|(bare, runtime)| (runtime.as_secs_f64() / bare.as_secs_f64() - 1.0) * 100.0)
-            .collect(),
-    );
+    let over = |baseline: &[Duration], subject: &[Duration]| {
+        median_f64(
+            baseline
+                .iter()
+                .zip(subject)
+                .map(|(base, subject)| (subject.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0)
+                .collect(),
+        )
+    };
+    let stats_pct = over(&bare_rounds, &runtime_rounds);
+    let runtime_over_model_pct = over(&per_round(Subject::ModelOnly), &runtime_rounds);
     let rest_us = median_f64(
         runtime_rounds
             .iter()
@@ -250,6 +271,7 @@ fn bench_model(
         &[
             ("stats_pct", format!("{stats_pct:.2}")),
             ("stats_only_pct", format!("{stats_only_pct:.2}")),
+            ("runtime_over_model_pct", format!("{runtime_over_model_pct:.2}")),
             ("rest_us", format!("{rest_us:.1}")),
         ],
     );
@@ -302,19 +324,24 @@ fn bench_model(
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Subject {
+    /// `Model::infer` and the OIP response: the baseline.
     Bare,
-    /// `WindowAccumulator::record_success` alone: diagnostic, the window's share of Runtime.
+    /// `Model::infer` alone, tract's outputs without the OIP response: diagnostic.
+    ModelOnly,
+    /// `PendingCalls::push_success` alone: diagnostic, recording's share of Runtime.
     Stats,
     Runtime,
     Rest,
 }
 
 impl Subject {
-    const ALL: [Subject; 4] = [Subject::Bare, Subject::Stats, Subject::Runtime, Subject::Rest];
+    const ALL: [Subject; 5] =
+        [Subject::Bare, Subject::ModelOnly, Subject::Stats, Subject::Runtime, Subject::Rest];
 
     fn name(self) -> &'static str {
         match self {
             Self::Bare => "bare",
+            Self::ModelOnly => "model_only",
             Self::Stats => "stats_only",
             Self::Runtime => "runtime",
             Self::Rest => "rest",

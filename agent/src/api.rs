@@ -496,6 +496,14 @@ impl BoundListener {
     ) -> io::Result<()> {
         match self {
             Self::Tcp(listener) => {
+                use axum::serve::ListenerExt as _;
+                // Answers go out as soon as they are written, not after the client's ACK of
+                // the previous segment (Nagle): request/response traffic on loopback.
+                let listener = listener.tap_io(|stream| {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "could not set TCP_NODELAY");
+                    }
+                });
                 axum::serve(listener, router).with_graceful_shutdown(shutdown).await
             }
             Self::Unix { listener, path } => {

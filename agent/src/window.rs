@@ -5,7 +5,11 @@
 //! derived by the profile's own [`FeatureSource`], so a window compares with the baseline bin by
 //! bin and merges exactly with windows from other devices and periods. The accumulator owns no
 //! clock and no IO: the caller passes latencies, window bounds and sequence numbers, which keeps
-//! it deterministic under test and cheap on the inference path (no allocation per call).
+//! it deterministic under test.
+//!
+//! [`PendingCalls`] keeps recording off the inference path: a call's few tensors are copied into
+//! flat, bounded buffers (no allocation per call), and folded into the accumulator in batches
+//! later, which gives the same window as recording each call directly.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -406,6 +410,32 @@ impl WindowAccumulator {
         *errors = errors.saturating_add(1);
     }
 
+    /// An empty [`PendingCalls`] for this window: it keeps the tensors the window reads.
+    pub fn pending(&self) -> PendingCalls {
+        let mut input_tensors: Vec<String> = Vec::new();
+        for tensor in self.inputs.iter().map(|f| f.source.tensor()) {
+            if !input_tensors.iter().any(|t| t == tensor) {
+                input_tensors.push(tensor.to_string());
+            }
+        }
+        let mut output_tensors: Vec<String> = Vec::new();
+        let classifier = self.classifier.as_ref().map(|c| c.output.as_str());
+        for tensor in self.outputs.iter().map(|f| f.source.tensor()).chain(classifier) {
+            if !output_tensors.iter().any(|t| t == tensor) {
+                output_tensors.push(tensor.to_string());
+            }
+        }
+        PendingCalls {
+            input_tensors,
+            output_tensors,
+            latencies: Vec::new(),
+            spans: Vec::new(),
+            shapes: Vec::new(),
+            data: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
     /// Calls recorded since the last cut, failed ones included.
     pub fn count(&self) -> u64 {
         self.count
@@ -436,6 +466,164 @@ impl WindowAccumulator {
             outputs: self.outputs.iter_mut().map(FeatureAccumulator::take).collect(),
             classifier: self.classifier.as_mut().map(ClassifierAccumulator::take),
         }
+    }
+}
+
+/// Most calls a [`PendingCalls`] holds before it refuses more ([`Full`]).
+pub const PENDING_MAX_CALLS: usize = 4096;
+/// Most tensor values (f32) a [`PendingCalls`] holds before it refuses more: 1 MiB.
+pub const PENDING_MAX_VALUES: usize = 1 << 18;
+/// [`PendingCalls::wants_fold`] says it is time to fold well before the limits.
+const FOLD_CALLS: usize = PENDING_MAX_CALLS / 16;
+const FOLD_VALUES: usize = PENDING_MAX_VALUES / 4;
+
+/// The pending buffer is at its limit: fold it before recording more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pending statistics buffer is full")]
+pub struct Full;
+
+/// Where one tensor of one pending call lies in the flat buffers.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    shape_start: usize,
+    shape_len: usize,
+    data_start: usize,
+    data_len: usize,
+}
+
+/// Calls recorded but not yet folded into a [`WindowAccumulator`]: a copy of the few tensors
+/// the window reads and the latency of each call, in arrival order, in flat buffers that keep
+/// their capacity (recording allocates nothing once they have grown).
+///
+/// Recording a call here is a few small copies, so the inference path stays cheap; the
+/// binning, moments and channel reductions run later in [`PendingCalls::fold_into`], off that
+/// path, and give exactly the window that recording every call directly would (same values,
+/// same order). The buffer is bounded ([`PENDING_MAX_CALLS`], [`PENDING_MAX_VALUES`]): when it
+/// is full, [`PendingCalls::push_success`] refuses the call and the caller folds first — calls
+/// are never dropped.
+#[derive(Debug, Clone)]
+pub struct PendingCalls {
+    /// The input tensors the window reads, then the output tensors: a call's spans come in
+    /// this order.
+    input_tensors: Vec<String>,
+    output_tensors: Vec<String>,
+    latencies: Vec<Duration>,
+    /// `latencies.len() × (input_tensors.len() + output_tensors.len())` entries; `None` for a
+    /// tensor the call did not produce.
+    spans: Vec<Option<Span>>,
+    shapes: Vec<usize>,
+    data: Vec<f32>,
+    failures: Vec<&'static str>,
+}
+
+impl PendingCalls {
+    /// Copies what the window needs of a successful call. Refuses it ([`Full`]) when that
+    /// would take the buffer over a limit and it holds something already; an empty buffer
+    /// takes any call.
+    pub fn push_success(
+        &mut self,
+        inputs: &[TensorView<'_>],
+        outputs: &[TensorView<'_>],
+        latency: Duration,
+    ) -> Result<(), Full> {
+        let before = (self.spans.len(), self.shapes.len(), self.data.len());
+        let was_empty = self.is_empty();
+        self.latencies.push(latency);
+        for (names, views) in [(&self.input_tensors, inputs), (&self.output_tensors, outputs)] {
+            for name in names {
+                let span = views.iter().find(|v| v.name == name.as_str()).map(|view| {
+                    let span = Span {
+                        shape_start: self.shapes.len(),
+                        shape_len: view.shape.len(),
+                        data_start: self.data.len(),
+                        data_len: view.data.len(),
+                    };
+                    self.shapes.extend_from_slice(view.shape);
+                    self.data.extend_from_slice(view.data);
+                    span
+                });
+                self.spans.push(span);
+            }
+        }
+        // Copied first and taken back when over a limit: the common case checks once.
+        if !was_empty && (self.calls() > PENDING_MAX_CALLS || self.data.len() > PENDING_MAX_VALUES)
+        {
+            self.latencies.pop();
+            self.spans.truncate(before.0);
+            self.shapes.truncate(before.1);
+            self.data.truncate(before.2);
+            return Err(Full);
+        }
+        Ok(())
+    }
+
+    /// Records a failed call by its kind, as [`WindowAccumulator::record_failure`] will.
+    pub fn push_failure(&mut self, kind: &'static str) -> Result<(), Full> {
+        if self.calls() >= PENDING_MAX_CALLS {
+            return Err(Full);
+        }
+        self.failures.push(kind);
+        Ok(())
+    }
+
+    /// Calls held, failed ones included.
+    pub fn calls(&self) -> usize {
+        self.latencies.len() + self.failures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls() == 0
+    }
+
+    /// Whether the buffer has filled enough to be folded, well before it refuses calls.
+    pub fn wants_fold(&self) -> bool {
+        self.calls() >= FOLD_CALLS || self.data.len() >= FOLD_VALUES
+    }
+
+    /// Records every held call into `window`, in arrival order, and empties the buffer
+    /// (keeping its capacity).
+    pub fn fold_into(&mut self, window: &mut WindowAccumulator) {
+        let per_call = self.input_tensors.len() + self.output_tensors.len();
+        let mut input_views: Vec<TensorView<'_>> = Vec::with_capacity(self.input_tensors.len());
+        let mut output_views: Vec<TensorView<'_>> = Vec::with_capacity(self.output_tensors.len());
+        for (call, latency) in self.latencies.iter().enumerate() {
+            input_views.clear();
+            output_views.clear();
+            let spans = self.spans.get(call * per_call..(call + 1) * per_call).unwrap_or(&[]);
+            let names = self.input_tensors.iter().chain(&self.output_tensors);
+            for (index, (name, span)) in names.zip(spans).enumerate() {
+                let Some(span) = span else { continue };
+                let view = TensorView {
+                    name,
+                    shape: self
+                        .shapes
+                        .get(span.shape_start..span.shape_start + span.shape_len)
+                        .unwrap_or(&[]),
+                    data: self
+                        .data
+                        .get(span.data_start..span.data_start + span.data_len)
+                        .unwrap_or(&[]),
+                };
+                if index < self.input_tensors.len() {
+                    input_views.push(view);
+                } else {
+                    output_views.push(view);
+                }
+            }
+            window.record_success(&input_views, &output_views, *latency);
+        }
+        for kind in &self.failures {
+            window.record_failure(kind);
+        }
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        self.latencies.clear();
+        self.spans.clear();
+        self.shapes.clear();
+        self.data.clear();
+        self.failures.clear();
     }
 }
 
@@ -672,6 +860,89 @@ mod tests {
             reference.observe(value);
         }
         assert_eq!(ours, reference);
+    }
+
+    /// Records calls like [`call`], into a pending buffer.
+    fn pend(pending: &mut PendingCalls, x: &[f32], p: &[f32], latency_us: u64) {
+        let shape = [x.len() / 2, 2];
+        pending
+            .push_success(
+                &[TensorView { name: "x", shape: &shape, data: x }],
+                &[TensorView { name: "p", shape: &shape, data: p }],
+                Duration::from_micros(latency_us),
+            )
+            .expect("room in the pending buffer");
+    }
+
+    #[test]
+    fn pending_calls_fold_into_exactly_the_window_of_direct_recording() {
+        let profile = classifier_profile();
+        let mut direct = accumulator(&profile);
+        let mut folded = accumulator(&profile);
+        let mut pending = folded.pending();
+        for i in 0..100u16 {
+            let t = f32::from(i) * 0.37;
+            let p0 = (t.sin() + 1.0) / 2.0;
+            let (x, p) = ([t.cos() * 2.0, t.sin(), f32::NAN, 3.0], [p0, 1.0 - p0, 0.5, 0.5]);
+            let rows = if i % 3 == 0 { 4 } else { 2 };
+            let latency = 50 + 97 * u64::from(i);
+            call(&mut direct, &x[..rows], &p[..rows], latency);
+            pend(&mut pending, &x[..rows], &p[..rows], latency);
+            if i % 7 == 0 {
+                direct.record_failure("bad_value");
+                pending.push_failure("bad_value").expect("room");
+            }
+            // A call without the classifier's output: only the inputs count.
+            if i % 11 == 0 {
+                let shape = [1, 2];
+                let views = [TensorView { name: "x", shape: &shape, data: &x[..2] }];
+                direct.record_success(&views, &[], Duration::from_micros(7));
+                pending.push_success(&views, &[], Duration::from_micros(7)).expect("room");
+            }
+            if i % 30 == 29 {
+                pending.fold_into(&mut folded);
+                assert!(pending.is_empty());
+            }
+        }
+        assert_eq!(folded.count() + pending.calls() as u64, direct.count());
+        pending.fold_into(&mut folded);
+        let (direct, folded) = (direct.cut(0, 10, 3), folded.cut(0, 10, 3));
+        encodes(&folded);
+        assert_eq!(folded, direct, "bit for bit the same window");
+        assert_eq!(folded.errors.get("bad_value"), Some(&15));
+    }
+
+    #[test]
+    fn a_full_pending_buffer_refuses_calls_and_keeps_every_one_it_took() {
+        let mut window = accumulator(&classifier_profile());
+        let mut pending = window.pending();
+        for _ in 0..PENDING_MAX_CALLS {
+            pend(&mut pending, &[0.5, 0.5], &[0.9, 0.1], 10);
+        }
+        assert!(pending.wants_fold());
+        let shape = [1, 2];
+        let x = [TensorView { name: "x", shape: &shape, data: &[0.5, 0.5] }];
+        assert_eq!(pending.push_success(&x, &[], Duration::ZERO), Err(Full));
+        assert_eq!(pending.push_failure("runtime"), Err(Full));
+        assert_eq!(pending.calls(), PENDING_MAX_CALLS);
+        pending.fold_into(&mut window);
+        assert_eq!(window.count(), PENDING_MAX_CALLS as u64);
+        // Too many values: refused when other calls are held, taken by an empty buffer.
+        let big = vec![0.25_f32; PENDING_MAX_VALUES];
+        let big_shape = [PENDING_MAX_VALUES / 2, 2];
+        let big_view = [TensorView { name: "x", shape: &big_shape, data: &big }];
+        pend(&mut pending, &[0.5, 0.5], &[0.9, 0.1], 10);
+        assert_eq!(pending.push_success(&big_view, &[], Duration::ZERO), Err(Full));
+        assert_eq!(pending.calls(), 1, "the refused call left nothing behind");
+        pending.fold_into(&mut window);
+        pending.push_success(&big_view, &[], Duration::ZERO).expect("an empty buffer takes it");
+        pending.fold_into(&mut window);
+        let cut = window.cut(0, 1, 1);
+        assert_eq!(cut.count, PENDING_MAX_CALLS as u64 + 2);
+        assert_eq!(
+            cut.inputs[0].moments.count,
+            PENDING_MAX_CALLS as u64 + 1 + big.len() as u64 / 2
+        );
     }
 
     #[test]

@@ -224,6 +224,7 @@ impl Report {
                     "latency_us",
                     Json::object([
                         ("bare_tract", latency(model, "bare")),
+                        ("model_infer_only", latency(model, "model_only")),
                         ("runtime_with_stats", latency(model, "runtime")),
                         ("statistics_recording_only", latency(model, "stats_only")),
                         ("rest_loopback", latency(model, "rest")),
@@ -236,6 +237,14 @@ impl Report {
                 (
                     "statistics_recording_pct",
                     Json::number(self.number("overhead", &[("model", model)], "stats_only_pct")),
+                ),
+                (
+                    "runtime_over_model_infer_pct",
+                    Json::number(self.number(
+                        "overhead",
+                        &[("model", model)],
+                        "runtime_over_model_pct",
+                    )),
                 ),
                 (
                     "rest_added_us",
@@ -366,8 +375,9 @@ impl Report {
             md,
             "\n### Latency (µs, median / p99) and throughput\n\n\
              | model | bare tract | Runtime, stats on | REST, loopback | stats overhead | \
-             of which recording | REST adds | REST req/s, 2 clients |\n\
-             |---|---|---|---|---|---|---|---|"
+             of which recording | REST adds | REST req/s, 2 clients | `Model::infer` alone | \
+             Runtime over it |\n\
+             |---|---|---|---|---|---|---|---|---|---|"
         );
         let cell = |model: &str, subject: &str| {
             let record = self.find("latency", &[("model", model), ("subject", subject)]);
@@ -384,7 +394,7 @@ impl Report {
             let overhead = |key: &str| self.number("overhead", &[("model", model)], key);
             let _ = writeln!(
                 md,
-                "| {model} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {model} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(model, "bare"),
                 cell(model, "runtime"),
                 cell(model, "rest"),
@@ -392,6 +402,8 @@ impl Report {
                 figure(overhead("stats_only_pct"), " %", 2),
                 figure(overhead("rest_us"), " µs", 1),
                 figure(self.number("throughput", &[("model", model)], "requests_per_s"), "", 0),
+                cell(model, "model_only"),
+                figure(overhead("runtime_over_model_pct"), " %", 2),
             );
         }
 
@@ -563,7 +575,8 @@ bench kind=latency model=mlp_classifier subject=bare median_us=10.0 p99_us=20.0 
 bench kind=latency model=mlp_classifier subject=runtime median_us=10.2 p99_us=21.0 samples=4000
 bench kind=latency model=mlp_classifier subject=rest median_us=80.0 p99_us=150.0 samples=4000
 bench kind=latency model=mlp_classifier subject=stats_only median_us=0.1 p99_us=0.2 samples=4000
-bench kind=overhead model=mlp_classifier stats_pct=2.00 stats_only_pct=1.00 rest_us=69.8
+bench kind=latency model=mlp_classifier subject=model_only median_us=9.0 p99_us=19.0 samples=4000
+bench kind=overhead model=mlp_classifier stats_pct=2.00 stats_only_pct=1.00 runtime_over_model_pct=13.33 rest_us=69.8
 bench kind=throughput model=mlp_classifier clients=2 requests=60000 requests_per_s=20000
 bench kind=rss model=mlp_classifier state=after_load vmrss_kb=11000 vmhwm_kb=12000
 bench kind=overhead model=cnn stats_pct=4.10 rest_us=120.0
@@ -620,6 +633,7 @@ not a record line
             "\"stats_overhead_pct\": 2,",
             "\"rest_added_us\": 69.8,",
             "\"statistics_recording_pct\": 1,",
+            "\"runtime_over_model_infer_pct\": 13.33,",
             "\"throughput_2_clients_rps\": 20000,",
             "\"median\": 80,",
             "\"peak\": 12000",
@@ -643,7 +657,7 @@ not a record line
             ),
             "{md}"
         );
-        assert!(md.contains("| mlp_classifier | 10.0 / 20.0 | 10.2 / 21.0 | 80.0 / 150.0 | 2.00 % | 1.00 % | 69.8 µs | 20000 |"), "{md}");
+        assert!(md.contains("| mlp_classifier | 10.0 / 20.0 | 10.2 / 21.0 | 80.0 / 150.0 | 2.00 % | 1.00 % | 69.8 µs | 20000 | 9.0 / 19.0 | 13.33 % |"), "{md}");
         assert!(
             md.contains("| mlp_classifier | 10.24 MB | 11.26 MB | 12.29 MB | 35 / 40 ms |"),
             "{md}"
