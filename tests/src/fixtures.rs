@@ -21,6 +21,7 @@ use outpost_shared::keys::SecretKey;
 use outpost_shared::manifest::{Lineage, Manifest, Task};
 use outpost_shared::model::{Model, build_profile};
 use outpost_shared::oip::{InferenceRequest, Tensor};
+use outpost_shared::plan::{BundleRef, HealthPolicy, Plan};
 use outpost_shared::profile::DEFAULT_BINS;
 use outpost_shared::trust::{self, KeyGroup, TrustRoot};
 use outpost_shared::verify::Role;
@@ -64,6 +65,39 @@ impl Default for BundleOptions {
             signer: BundleSigner::Publisher,
             expires: None,
             golden_file: None,
+        }
+    }
+}
+
+/// A rollout plan to sign, for [`Fixture::signed_plan`].
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub rollout: String,
+    pub seq: u64,
+    /// Tag selector.
+    pub cohort: String,
+    /// How many of the fixture's approvers sign (the trust root asks for 2).
+    pub approvers: usize,
+    /// Also sign with an approver key the trust root does not list.
+    pub stranger: bool,
+    pub expires: OffsetDateTime,
+    pub health: HealthPolicy,
+    /// The bundle file a revert goes back to.
+    pub fallback: Option<PathBuf>,
+}
+
+impl PlanOptions {
+    /// `rollout` with sequence `seq` for every device, signed by two approvers, valid for a day.
+    pub fn new(rollout: &str, seq: u64) -> Self {
+        Self {
+            rollout: rollout.into(),
+            seq,
+            cohort: "*".into(),
+            approvers: 2,
+            stranger: false,
+            expires: OffsetDateTime::now_utc() + time::Duration::days(1),
+            health: HealthPolicy::default(),
+            fallback: None,
         }
     }
 }
@@ -220,6 +254,67 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("fixture bundle {model} does not verify: {e}"))
     }
 
+    /// The plan's name for the bundle file at `path`: name and version from its manifest
+    /// (read without verifying, so tampered bundles can be named too), digest and size of the
+    /// file.
+    pub fn bundle_ref(&self, path: &Path) -> BundleRef {
+        let bytes = read(path);
+        let (name, version) = bundle::read(&bytes)
+            .ok()
+            .and_then(|raw| raw.manifest_unverified().ok())
+            .map_or_else(|| ("unknown".into(), "0".into()), |m| (m.name, m.version));
+        BundleRef {
+            name,
+            version,
+            digest: outpost_shared::sha256_digest(&bytes),
+            size: bytes.len() as u64,
+        }
+    }
+
+    /// A rollout plan for the bundle file at `bundle`, signed as `options` say: the envelope
+    /// bytes, as `outpost plan sign` writes them.
+    pub fn signed_plan(&self, bundle: &Path, options: &PlanOptions) -> Vec<u8> {
+        let plan = Plan {
+            v: 1,
+            rollout: options.rollout.clone(),
+            seq: options.seq,
+            bundle: self.bundle_ref(bundle),
+            fallback: options.fallback.as_deref().map(|path| self.bundle_ref(path)),
+            cohort: options.cohort.clone(),
+            health: options.health.clone(),
+            created: options.expires - time::Duration::days(2),
+            expires: options.expires,
+        };
+        let mut envelope = plan.to_envelope();
+        for key in self.approver_keys.iter().take(options.approvers) {
+            envelope.sign(key).unwrap_or_else(|e| panic!("signing the plan: {e}"));
+        }
+        if options.stranger {
+            envelope
+                .sign(&key("mallory-approver", Role::Approver))
+                .unwrap_or_else(|e| panic!("signing the plan: {e}"));
+        }
+        envelope.to_vec()
+    }
+
+    /// A copy of the bundle file at `path` with the byte at `offset` (from the start of the
+    /// named entry's data) flipped, written to `<dir>/<file_name>`: a bundle altered after
+    /// signing.
+    pub fn tampered_bundle(
+        &self,
+        path: &Path,
+        entry: &str,
+        offset: usize,
+        file_name: &str,
+    ) -> PathBuf {
+        let mut bytes = read(path);
+        let position = entry_data_offset(&bytes, entry) + offset;
+        bytes[position] ^= 0x01;
+        let out = self.dir.join(file_name);
+        write(&out, &bytes);
+        out
+    }
+
     /// Builds a bundle the way `outpost bundle create` does.
     fn build_bundle(&self, model_name: &str, options: &BundleOptions) -> Vec<u8> {
         let models = crate::models_dir();
@@ -337,6 +432,22 @@ impl Fixture {
         write(&path, text.as_bytes());
         path
     }
+}
+
+/// Where the data of the entry `name` starts in a bundle file: the container is canonical
+/// ustar, a 512-byte header before each entry and its data padded to 512 bytes.
+fn entry_data_offset(bytes: &[u8], name: &str) -> usize {
+    let raw = bundle::read(bytes).unwrap_or_else(|e| panic!("bundle: {e}"));
+    let manifest = raw.manifest.to_vec();
+    let sizes = [manifest.len(), raw.model.len(), raw.profile.len(), raw.golden.len()];
+    let mut offset = 0;
+    for (file, size) in bundle::FILES.iter().zip(sizes) {
+        if *file == name {
+            return offset + 512;
+        }
+        offset += 512 + size.div_ceil(512) * 512;
+    }
+    panic!("no entry {name} in a bundle")
 }
 
 fn sign_root(root: &TrustRoot, keys: &[SecretKey]) -> Vec<u8> {

@@ -9,11 +9,14 @@
 //! - `api`: every route, every bad request of issue 3, concurrent clients.
 //! - `cli`: `run`, `provision`, `check-model`, `print-default-config`, exit codes.
 //! - `mqtt`: telemetry against real brokers (Mosquitto, embedded rumqttd).
+//! - `update`: model updates through a real control server or a compromised one (tamper
+//!   cases), rollback by health policy, operator revert, restarts at every fault step.
 
 mod api;
 mod cli;
 mod mqtt;
 mod runtime;
+mod update;
 mod window;
 
 use std::path::{Path, PathBuf};
