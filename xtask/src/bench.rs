@@ -6,6 +6,7 @@
 //! The engine measures; this module only builds, collects and reports. It reads the engine's
 //! `bench kind=… key=value …` lines, so xtask stays free of the product crates.
 
+mod ingest;
 mod report;
 
 use std::path::Path;
@@ -23,6 +24,8 @@ use report::{BinarySize, Record, Report, RunInfo};
 pub enum Suite {
     /// The device agent: bare model vs Runtime vs REST, memory, cold start, binary sizes.
     Agent,
+    /// The control's statistics ingest against a bare subscriber (see `bench/ingest.rs`).
+    Ingest,
 }
 
 /// Options of `cargo xtask bench`.
@@ -46,11 +49,14 @@ pub struct BenchOptions {
     /// Fail when a figure misses its target (it is always reported).
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub ingest: ingest::IngestOptions,
 }
 
 pub fn run_bench(options: &BenchOptions) -> Result<()> {
     match options.suite {
         Suite::Agent => bench_agent(options),
+        Suite::Ingest => ingest::bench_ingest(&options.ingest, options.no_install, options.check),
     }
 }
 

@@ -15,6 +15,8 @@
 //!   boards: cross builds, its tests under qemu-user, `.deb` packages. See [`cross`].
 //! - `bench agent [--skip-cross] [--rounds N] [--models …] [--check]`: the agent's benchmarks,
 //!   written to `docs/results/` and `docs/benchmarks.md`. See [`bench`].
+//! - `bench ingest [--devices N] [--windows-per-device K] [--backends …] [--check]`: the
+//!   control's statistics ingest against a bare subscriber, same outputs.
 //!
 //! Every step is announced on stderr as `==> …`. Exit code 0 means everything held, 1 that
 //! something failed (the last `error:` line says what).
