@@ -211,7 +211,10 @@ fn agent_config(
         toml_string(device.as_str())
     );
     for (key, value) in tags {
-        text.push_str(&format!("{} = {}\n", toml_string(key), toml_string(value)));
+        // Bare keys where TOML allows them; tag keys may also hold `.`, `/` and `:`.
+        let bare = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let key = if bare { key.clone() } else { toml_string(key) };
+        text.push_str(&format!("{key} = {}\n", toml_string(value)));
     }
     text.push_str("\n[mqtt]\n");
     match broker {

@@ -29,7 +29,7 @@ fn enrollment_works_on(backend: Backend) {
         "--id",
         "dev-a",
         "--tags",
-        "site=berlin,hw=rpi4",
+        "site=berlin,hw=rpi4,rack.row=r:1",
         "--out",
         &out_text,
         "--broker",
@@ -59,6 +59,11 @@ fn enrollment_works_on(backend: Backend) {
     assert_eq!(config["device"]["id"].as_str(), Some("dev-a"));
     assert_eq!(config["device"]["tags"]["site"].as_str(), Some("berlin"));
     assert_eq!(config["device"]["tags"]["hw"].as_str(), Some("rpi4"));
+    assert_eq!(
+        config["device"]["tags"]["rack.row"].as_str(),
+        Some("r:1"),
+        "a dotted key stays one key"
+    );
     assert_eq!(config["mqtt"]["host"].as_str(), Some("broker.example"));
     assert_eq!(config["mqtt"]["port"].as_integer(), Some(8884));
     assert_eq!(config["mqtt"]["tls"]["ca_file"].as_str(), Some("/etc/outpost/ca.pem"));
