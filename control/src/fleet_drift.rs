@@ -34,16 +34,24 @@ impl WindowDrift {
         self.inputs.verdict.max(self.outputs.verdict)
     }
 
-    /// Features and outputs at `level` or worse.
-    pub fn flagged(&self, level: Verdict) -> Vec<String> {
-        self.inputs
-            .features
-            .iter()
-            .chain(&self.outputs.features)
-            .filter(|f| f.verdict >= level)
-            .map(|f| f.metrics.feature.clone())
-            .collect()
+    /// Input features at exactly `level`.
+    pub fn inputs_at(&self, level: Verdict) -> Vec<String> {
+        at(&self.inputs, level)
     }
+
+    /// Outputs (and `predicted_class`) at exactly `level`.
+    pub fn outputs_at(&self, level: Verdict) -> Vec<String> {
+        at(&self.outputs, level)
+    }
+}
+
+fn at(dataset: &DatasetDrift, level: Verdict) -> Vec<String> {
+    dataset
+        .features
+        .iter()
+        .filter(|f| f.verdict == level)
+        .map(|f| f.metrics.feature.clone())
+        .collect()
 }
 
 /// The name prediction drift of a classifier is reported under.

@@ -4,6 +4,7 @@
 //!   `bundle`, `plan`). Commands are thin: verification and document logic live in
 //!   `outpost-shared`; this crate adds files, passphrases and human output.
 //! - [`files`]: atomic writes and key file handling.
+//! - [`fleet_drift`]: merged windows compared with the baseline profile (fleet drift).
 //! - [`server`] (`outpost serve`), [`config`], [`store`] (SQLite / PostgreSQL), [`api`] (REST,
 //!   route table with roles, OpenAPI, and the client the CLI uses).
 #![forbid(unsafe_code)]
@@ -13,5 +14,6 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod files;
+pub mod fleet_drift;
 pub mod server;
 pub mod store;

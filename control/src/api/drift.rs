@@ -147,8 +147,10 @@ pub async fn overview(
             "verdict": drift.verdict(),
             "inputs_verdict": drift.inputs.verdict,
             "outputs_verdict": drift.outputs.verdict,
-            "alerting": drift.flagged(Verdict::Alert),
-            "warning": drift.flagged(Verdict::Warn),
+            "alerting_inputs": drift.inputs_at(Verdict::Alert),
+            "alerting_outputs": drift.outputs_at(Verdict::Alert),
+            "warning_inputs": drift.inputs_at(Verdict::Warn),
+            "warning_outputs": drift.outputs_at(Verdict::Warn),
         }));
     }
     // Worst first, then by name.

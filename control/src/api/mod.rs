@@ -4,6 +4,7 @@
 //! - [`auth`]: bearer tokens and role checks in one layer in front of every route; denials are
 //!   recorded in the audit log.
 //! - [`handlers`]: thin adapters to the store and to `outpost-shared` verification.
+//! - [`drift`]: fleet drift per device or cohort from the stored aggregates.
 //! - [`enroll`]: device enrollment and broker / control certificates from the fleet CA.
 //! - [`openapi`]: `/openapi.json`, generated from the route table.
 //! - [`error`]: [`ApiError`], each variant with its status; bodies are `{"error", "code"}`.
@@ -12,6 +13,7 @@
 pub mod aggregates;
 pub mod auth;
 pub mod client;
+pub mod drift;
 pub mod enroll;
 pub mod error;
 pub mod handlers;
@@ -66,6 +68,8 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::ShowDevice => get(show_device),
         RouteId::ListAuditEvents => get(list_audit_events),
         RouteId::Aggregates => get(aggregates::aggregates),
+        RouteId::Drift => get(drift::drift),
+        RouteId::DriftOverview => get(drift::overview),
         RouteId::Assign => post(crate::server::assign::assign),
         RouteId::Enroll => post(enroll::enroll),
         RouteId::ListEnrollments => get(enroll::list_enrollments),

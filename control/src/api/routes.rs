@@ -59,6 +59,8 @@ pub enum RouteId {
     ShowDevice,
     ListAuditEvents,
     Aggregates,
+    Drift,
+    DriftOverview,
     Assign,
     Enroll,
     ListEnrollments,
@@ -315,6 +317,83 @@ pub const ROUTES: &[Route] = &[
                 name: "cohort",
                 schema_type: "string",
                 description: "`*` (every device, the default) or a `key=value` tag.",
+            },
+            QueryParameter {
+                name: "from_ms",
+                schema_type: "integer",
+                description: "Buckets starting at or after this time (unix ms).",
+            },
+            QueryParameter {
+                name: "to_ms",
+                schema_type: "integer",
+                description: "Buckets starting before this time (unix ms).",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::Drift,
+        method: HttpMethod::Get,
+        path: "/v1/drift",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "drift",
+        summary: "Drift of one model version (bundle digest) for one device or cohort against \
+                  the baseline profile of its bundle: PSI, Jensen-Shannon, chi-square (exact \
+                  from the merged windows), KS bounds and the normed mean shift per input \
+                  feature, per output and for the predicted classes, with verdicts; over the \
+                  range and per time bucket. Default range: the last 24 hours.",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Bundle digest `sha256:…` of the model version (required).",
+            },
+            QueryParameter {
+                name: "device",
+                schema_type: "string",
+                description: "A device id (instead of a cohort).",
+            },
+            QueryParameter {
+                name: "cohort",
+                schema_type: "string",
+                description: "`*` (every device, the default) or a `key=value` tag.",
+            },
+            QueryParameter {
+                name: "from_ms",
+                schema_type: "integer",
+                description: "Buckets starting at or after this time (unix ms).",
+            },
+            QueryParameter {
+                name: "to_ms",
+                schema_type: "integer",
+                description: "Buckets starting before this time (unix ms).",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::DriftOverview,
+        method: HttpMethod::Get,
+        path: "/v1/drift/overview",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "driftOverview",
+        summary: "Every device (or cohort) that reported on one model version in the range, \
+                  worst first: its drift verdict and the features and outputs that alert or \
+                  warn. Default range: the last 24 hours.",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Bundle digest `sha256:…` of the model version (required).",
+            },
+            QueryParameter {
+                name: "by",
+                schema_type: "string",
+                description: "`device` (the default) or `cohort`.",
             },
             QueryParameter {
                 name: "from_ms",

@@ -342,12 +342,16 @@ fn run_fleet(args: FleetArgs) -> Result<()> {
                     entry["windows"].to_string(),
                     entry["requests"].to_string(),
                     crate::cli::remote::text(entry, "verdict"),
-                    list("alerting"),
+                    list("alerting_inputs"),
+                    list("alerting_outputs"),
                 ]
             })
             .collect();
         let by = args.by.as_deref().unwrap_or("device");
-        crate::cli::remote::print_table(&[by, "windows", "requests", "verdict", "alerting"], &rows);
+        crate::cli::remote::print_table(
+            &[by, "windows", "requests", "verdict", "alerting inputs", "alerting outputs"],
+            &rows,
+        );
     }
     if let Some(level) = args.fail_on
         && worst >= level.level()

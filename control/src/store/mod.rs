@@ -19,6 +19,7 @@
 
 pub mod artifacts;
 pub mod audit;
+pub mod drift;
 pub mod enrollment;
 pub mod ingest;
 pub mod inventory;

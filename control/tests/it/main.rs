@@ -8,6 +8,7 @@ mod broker_security;
 mod cli;
 mod drift;
 mod enroll;
+mod fleet_drift;
 mod ingest;
 mod inventory;
 mod multi_instance;

@@ -215,10 +215,13 @@ impl Thresholds {
 
     /// The verdict for one feature's metrics, with the reasons that raised it.
     ///
-    /// - Alert: PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein (from windows: its lower
-    ///   bound, the normed mean shift) ≥ `normed_wasserstein`.
-    /// - Warn: PSI ≥ `psi_warn`, or the KS or chi-square p-value is below `p_value`. With large samples tests find tiny, harmless shifts significant, so a
-    ///   p-value alone never alerts.
+    /// - Alert: a large difference — PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein
+    ///   (from windows: its lower bound, the normed mean shift) ≥ `normed_wasserstein` — that is
+    ///   also significant: the KS (raw values) or chi-square (bins) p-value is below `p_value`.
+    ///   Small samples inflate PSI and JS through empty bins; the test keeps noise from alerting.
+    /// - Warn: a large difference that is not significant, PSI ≥ `psi_warn`, or a significant
+    ///   test alone (large samples find tiny, harmless shifts significant, so a p-value alone
+    ///   never alerts).
     /// - Insufficient: fewer than `min_samples` observations on either side.
     pub fn judge(&self, metrics: &FeatureMetrics) -> (Verdict, Vec<String>) {
         let t = self.for_feature(&metrics.feature);
@@ -231,41 +234,70 @@ impl Thresholds {
                 )],
             );
         }
-        let mut alerts = Vec::new();
+        let mut magnitude = Vec::new();
         let mut warnings = Vec::new();
         if let Some(psi) = metrics.psi {
             if psi >= t.psi_alert {
-                alerts.push(format!("PSI {psi:.4} >= {}", t.psi_alert));
+                magnitude.push(format!("PSI {psi:.4} >= {}", t.psi_alert));
             } else if psi >= t.psi_warn {
                 warnings.push(format!("PSI {psi:.4} >= {}", t.psi_warn));
             }
         }
         if let Some(js) = metrics.js_distance.filter(|js| *js >= t.js) {
-            alerts.push(format!("Jensen-Shannon distance {js:.4} >= {}", t.js));
+            magnitude.push(format!("Jensen-Shannon distance {js:.4} >= {}", t.js));
         }
         if let Some(w) = metrics.normed_wasserstein.filter(|w| *w >= t.normed_wasserstein) {
-            alerts.push(format!("normed Wasserstein {w:.4} >= {}", t.normed_wasserstein));
+            magnitude.push(format!("normed Wasserstein {w:.4} >= {}", t.normed_wasserstein));
         }
         if let Some(shift) = metrics.normed_mean_shift.filter(|s| *s >= t.normed_wasserstein) {
-            alerts.push(format!(
+            magnitude.push(format!(
                 "mean moved {shift:.4} reference standard deviations (normed Wasserstein >= \
                  that) >= {}",
                 t.normed_wasserstein
             ));
         }
-        if let Some(ks) = metrics.ks.filter(|ks| ks.p_value < t.p_value) {
-            warnings.push(format!("KS p-value {:.3e} < {}", ks.p_value, t.p_value));
-        }
-        if let Some(chi) = metrics.chi_square.filter(|chi| chi.p_value < t.p_value) {
-            warnings.push(format!("chi-square p-value {:.3e} < {}", chi.p_value, t.p_value));
-        }
-        if !alerts.is_empty() {
-            alerts.extend(warnings);
-            (Verdict::Alert, alerts)
-        } else if !warnings.is_empty() {
-            (Verdict::Warn, warnings)
-        } else {
-            (Verdict::Ok, Vec::new())
+        // The test that says whether the difference is more than sampling noise: KS on raw
+        // values, chi-square on bins. PSI and JS of small samples are inflated by empty bins,
+        // so a large value alone is not evidence of drift.
+        let test = match (metrics.ks, metrics.chi_square) {
+            (Some(ks), _) => Some(("KS", ks.p_value)),
+            (None, Some(chi)) => Some(("chi-square", chi.p_value)),
+            (None, None) => None,
+        };
+        let significant = match test {
+            Some((name, p)) if p < t.p_value => {
+                Some(format!("{name} p-value {p:.3e} < {}", t.p_value))
+            }
+            Some(_) => None,
+            // No test applies: the magnitude decides on its own.
+            None => Some(String::new()),
+        };
+        match (magnitude.is_empty(), significant) {
+            (false, Some(significant)) => {
+                let mut reasons = magnitude;
+                reasons.extend(warnings);
+                reasons.extend(Some(significant).filter(|s| !s.is_empty()));
+                (Verdict::Alert, reasons)
+            }
+            (false, None) => {
+                let (name, p) = test.unwrap_or(("test", 1.0));
+                let mut reasons = magnitude;
+                reasons.push(format!(
+                    "but the {name} p-value {p:.3e} is not below {}: could be sampling noise",
+                    t.p_value
+                ));
+                (Verdict::Warn, reasons)
+            }
+            (true, Some(significant)) => {
+                warnings.extend(Some(significant).filter(|s| !s.is_empty()));
+                if warnings.is_empty() {
+                    (Verdict::Ok, warnings)
+                } else {
+                    (Verdict::Warn, warnings)
+                }
+            }
+            (true, None) if warnings.is_empty() => (Verdict::Ok, Vec::new()),
+            (true, None) => (Verdict::Warn, warnings),
         }
     }
 }
