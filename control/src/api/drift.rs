@@ -20,8 +20,9 @@ const DEFAULT_RANGE_MS: i64 = 24 * 3_600_000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriftQuery {
-    /// Bundle digest (`sha256:…`) of the model version.
-    pub model: String,
+    /// Bundle digest (`sha256:…`) of the model version; absent: list the models with
+    /// statistics.
+    pub model: Option<String>,
     pub device: Option<String>,
     /// `*` (the default) or `key=value`.
     pub cohort: Option<String>,
@@ -32,7 +33,8 @@ pub struct DriftQuery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OverviewQuery {
-    pub model: String,
+    /// Bundle digest of the model version; absent: list the models with statistics.
+    pub model: Option<String>,
     /// `device` (the default) or `cohort`.
     pub by: Option<String>,
     pub from_ms: Option<i64>,
@@ -89,9 +91,12 @@ pub async fn drift(
         (None, cohort) => (AggregateKind::Cohort, "cohort", cohort.unwrap_or_else(|| "*".into())),
     };
     let (from_ms, to_ms) = range(query.from_ms, query.to_ms)?;
-    let profile = profile(&state, &query.model).await?;
+    let Some(model) = query.model else {
+        return Ok(Json(json!({ "models": state.store.models_with_statistics().await? })));
+    };
+    let profile = profile(&state, &model).await?;
     let thresholds = Thresholds::default();
-    let buckets = state.store.aggregates(kind, &query.model, &key, from_ms, to_ms).await?;
+    let buckets = state.store.aggregates(kind, &model, &key, from_ms, to_ms).await?;
     let total = merge_all(buckets.iter().map(|b| &b.aggregate))?
         .map(|total| fleet_drift::compare(&profile, &total, &thresholds));
     let per_bucket: Vec<Value> = buckets
@@ -105,7 +110,7 @@ pub async fn drift(
         })
         .collect();
     Ok(Json(json!({
-        "model": query.model,
+        "model": model,
         "kind": kind_name,
         "key": key,
         "from_ms": from_ms,
@@ -131,9 +136,12 @@ pub async fn overview(
         }
     };
     let (from_ms, to_ms) = range(query.from_ms, query.to_ms)?;
-    let profile = profile(&state, &query.model).await?;
+    let Some(model) = query.model else {
+        return Ok(Json(json!({ "models": state.store.models_with_statistics().await? })));
+    };
+    let profile = profile(&state, &model).await?;
     let thresholds = Thresholds::default();
-    let rows = state.store.aggregates_of_model(kind, &query.model, from_ms, to_ms).await?;
+    let rows = state.store.aggregates_of_model(kind, &model, from_ms, to_ms).await?;
     let mut entries = Vec::new();
     for group in rows.chunk_by(|a, b| a.key == b.key) {
         let Some(total) = merge_all(group.iter().map(|row| &row.aggregate))? else {
@@ -159,7 +167,7 @@ pub async fn overview(
         verdict(b).cmp(&verdict(a)).then_with(|| a["key"].as_str().cmp(&b["key"].as_str()))
     });
     Ok(Json(json!({
-        "model": query.model,
+        "model": model,
         "by": by,
         "from_ms": from_ms,
         "to_ms": to_ms,

@@ -348,7 +348,8 @@ pub const ROUTES: &[Route] = &[
             QueryParameter {
                 name: "model",
                 schema_type: "string",
-                description: "Bundle digest `sha256:…` of the model version (required).",
+                description: "Bundle digest `sha256:…` of the model version; without it, the \
+                                  digests that have statistics.",
             },
             QueryParameter {
                 name: "device",
@@ -388,7 +389,8 @@ pub const ROUTES: &[Route] = &[
             QueryParameter {
                 name: "model",
                 schema_type: "string",
-                description: "Bundle digest `sha256:…` of the model version (required).",
+                description: "Bundle digest `sha256:…` of the model version; without it, the \
+                                  digests that have statistics.",
             },
             QueryParameter {
                 name: "by",

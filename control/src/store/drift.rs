@@ -16,6 +16,16 @@ pub struct KeyedAggregate {
 }
 
 impl Store {
+    /// The model digests with any stored statistics (every device reports into cohort `*`).
+    pub async fn models_with_statistics(&self) -> Result<Vec<String>, StoreError> {
+        let digests: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT model_digest FROM cohort_aggregates WHERE cohort = '*' ORDER BY 1",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(digests)
+    }
+
     /// Every aggregate of `model_digest` for every device (or cohort) with buckets starting in
     /// `from_ms .. to_ms`, ordered by key then bucket.
     pub async fn aggregates_of_model(
