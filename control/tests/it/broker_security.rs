@@ -4,7 +4,9 @@
 //! chunk topics and cannot read another device's assignment; a certificate from another CA, or
 //! none, is refused; the control identity reads device reports (through the shared
 //! subscriptions `outpost serve` uses) and publishes assignments, and `outpost serve` itself
-//! runs against the broker over mutual TLS with the generated `[broker]` section.
+//! runs against the broker over mutual TLS with the generated `[broker]` section, and a real
+//! `outpost-agent` runs on exactly the files `outpost devices enroll` wrote and shows up online
+//! in that instance's inventory.
 //!
 //! "Not delivered" is shown without sleeping: after each forbidden publish the same connection
 //! (or, for assign, the control after the forbidden publish was acknowledged) sends an allowed
@@ -235,13 +237,9 @@ fn site_foreign_identity(directory: &Path) -> PathBuf {
     directory.to_path_buf()
 }
 
-#[test]
-fn outpost_serve_connects_to_the_secured_broker_with_its_control_identity() {
-    let fleet = enrolled_fleet();
-    let broker = ConfiguredMosquitto::start(&fleet.broker_dir.join("mosquitto.conf"))
-        .expect("mosquitto runs the generated configuration");
-    // A second control instance configured with the generated [broker] section (only the
-    // port differs: the test broker listens on a free one).
+/// A second control instance configured with the generated `[broker]` section (only the port
+/// differs: the test broker listens on a free one), with a data directory of its own.
+fn second_instance(fleet: &Fleet, broker: &ConfiguredMosquitto) -> server::RunningServer {
     let snippet_path = fleet.broker_dir.join("control-main.toml");
     let snippet = String::from_utf8(read(&snippet_path)).expect("UTF-8");
     let data_dir = fleet.site.directory.path().join("second-instance");
@@ -255,11 +253,21 @@ fn outpost_serve_connects_to_the_secured_broker_with_its_control_identity() {
     ];
     let config = config::load_from(Some(("control-main.toml", &snippet)), &environment)
         .expect("the generated [broker] section is a valid configuration");
-    let runtime = &fleet.site.runtime;
-    let server = runtime
+    fleet
+        .site
+        .runtime
         .block_on(async { tokio::time::timeout(TIMEOUT, server::start(config)).await })
         .expect("started in time")
-        .expect("outpost serve starts against the secured broker");
+        .expect("outpost serve starts against the secured broker")
+}
+
+#[test]
+fn outpost_serve_connects_to_the_secured_broker_with_its_control_identity() {
+    let fleet = enrolled_fleet();
+    let broker = ConfiguredMosquitto::start(&fleet.broker_dir.join("mosquitto.conf"))
+        .expect("mosquitto runs the generated configuration");
+    let runtime = &fleet.site.runtime;
+    let server = second_instance(&fleet, &broker);
 
     let device = DeviceId::new("dev-a").expect("id");
     let dir_a = fleet.devices.join("dev-a");
@@ -278,5 +286,94 @@ fn outpost_serve_connects_to_the_secured_broker_with_its_control_identity() {
     });
     let record = runtime.block_on(server.store().device("dev-a")).expect("db").expect("device");
     assert_eq!(record.tags.get("site").map(String::as_str), Some("berlin"));
+    runtime.block_on(server.shutdown());
+}
+
+/// `outpost-agent` next to `outpost` in the target directory, built if missing.
+fn agent_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building outpost-agent");
+    }
+    path
+}
+
+/// A process killed when dropped.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_agent_runs_on_its_enrolled_files_through_the_secured_broker() {
+    let fleet = enrolled_fleet();
+    let broker = ConfiguredMosquitto::start(&fleet.broker_dir.join("mosquitto.conf"))
+        .expect("mosquitto runs the generated configuration");
+    let fixture = outpost_tests::fixtures::Fixture::new(&fleet.site.directory.path().join("keys"));
+    // Enrolled for this broker, with the files left where the agent reads them, and the
+    // broker reached by name (its certificate names `localhost`).
+    let out = fleet.devices.join("dev-c");
+    let out_text = out.display().to_string();
+    fleet.site.outpost_ok(&[
+        "devices",
+        "enroll",
+        "--id",
+        "dev-c",
+        "--tags",
+        "site=paris",
+        "--out",
+        &out_text,
+        "--device-dir",
+        &out_text,
+        "--broker",
+        &format!("mqtts://localhost:{}", broker.port()),
+        "--trust-root",
+        &fixture.trust_root_path().display().to_string(),
+    ]);
+    let server = second_instance(&fleet, &broker);
+    let api_port = outpost_tests::broker::free_port().expect("port");
+    let agent = |command: &str| {
+        let mut process = std::process::Command::new(agent_binary());
+        process
+            .arg(command)
+            .arg("--config")
+            .arg(out.join("agent.toml"))
+            .env("OUTPOST_AGENT__DATA_DIR", out.join("data"))
+            .env("OUTPOST_AGENT__API__LISTEN", format!("127.0.0.1:{api_port}"));
+        process
+    };
+    let provisioned = agent("provision")
+        .arg("--trust")
+        .arg(out.join("root.json"))
+        .output()
+        .expect("outpost-agent provision");
+    assert!(provisioned.status.success(), "provision: {}", crate::server::show(&provisioned));
+    let _agent = Process(
+        agent("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("outpost-agent run"),
+    );
+    let runtime = &fleet.site.runtime;
+    wait_until("dev-c online in the second instance's inventory", TIMEOUT, || {
+        runtime
+            .block_on(server.store().device("dev-c"))
+            .ok()
+            .flatten()
+            .is_some_and(|device| device.presence == "online")
+    });
+    let device = runtime.block_on(server.store().device("dev-c")).expect("db").expect("device");
+    assert_eq!(device.tags.get("site").map(String::as_str), Some("paris"));
+    assert!(broker.log().contains("as dev-c"), "named by its certificate: {}", broker.log());
     runtime.block_on(server.shutdown());
 }
