@@ -273,13 +273,23 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
                 let slot = SlotDisplay(boot.slot);
                 let model = boot.bundle.manifest.id();
                 tracing::warn!(%slot, %model, "went back to the other slot's committed model");
-                boot_events.push(event(
+                let mut rolled_back = event(
                     &config.device.id,
                     EventKind::RolledBack,
                     Outcome::Ok,
                     "rolled_back_at_start",
                     format!("serving {model} from slot {slot}, the last committed model"),
-                ));
+                );
+                // The install whose trial the restart interrupted, if that is what happened.
+                if let Some(install) = &store.state().install
+                    && install.reason.as_deref() == Some(crate::store::INTERRUPTED_TRIAL)
+                {
+                    rolled_back.rollout_id = Some(install.rollout.clone());
+                    rolled_back.plan_seq = Some(install.plan_seq);
+                    rolled_back.bundle_digest =
+                        outpost_shared::wire::Digest::parse(&install.bundle.digest).ok();
+                }
+                boot_events.push(rolled_back);
             }
             tracing::info!(
                 model = %boot.bundle.manifest.id(),
@@ -319,11 +329,13 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
     .context("cannot start MQTT telemetry")
     .exit_code(exit::USAGE)?;
     let store = Arc::new(Mutex::new(store));
+    let retired = crate::update::Retired::default();
     let updater = tokio::spawn(
         crate::update::Updater::new(
             config.clone(),
             Arc::clone(&store),
             Arc::clone(&active),
+            Arc::clone(&retired),
             telemetry.clone(),
         )
         .run(updates),
@@ -360,7 +372,7 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
     let stop = loop {
         tokio::select! {
             _ = ticks.tick() => {
-                window_start_ms = flush_window(&active, &store, window_start_ms, &telemetry).await;
+                window_start_ms = flush_window(&active, &retired, &store, window_start_ms, &telemetry).await;
                 heartbeat.store(unix_millis(), Ordering::Relaxed);
             }
             reason = signals.received() => break Stop::Signal(reason),
@@ -386,7 +398,7 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
             Ok(ended)
         }
     };
-    flush_window(&active, &store, window_start_ms, &telemetry).await;
+    flush_window(&active, &retired, &store, window_start_ms, &telemetry).await;
     if let Err(error) = telemetry.shutdown().await {
         tracing::warn!(%error, "telemetry did not shut down cleanly");
     }
@@ -469,11 +481,38 @@ fn event(
 /// window is not cut either: its calls go into the next one.
 async fn flush_window(
     active: &ActiveRuntime,
+    retired: &crate::update::Retired,
     store: &Arc<Mutex<Store>>,
     start_ms: u64,
     telemetry: &TelemetryHandle,
 ) -> u64 {
     let Some(runtime) = active.get() else { return start_ms };
+    let end_ms = unix_millis().max(start_ms);
+    // Models replaced since the last cut (an install, a rollback) close their last window
+    // over the same period, so no call they answered goes unreported.
+    let replaced: Vec<Arc<Runtime>> =
+        std::mem::take(&mut *retired.lock().unwrap_or_else(PoisonError::into_inner));
+    for old in replaced {
+        if !send_window_of(&old, store, start_ms, end_ms, telemetry).await {
+            tracing::warn!(model = %old.model_ref(), "the replaced model's last window is lost");
+        }
+    }
+    if send_window_of(&runtime, store, start_ms, end_ms, telemetry).await {
+        end_ms
+    } else {
+        start_ms
+    }
+}
+
+/// Cuts `runtime`'s window `[start_ms, end_ms)` with the next persisted sequence number and
+/// delivers it. False when the sequence number could not be persisted (the window stays open).
+async fn send_window_of(
+    runtime: &Runtime,
+    store: &Arc<Mutex<Store>>,
+    start_ms: u64,
+    end_ms: u64,
+    telemetry: &TelemetryHandle,
+) -> bool {
     let store = Arc::clone(store);
     let seq = tokio::task::spawn_blocking(move || {
         store.lock().unwrap_or_else(PoisonError::into_inner).take_window_seq()
@@ -483,21 +522,20 @@ async fn flush_window(
         Ok(Ok(seq)) => seq,
         Ok(Err(error)) => {
             tracing::error!(%error, "cannot persist the window sequence number; window kept open");
-            return start_ms;
+            return false;
         }
         Err(error) => {
             tracing::error!(%error, "window sequence task failed; window kept open");
-            return start_ms;
+            return false;
         }
     };
-    let end_ms = unix_millis().max(start_ms);
     let window = runtime.cut_window(start_ms, end_ms, seq);
-    tracing::debug!(seq, count = window.count, "statistics window");
+    tracing::debug!(seq, count = window.count, model = %runtime.model_ref(), "statistics window");
     if let Err(error) = telemetry.send_window(window).await {
         // The sequence number is spent either way: a gap, never a reuse.
         tracing::error!(%error, seq, "statistics window lost");
     }
-    end_ms
+    true
 }
 
 async fn wait_for_shutdown(mut receiver: watch::Receiver<bool>) {

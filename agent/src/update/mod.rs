@@ -58,6 +58,10 @@ pub const FAULT_STEPS: [&str; 6] =
 /// How often the health watch and the shadow phase look at their numbers.
 const POLL: Duration = Duration::from_millis(100);
 
+/// Runtimes replaced by an install or a rollback whose last statistics window the window
+/// ticker still has to cut (`crate::app`).
+pub type Retired = Arc<Mutex<Vec<Arc<Runtime>>>>;
+
 /// `[update]`: how the agent downloads bundles.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -117,10 +121,13 @@ pub struct Updater {
     config: AgentConfig,
     store: Arc<Mutex<Store>>,
     active: Arc<ActiveRuntime>,
+    retired: Retired,
     observer: Arc<UpdateObserver>,
     telemetry: TelemetryHandle,
     fault: Option<String>,
     requests: u64,
+    /// The latest assignment that arrived while an install was busy, handled after it.
+    pending: Option<Assign>,
 }
 
 impl Updater {
@@ -130,6 +137,7 @@ impl Updater {
         config: AgentConfig,
         store: Arc<Mutex<Store>>,
         active: Arc<ActiveRuntime>,
+        retired: Retired,
         telemetry: TelemetryHandle,
     ) -> Self {
         let observer = Arc::new(UpdateObserver::default());
@@ -138,14 +146,23 @@ impl Updater {
         if let Some(step) = &fault {
             tracing::warn!(%step, "fault injection armed: the agent aborts at this step");
         }
-        Self { config, store, active, observer, telemetry, fault, requests: 0 }
+        Self {
+            config,
+            store,
+            active,
+            retired,
+            observer,
+            telemetry,
+            fault,
+            requests: 0,
+            pending: None,
+        }
     }
 
     /// Takes assignments until the channel closes.
     pub async fn run(mut self, mut messages: mpsc::Receiver<ToDevice>) {
-        let mut next: Option<Assign> = None;
         loop {
-            let message = match next.take() {
+            let message = match self.pending.take() {
                 Some(assign) => ToDevice::Assign(assign),
                 None => match messages.recv().await {
                     Some(message) => message,
@@ -155,7 +172,7 @@ impl Updater {
             match message {
                 ToDevice::Assign(assign) => match self.on_assign(assign, &mut messages).await {
                     Ok(()) | Err(Stop::Failed) => {}
-                    Err(Stop::Superseded(assign)) => next = Some(*assign),
+                    Err(Stop::Superseded(assign)) => self.pending = Some(*assign),
                     Err(Stop::Closed) => return,
                 },
                 ToDevice::AssignCleared => {
@@ -453,6 +470,7 @@ impl Updater {
         self.fault_point("mid-activation");
         let baseline_p95 = self.observer.baseline_p95();
         let previous = self.active.replace(Some(Arc::clone(&candidate)));
+        self.retire(previous.clone());
         self.report(
             context,
             EventKind::Activated,
@@ -617,7 +635,8 @@ impl Updater {
             // The trial is not committed: the next start goes back to the other slot anyway.
             tracing::error!(%error, "cannot record the rollback");
         }
-        self.active.replace(previous);
+        let replaced = self.active.replace(previous);
+        self.retire(replaced);
         let mut details = watch_details(&stats, None);
         details.insert("reason".into(), json!(reason));
         self.report(
@@ -633,15 +652,18 @@ impl Updater {
         Err(Stop::Failed)
     }
 
-    /// Waits `period`, keeping the latest assignment that arrives for later and dropping
-    /// chunks (no download runs now).
+    /// Waits `period`, keeping the latest assignment that arrives for when the install is
+    /// over and dropping chunks (no download runs now).
     async fn idle(&mut self, period: Duration, messages: &mut mpsc::Receiver<ToDevice>) {
+        let pending = &mut self.pending;
         let _ = tokio::time::timeout(period, async {
             while let Some(message) = messages.recv().await {
                 if let ToDevice::Assign(assign) = message {
-                    // Seen again once this install is over: a retained assignment is what the
-                    // device should follow, so re-reading it then is enough.
-                    tracing::info!(rollout = %assign.admission.rollout_id, "assignment received during an install; handled after it");
+                    tracing::info!(
+                        rollout = %assign.admission.rollout_id,
+                        "assignment received during an install; handled after it"
+                    );
+                    *pending = Some(assign);
                 }
             }
         })
@@ -915,7 +937,17 @@ impl Updater {
             message: shorten(message, MAX_EVENT_MESSAGE_BYTES),
             details,
         };
-        if let Err(error) = self.telemetry.send_event(event).await {
+        let result = match self.telemetry.send_event(event.clone()).await {
+            // A signed plan may name its rollout in a form the wire does not take as an id:
+            // the event still goes out, without it.
+            Err(crate::mqtt::TelemetryError::InvalidMessage { .. })
+                if event.rollout_id.is_some() =>
+            {
+                self.telemetry.send_event(Event { rollout_id: None, ..event }).await
+            }
+            other => other,
+        };
+        if let Err(error) = result {
             tracing::warn!(%error, %kind, "cannot report an update event");
         }
     }
@@ -927,6 +959,13 @@ impl Updater {
         };
         if let Err(error) = self.telemetry.update_hello(hello).await {
             tracing::warn!(%error, "cannot publish the updated hello");
+        }
+    }
+
+    /// Hands a replaced runtime to the window ticker for its last window.
+    fn retire(&self, runtime: Option<Arc<Runtime>>) {
+        if let Some(runtime) = runtime {
+            self.retired.lock().unwrap_or_else(PoisonError::into_inner).push(runtime);
         }
     }
 

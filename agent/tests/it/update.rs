@@ -935,7 +935,7 @@ async fn a_kill_at_every_install_step_restarts_into_a_verified_model_and_converg
                 .expect_since(
                     EventKind::RolledBack,
                     restart_seq,
-                    |e| e.code.as_deref() == Some("rolled_back_at_start"),
+                    |e| e.code.as_deref() == Some("rolled_back_at_start") && e.plan_seq == Some(1),
                     &log,
                 )
                 .await;
