@@ -17,6 +17,7 @@
 //! KLL sketches (present only where a profile asks for them) are not aggregated by this
 //! version: they are dropped from the window before merging; histograms and moments are kept.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -60,7 +61,7 @@ impl Ingest {
         window: StatsWindow,
     ) -> Result<WindowOutcome, StoreError> {
         let received_ms = now_ms();
-        let (window, bucket_start_ms) = match self.prepare(window, received_ms).await? {
+        let (window, bucket_start_ms) = match self.prepare(&window, received_ms).await? {
             Ok(prepared) => prepared,
             Err(refused) => return Ok(refused),
         };
@@ -88,7 +89,7 @@ impl Ingest {
         let mut outcomes: Vec<Option<WindowOutcome>> = vec![None; windows.len()];
         let mut accepted = Vec::with_capacity(windows.len());
         for (index, window) in windows.iter().enumerate() {
-            match self.prepare(window.clone(), received_ms).await? {
+            match self.prepare(window, received_ms).await? {
                 Ok((window, bucket_start_ms)) => accepted.push((index, window, bucket_start_ms)),
                 Err(refused) => outcomes[index] = Some(refused),
             }
@@ -120,7 +121,8 @@ impl Ingest {
             BatchOutcome::NotMergeable => {
                 for (index, window, _) in &accepted {
                     let device = window.device.clone();
-                    outcomes[*index] = Some(self.ingest(&device, window.clone()).await?);
+                    let window = window.clone().into_owned();
+                    outcomes[*index] = Some(self.ingest(&device, window).await?);
                 }
             }
         }
@@ -136,11 +138,11 @@ impl Ingest {
     }
 
     /// The checks before storing: retention, the model's profile. `Ok(Err(..))`: refused.
-    async fn prepare(
+    async fn prepare<'w>(
         &self,
-        mut window: StatsWindow,
+        window: &'w StatsWindow,
         received_ms: i64,
-    ) -> Result<Result<(StatsWindow, i64), WindowOutcome>, StoreError> {
+    ) -> Result<Result<(Cow<'w, StatsWindow>, i64), WindowOutcome>, StoreError> {
         let start = i64::try_from(window.start_ms).unwrap_or(i64::MAX);
         let bucket_start_ms = start - start.rem_euclid(self.config.bucket_ms);
         if let Some(retention) = self.config.retention_ms
@@ -156,8 +158,12 @@ impl Ingest {
                 ),
             }));
         }
-        for feature in window.inputs.iter_mut().chain(window.outputs.iter_mut()) {
-            feature.kll_sketch = None;
+        let mut window = Cow::Borrowed(window);
+        if window.inputs.iter().chain(&window.outputs).any(|f| f.kll_sketch.is_some()) {
+            let owned = window.to_mut();
+            for feature in owned.inputs.iter_mut().chain(owned.outputs.iter_mut()) {
+                feature.kll_sketch = None;
+            }
         }
         if let Some(profile) = self.profile(window.model.digest.as_str()).await?
             && let Err(reason) = matches_profile(&window, &profile)
@@ -358,6 +364,74 @@ mod tests {
             IngestConfig { cohort_tag_keys: vec!["site".into()], ..IngestConfig::default() },
         );
         assert_eq!(site_only.cohorts(&device).await.expect("cohorts"), ["*", "site=berlin"]);
+    }
+
+    fn stats(device: &str, seq: u64, count: u64, edges: &[f64]) -> StatsWindow {
+        let mut histogram = Histogram::new(edges.to_vec()).expect("edges");
+        let mut moments = Moments::default();
+        for i in 0..count {
+            histogram.observe(i as f64 / count as f64);
+            moments.observe(i as f64 / count as f64);
+        }
+        let mut w =
+            window(vec![FeatureStats { name: "x".into(), histogram, moments, kll_sketch: None }]);
+        w.device = DeviceId::new(device).expect("id");
+        w.seq = seq;
+        let now = u64::try_from(now_ms()).expect("after 1970");
+        w.start_ms = now - 60_000;
+        w.end_ms = now;
+        w.count = count;
+        w
+    }
+
+    #[tokio::test]
+    async fn a_batch_counts_like_one_window_at_a_time_and_refuses_only_what_does_not_merge() {
+        let store = Store::connect(&crate::store::StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("store");
+        let ingest = Ingest::new(store.clone(), IngestConfig::default());
+        let edges = [0.0, 0.5, 1.0];
+        let ingested = |outcome: &WindowOutcome| matches!(outcome, WindowOutcome::Ingested { .. });
+        // Twice in one batch, two devices, two windows of one device.
+        let first = [
+            stats("a", 1, 3, &edges),
+            stats("a", 1, 3, &edges),
+            stats("b", 1, 5, &edges),
+            stats("a", 2, 7, &edges),
+        ];
+        let outcomes = ingest.ingest_batch(&first).await.expect("batch");
+        assert!(ingested(&outcomes[0]) && ingested(&outcomes[2]) && ingested(&outcomes[3]));
+        assert_eq!(outcomes[1], WindowOutcome::Duplicate);
+        // Seen in an earlier batch; new; over other edges (refused alone, the rest counted).
+        let second =
+            [stats("a", 2, 7, &edges), stats("a", 3, 11, &edges), stats("b", 2, 13, &[0.0, 2.0])];
+        let outcomes = ingest.ingest_batch(&second).await.expect("batch");
+        assert_eq!(outcomes[0], WindowOutcome::Duplicate);
+        assert!(ingested(&outcomes[1]), "{outcomes:?}");
+        assert!(
+            matches!(&outcomes[2], WindowOutcome::Rejected { code: "not_mergeable", .. }),
+            "{outcomes:?}"
+        );
+        assert_eq!(store.windows_seen("a").await.expect("seen"), 3);
+        assert_eq!(store.windows_seen("b").await.expect("seen"), 1);
+        let digest = first[0].model.digest.as_str().to_string();
+        let total = |kind, key: &'static str| {
+            let store = store.clone();
+            let digest = digest.clone();
+            async move {
+                let rows =
+                    store.aggregates(kind, &digest, key, 0, i64::MAX).await.expect("aggregates");
+                rows.iter().fold((0, 0), |(w, c), row| (w + row.windows, c + row.request_count))
+            }
+        };
+        use crate::store::ingest::AggregateKind::{Cohort, Device};
+        assert_eq!(total(Device, "a").await, (3, 3 + 7 + 11));
+        assert_eq!(total(Device, "b").await, (1, 5));
+        assert_eq!(total(Cohort, "*").await, (4, 3 + 7 + 11 + 5));
     }
 
     #[test]

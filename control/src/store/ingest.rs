@@ -64,25 +64,44 @@ impl AggregateWindow {
 
     /// Adds `other` with [`StatsWindow::merge`]'s rules; on error `self` is unchanged.
     pub fn merge(&mut self, other: &AggregateWindow) -> Result<(), StatsWindowError> {
-        let mut merged = self.as_window()?;
-        merged.merge(&other.as_window()?)?;
         let windows = self
             .windows
             .checked_add(other.windows)
             .ok_or_else(|| StatsWindowError::Overflow { what: "aggregated window count".into() })?;
-        let mut result = AggregateWindow::of(&merged);
-        result.windows = windows;
-        *self = result;
-        Ok(())
+        let other = other.as_window()?;
+        // `self` moves into a window and back (no copy); the shared merge leaves it unchanged
+        // on error.
+        let mut merged = self.take_as_window()?;
+        let result = merged.merge(&other);
+        let own_windows = self.windows;
+        *self = AggregateWindow::from_window(
+            merged,
+            if result.is_ok() { windows } else { own_windows },
+        );
+        result
+    }
+
+    /// The aggregate of one window, taking it.
+    fn from_window(window: StatsWindow, windows: u64) -> AggregateWindow {
+        AggregateWindow {
+            model: window.model,
+            windows,
+            start_ms: window.start_ms,
+            end_ms: window.end_ms,
+            count: window.count,
+            errors: window.errors,
+            latency: window.latency,
+            inputs: window.inputs,
+            outputs: window.outputs,
+            classifier: window.classifier,
+        }
     }
 
     /// This aggregate as a window of a placeholder device, so the shared merge applies as is.
     fn as_window(&self) -> Result<StatsWindow, StatsWindowError> {
-        let device = DeviceId::new("aggregate")
-            .map_err(|error| StatsWindowError::NotMergeable { reason: error.to_string() })?;
         Ok(StatsWindow {
             v: ProtocolVersion,
-            device,
+            device: placeholder_device()?,
             model: self.model.clone(),
             seq: 0,
             start_ms: self.start_ms,
@@ -95,6 +114,29 @@ impl AggregateWindow {
             classifier: self.classifier.clone(),
         })
     }
+
+    /// [`AggregateWindow::as_window`], moving the statistics out of `self` (left empty).
+    fn take_as_window(&mut self) -> Result<StatsWindow, StatsWindowError> {
+        Ok(StatsWindow {
+            v: ProtocolVersion,
+            device: placeholder_device()?,
+            model: self.model.clone(),
+            seq: 0,
+            start_ms: self.start_ms,
+            end_ms: self.end_ms,
+            count: self.count,
+            errors: std::mem::take(&mut self.errors),
+            latency: std::mem::take(&mut self.latency),
+            inputs: std::mem::take(&mut self.inputs),
+            outputs: std::mem::take(&mut self.outputs),
+            classifier: self.classifier.take(),
+        })
+    }
+}
+
+fn placeholder_device() -> Result<DeviceId, StatsWindowError> {
+    DeviceId::new("aggregate")
+        .map_err(|error| StatsWindowError::NotMergeable { reason: error.to_string() })
 }
 
 /// A validated window and where it goes.
