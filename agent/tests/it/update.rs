@@ -948,3 +948,65 @@ async fn a_kill_at_every_install_step_restarts_into_a_verified_model_and_converg
         device.kill();
     }
 }
+
+/// SIGKILL at pseudo-random moments of an install (`OUTPOST_CRASH_ITERATIONS` of them, 8 by
+/// default; the seed is fixed so a failure can be replayed): after each restart the agent
+/// serves a verified model and the install ends committed (on 2.0.0) or rolled back (on 1.0.0),
+/// never half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_of_an_install_always_converges() {
+    let iterations: u64 = std::env::var("OUTPOST_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(8);
+    let mosquitto = Mosquitto::start().expect("Mosquitto");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = Fixture::new(dir.path());
+    let v2 = fixture.bundle_with(
+        MODEL,
+        &BundleOptions { version: "2.0.0".into(), ..BundleOptions::default() },
+        "mlp-2.bundle",
+    );
+    let v2_bytes = std::fs::read(&v2).expect("v2");
+    let mut options = PlanOptions::new("random-kill", 1);
+    options.health = HealthPolicy { watch_seconds: 1, ..quick_health() };
+    let plan = envelope(&fixture.signed_plan(&v2, &options));
+    let mut random = 0x5eed_u64;
+    let mut outcomes = BTreeMap::new();
+    for iteration in 0..iterations {
+        // SplitMix64: a fixed, reproducible sequence of kill delays within 0-1.6 s.
+        random = random.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = random;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let delay = Duration::from_millis((z ^ (z >> 31)) % 1600);
+        let id = format!("random-{iteration}");
+        let mut device = Device::provision_with(&fixture, &id, mosquitto.port(), 1024);
+        let mut control = FakeControl::start(mosquitto.port(), &device.id).await;
+        control.serve(&fixture.bundle_ref(&v2).digest, v2_bytes.clone());
+        device.start(None);
+        device.assert_serves("1.0.0").await;
+        control.assign(plan.clone(), AdmissionAction::Install).await;
+        tokio::time::sleep(delay).await;
+        device.kill();
+        device.start(None);
+        let phase =
+            outpost_tests::wait::try_until_some_async(TIMEOUT, "the install to end", || {
+                let phase = std::fs::read(device.data_dir.join("state.json"))
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                    .and_then(|state| state["install"]["phase"].as_str().map(str::to_string))
+                    .filter(|phase| phase == "committed" || phase == "rolled_back");
+                async move { phase }
+            })
+            .await
+            .unwrap_or_else(|error| panic!("kill after {delay:?}: {error}\n{}", device.log()));
+        let expected = if phase == "committed" { "2.0.0" } else { "1.0.0" };
+        device.assert_serves(expected).await;
+        let state = device.state();
+        assert_eq!(state["committed"], true, "kill after {delay:?}: {state}");
+        *outcomes.entry(phase).or_insert(0u32) += 1;
+        device.kill();
+    }
+    eprintln!("outcomes of {iterations} random kills: {outcomes:?}");
+}
