@@ -331,6 +331,40 @@ impl FleetCa {
         })
     }
 
+    /// The certificate revocation list (PEM) naming `revoked` (serial in hex, revocation time),
+    /// numbered by `now` in milliseconds so a later list always has a higher number. It is valid
+    /// until the CA expires: a broker keeps accepting it, and a new one replaces it whenever a
+    /// certificate is revoked.
+    pub fn revocation_list(
+        &self,
+        revoked: &[(String, OffsetDateTime)],
+        now: OffsetDateTime,
+    ) -> Result<String, CaError> {
+        let revoked_certs = revoked
+            .iter()
+            .map(|(serial, at)| {
+                let bytes = hex::decode(serial)
+                    .map_err(|_| crypto(format!("stored serial `{serial}` is not hex")))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from(bytes),
+                    revocation_time: *at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, CaError>>()?;
+        let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: self.issuer_not_after()?,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).map_err(crypto)?.pem().map_err(crypto)
+    }
+
     fn issuer_not_after(&self) -> Result<OffsetDateTime, CaError> {
         let der = pem_to_der(&self.certificate_pem, "certificate")?;
         let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(crypto)?;

@@ -11,6 +11,7 @@ CREATE TABLE fleet_ca (
 );
 
 -- Every certificate the fleet CA issued (devices, brokers, control instances), by serial.
+-- `revoked_ms` set: listed on the CA's revocation list (CRL) from then on.
 CREATE TABLE issued_certificates (
     serial TEXT PRIMARY KEY NOT NULL,
     kind TEXT NOT NULL,
@@ -18,7 +19,9 @@ CREATE TABLE issued_certificates (
     fingerprint TEXT NOT NULL,
     not_after_ms INTEGER NOT NULL,
     issued_ms INTEGER NOT NULL,
-    issued_by TEXT NOT NULL
+    issued_by TEXT NOT NULL,
+    revoked_ms INTEGER,
+    revoked_by TEXT
 );
 CREATE INDEX issued_certificates_by_name ON issued_certificates (common_name);
 

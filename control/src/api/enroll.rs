@@ -1,5 +1,5 @@
 //! Device identity over the API: enrolling a device (`POST /v1/enrollments`), listing the
-//! enrolled devices, and issuing the broker's server certificate and the control's client
+//! enrolled devices, revoking a device and serving the CA's revocation list, and issuing the broker's server certificate and the control's client
 //! certificate (`POST /v1/broker/certificates`). Every issue signs a CSR made where the key
 //! lives ([`crate::ca::new_key_and_csr`]): private keys never reach the server.
 
@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use outpost_shared::selector::valid_token;
 use outpost_shared::wire::DeviceId;
@@ -133,6 +133,42 @@ pub async fn enroll(
             "ca_fingerprint": ca.fingerprint(),
         })),
     ))
+}
+
+pub async fn revoke_device(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(device): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let device = DeviceId::new(device).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let Some(serials) = state.store.revoke_device(device.as_str(), &caller.name).await? else {
+        return Err(ApiError::NotFound(format!(
+            "device {device} is not enrolled and holds no valid certificate"
+        )));
+    };
+    tracing::info!(%device, serials = %serials.join(","), user = %caller.name, "device revoked");
+    Ok(Json(json!({ "device": device.as_str(), "revoked_serials": serials })))
+}
+
+pub async fn revocation_list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let ca = state.fleet_ca.get(&state.store).await?;
+    let revoked = state
+        .store
+        .revoked_certificates()
+        .await?
+        .into_iter()
+        .map(|(serial, ms)| {
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .map_err(|error| ApiError::Internal(format!("revocation time {ms}: {error}")))?;
+            Ok((serial, at))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let crl_pem = ca.revocation_list(&revoked, time::OffsetDateTime::now_utc())?;
+    Ok(Json(json!({
+        "crl_pem": crl_pem,
+        "revoked": revoked.len(),
+        "ca_fingerprint": ca.fingerprint(),
+    })))
 }
 
 pub async fn list_enrollments(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -73,6 +73,8 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::Assign => post(crate::server::assign::assign),
         RouteId::Enroll => post(enroll::enroll),
         RouteId::ListEnrollments => get(enroll::list_enrollments),
+        RouteId::RevokeDevice => post(enroll::revoke_device),
+        RouteId::RevocationList => get(enroll::revocation_list),
         RouteId::IssueBrokerCertificate => post(enroll::issue_broker_certificate),
     }
 }

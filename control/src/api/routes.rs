@@ -64,6 +64,8 @@ pub enum RouteId {
     Assign,
     Enroll,
     ListEnrollments,
+    RevokeDevice,
+    RevocationList,
     IssueBrokerCertificate,
 }
 
@@ -450,6 +452,34 @@ pub const ROUTES: &[Route] = &[
         operation_id: "listEnrollments",
         summary: "Every enrolled device: tags, certificate serial and fingerprint, expiry, \
                   when and by whom.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::RevokeDevice,
+        method: HttpMethod::Post,
+        path: "/v1/enrollments/{device}/revoke",
+        access: Access::Roles(ADMIN_ONLY),
+        operation_id: "revokeDevice",
+        summary: "Revoke every certificate issued to the device and remove its enrollment; the \
+                  broker refuses the device once it has the new revocation list \
+                  (`/v1/ca/crl`). 404 when the device has no enrollment and no valid \
+                  certificate.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::RevocationList,
+        method: HttpMethod::Get,
+        path: "/v1/ca/crl",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "revocationList",
+        summary: "The fleet CA's certificate revocation list (PEM, signed by the CA) for the \
+                  broker's `crlfile`, listing every revoked certificate that has not expired.",
         request_body: None,
         query: &[],
         success_status: 200,

@@ -7,7 +7,8 @@
 //!   takes its CN as the user name (and client id), no anonymous clients, the ACL file;
 //! - `acl`: per-device patterns (a device publishes only its own hello/state/stats/events/fetch
 //!   and reads only its own assign/chunk) and one block per control instance;
-//! - `ca.pem`, `broker.pem`, `broker.key` (0600);
+//! - `ca.pem`, `broker.pem`, `broker.key` (0600), `crl.pem` (the CA's revocation list, renewed
+//!   with `outpost broker-config crl` after `outpost devices revoke`);
 //! - per control instance: `control-<name>.pem`, `control-<name>.key` (0600) and
 //!   `control-<name>.toml`, the `[broker]` section for that instance's `control.toml`.
 
@@ -25,6 +26,14 @@ use crate::ca::{CONTROL_CN_PREFIX, Identity};
 pub enum BrokerConfigCommand {
     /// Mosquitto 2: TLS listener, certificate identity as user name, per-device ACLs.
     Mosquitto(MosquittoArgs),
+    /// The fleet CA's current revocation list (PEM), for the broker's `crlfile`.
+    Crl {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The file to write (replaced atomically), e.g. the crl.pem beside mosquitto.conf.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Arguments of `outpost broker-config mosquitto`.
@@ -65,7 +74,24 @@ pub struct MosquittoArgs {
 pub fn run(command: BrokerConfigCommand) -> Result<()> {
     match command {
         BrokerConfigCommand::Mosquitto(args) => mosquitto(args),
+        BrokerConfigCommand::Crl { server, out } => {
+            let (crl, revoked) = revocation_list(&server.client()?)?;
+            crate::files::write_atomic(&out, crl.as_bytes(), false)?;
+            println!(
+                "wrote the revocation list ({revoked} revoked certificate(s)) to {}; restart \
+                 the broker to load it",
+                out.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// The CA's revocation list (PEM) and how many certificates it names.
+fn revocation_list(client: &crate::api::client::ApiClient) -> Result<(String, u64)> {
+    let answer = client.get_json("/v1/ca/crl", &[]).context("fetching the revocation list")?;
+    let crl = answer["crl_pem"].as_str().context("the answer has no revocation list")?;
+    Ok((crl.to_string(), answer["revoked"].as_u64().unwrap_or(0)))
 }
 
 /// Where a generated configuration finds its files.
@@ -107,6 +133,8 @@ pub fn mosquitto_conf(layout: &Layout) -> String {
          {listener}\n\
          protocol mqtt\n\
          cafile {ca}\n\
+         # Certificates the fleet CA revoked (`outpost broker-config crl` renews it).\n\
+         crlfile {crl}\n\
          certfile {cert}\n\
          keyfile {key}\n\
          require_certificate true\n\
@@ -116,6 +144,7 @@ pub fn mosquitto_conf(layout: &Layout) -> String {
          use_username_as_clientid true\n",
         acl = layout.file("acl"),
         ca = layout.file("ca.pem"),
+        crl = layout.file("crl.pem"),
         cert = layout.file("broker.pem"),
         key = layout.file("broker.key"),
     )
@@ -242,12 +271,15 @@ fn mosquitto(args: MosquittoArgs) -> Result<()> {
         control_files.push((control.clone(), key, certificate));
     }
 
+    let (crl, _) = revocation_list(&client)?;
+
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: &str, bytes: &[u8], private: bool| {
         crate::files::write_atomic(&args.out.join(name), bytes, private)
     };
     write("ca.pem", ca.as_bytes(), false)?;
+    write("crl.pem", crl.as_bytes(), false)?;
     write("broker.key", broker_key.as_bytes(), true)?;
     write("broker.pem", broker_certificate.as_bytes(), false)?;
     for (control, key, certificate) in &control_files {
@@ -268,7 +300,7 @@ fn mosquitto(args: MosquittoArgs) -> Result<()> {
         args.port,
         args.out.display()
     );
-    println!("  mosquitto.conf, acl, ca.pem, broker.pem, broker.key (private)");
+    println!("  mosquitto.conf, acl, ca.pem, crl.pem, broker.pem, broker.key (private)");
     for control in &controls {
         println!(
             "  control-{control}.pem, control-{control}.key (private), control-{control}.toml \
@@ -329,6 +361,7 @@ mod tests {
             "use_identity_as_username true",
             "use_username_as_clientid true",
             "cafile /etc/mosquitto/outpost/ca.pem",
+            "crlfile /etc/mosquitto/outpost/crl.pem",
             "keyfile /etc/mosquitto/outpost/broker.key",
             "acl_file /etc/mosquitto/outpost/acl",
         ] {

@@ -1,6 +1,6 @@
 //! `outpost devices list`: the fleet inventory; `outpost devices enroll`: a device's key and
-//! certificate from the fleet CA; `outpost devices enrolled`: the enrolled devices. All
-//! through the API.
+//! certificate from the fleet CA; `outpost devices enrolled`: the enrolled devices; `outpost
+//! devices revoke`: a device's certificates onto the CA's revocation list. All through the API.
 //!
 //! `enroll` generates the device's private key here, sends only a CSR (`POST /v1/enrollments`)
 //! and writes into `--out` what the agent needs: `device.key` (mode 0600), `device.pem`,
@@ -44,6 +44,15 @@ pub enum DevicesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Revoke every certificate of a device and remove its enrollment. The broker refuses it
+    /// once it has the new revocation list (`outpost broker-config crl`).
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The device id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 /// Arguments of `outpost devices enroll`.
@@ -83,6 +92,28 @@ pub struct EnrollArgs {
 pub fn run(command: DevicesCommand) -> Result<()> {
     match command {
         DevicesCommand::Enroll(args) => enroll(args),
+        DevicesCommand::Revoke { server, id } => {
+            let path = format!("/v1/enrollments/{}/revoke", super::remote::path_segment(&id));
+            let answer = server
+                .client()?
+                .post_json(&path, &json!({}))
+                .with_context(|| format!("revoking {id}"))?;
+            let serials: Vec<&str> = answer["revoked_serials"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            println!(
+                "revoked {id}: {}",
+                if serials.is_empty() { "no valid certificate".into() } else { serials.join(", ") }
+            );
+            println!(
+                "  the broker refuses it once it loads the new revocation list: \
+                 outpost broker-config crl --out <the broker's crl.pem>, then restart the broker"
+            );
+            Ok(())
+        }
         DevicesCommand::Enrolled { server, json } => {
             let answer = server.client()?.get_json("/v1/enrollments", &[])?;
             if json {

@@ -1,7 +1,7 @@
 //! Device identity in the database: the fleet CA's fingerprint (`fleet_ca`, one row shared by
 //! every control instance on this database), every certificate the CA issued
-//! (`issued_certificates`) and the enrolled devices (`enrollments`). Each issue is recorded
-//! with its audit event in one transaction.
+//! (`issued_certificates`, with revocations) and the enrolled devices (`enrollments`). Each
+//! issue and revocation is recorded with its audit event in one transaction.
 
 use std::collections::BTreeMap;
 
@@ -238,5 +238,69 @@ impl Store {
         .await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Revokes every unrevoked certificate issued to `device_id` and removes its enrollment, with
+    /// the audit event, in one transaction. Returns the revoked serials, or `None` when the
+    /// device has neither an enrollment nor an unrevoked certificate.
+    pub async fn revoke_device(
+        &self,
+        device_id: &str,
+        revoked_by: &str,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let now = now_ms();
+        let mut transaction = self.pool().begin().await?;
+        let rows = sqlx::query(
+            "SELECT serial FROM issued_certificates WHERE kind = 'device' AND common_name = $1 \
+             AND revoked_ms IS NULL ORDER BY issued_ms",
+        )
+        .bind(device_id.to_string())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let serials: Vec<String> =
+            rows.iter().map(|row| row.try_get("serial")).collect::<Result<_, _>>()?;
+        let unenrolled = sqlx::query("DELETE FROM enrollments WHERE device_id = $1")
+            .bind(device_id.to_string())
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        if serials.is_empty() && unenrolled == 0 {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE issued_certificates SET revoked_ms = $1, revoked_by = $2 \
+             WHERE kind = 'device' AND common_name = $3 AND revoked_ms IS NULL",
+        )
+        .bind(now)
+        .bind(revoked_by.to_string())
+        .bind(device_id.to_string())
+        .execute(&mut *transaction)
+        .await?;
+        insert_in(
+            &mut transaction,
+            &NewAuditEvent {
+                actor: revoked_by.into(),
+                action: "device.revoke".into(),
+                subject: format!("device {device_id}"),
+                outcome: "ok".into(),
+                reason: format!("certificates revoked: {}", serials.join(", ")),
+                source: "api".into(),
+            },
+        )
+        .await?;
+        transaction.commit().await?;
+        Ok(Some(serials))
+    }
+
+    /// Every revoked certificate that has not expired yet: (serial, revoked at), oldest first.
+    pub async fn revoked_certificates(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_ms FROM issued_certificates \
+             WHERE revoked_ms IS NOT NULL AND not_after_ms > $1 ORDER BY revoked_ms, serial",
+        )
+        .bind(now_ms())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|row| Ok((row.try_get("serial")?, row.try_get("revoked_ms")?))).collect()
     }
 }

@@ -377,3 +377,55 @@ fn an_agent_runs_on_its_enrolled_files_through_the_secured_broker() {
     assert!(broker.log().contains("as dev-c"), "named by its certificate: {}", broker.log());
     runtime.block_on(server.shutdown());
 }
+
+#[test]
+fn a_revoked_device_is_refused_once_the_broker_has_the_new_revocation_list() {
+    let fleet = enrolled_fleet();
+    let config = fleet.broker_dir.join("mosquitto.conf");
+    let ca = fleet.broker_dir.join("ca.pem");
+    let device_tls =
+        |device: &str| tls(&ca, Some((&fleet.devices.join(device), "device.pem", "device.key")));
+    let runtime = &fleet.site.runtime;
+    {
+        let broker = ConfiguredMosquitto::start(&config).expect("mosquitto");
+        runtime.block_on(async {
+            connect(broker.port(), "dev-b", device_tls("dev-b")).await.disconnect().await;
+        });
+    }
+
+    let printed = fleet.site.outpost_ok(&["devices", "revoke", "--id", "dev-b"]);
+    assert!(printed.contains("revoked dev-b: "), "{printed}");
+    let crl = fleet.broker_dir.join("crl.pem");
+    let before = std::fs::read_to_string(&crl).expect("crl");
+    let printed =
+        fleet.site.outpost_ok(&["broker-config", "crl", "--out", &crl.display().to_string()]);
+    assert!(printed.contains("1 revoked certificate"), "{printed}");
+    assert_ne!(std::fs::read_to_string(&crl).expect("crl"), before);
+
+    let broker = ConfiguredMosquitto::start(&config).expect("mosquitto with the new list");
+    runtime.block_on(async {
+        let refused =
+            TestClient::connect(options(broker.port(), "dev-b", device_tls("dev-b")), TIMEOUT)
+                .await;
+        assert!(refused.is_err(), "a revoked certificate was accepted");
+        let mut device_a = connect(broker.port(), "dev-a", device_tls("dev-a")).await;
+        device_a.subscribe(&["outpost/v1/dev-a/assign"]).await;
+    });
+
+    // The enrollment is gone, the revocation audited, and revoking again has nothing to do.
+    let listed = fleet.site.outpost_json(&["devices", "enrolled"]);
+    let ids: Vec<&str> = listed["enrollments"]
+        .as_array()
+        .expect("enrollments")
+        .iter()
+        .filter_map(|enrollment| enrollment["device_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["dev-a"]);
+    let audit = runtime
+        .block_on(fleet.site.store().audit_events(Some("device.revoke"), 10))
+        .expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].subject, "device dev-b");
+    let refused = fleet.site.outpost_refused(&["devices", "revoke", "--id", "dev-b"]);
+    assert!(refused.contains("not enrolled"), "{refused}");
+}
