@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub trust: RawTrust,
     pub registry: RawRegistry,
     pub ingest: RawIngest,
+    pub drift: RawDrift,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +95,16 @@ pub struct RawIngest {
     pub maintenance_interval_seconds: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    pub evaluate_interval_seconds: f64,
+    pub range_minutes: u64,
+    pub open_after: u32,
+    pub close_after: u32,
+    pub thresholds: String,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -105,6 +116,71 @@ pub struct ServerConfig {
     pub trust_root: Option<PathBuf>,
     pub max_bundle_bytes: u64,
     pub ingest: IngestConfig,
+    pub drift: DriftConfig,
+}
+
+/// Drift evaluation and alerting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftConfig {
+    pub evaluate_interval: std::time::Duration,
+    pub range_ms: i64,
+    pub open_after: u32,
+    pub close_after: u32,
+    pub thresholds: outpost_shared::drift::Thresholds,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            evaluate_interval: std::time::Duration::from_secs(60),
+            range_ms: 3_600_000,
+            open_after: 2,
+            close_after: 3,
+            thresholds: outpost_shared::drift::Thresholds::default(),
+        }
+    }
+}
+
+fn drift(raw: &RawDrift) -> Result<DriftConfig, ConfigError> {
+    let value = |key: &str, reason: String| ConfigError::Value { key: key.into(), reason };
+    let evaluate_interval = std::time::Duration::try_from_secs_f64(raw.evaluate_interval_seconds)
+        .ok()
+        .filter(|d| *d >= std::time::Duration::from_millis(50))
+        .ok_or_else(|| {
+            value(
+                "drift.evaluate_interval_seconds",
+                format!("{} must be at least 0.05", raw.evaluate_interval_seconds),
+            )
+        })?;
+    if raw.range_minutes == 0 {
+        return Err(value("drift.range_minutes", "must be at least 1".into()));
+    }
+    let range_ms = i64::try_from(raw.range_minutes.saturating_mul(60_000))
+        .map_err(|_| value("drift.range_minutes", format!("{} is too long", raw.range_minutes)))?;
+    if raw.open_after == 0 || raw.close_after == 0 {
+        return Err(value("drift.open_after / drift.close_after", "must be at least 1".into()));
+    }
+    let thresholds = match non_empty(&raw.thresholds) {
+        None => outpost_shared::drift::Thresholds::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                value("drift.thresholds", format!("cannot read {path}: {error}"))
+            })?;
+            let thresholds: outpost_shared::drift::Thresholds = toml::from_str(&text)
+                .map_err(|error| value("drift.thresholds", format!("{path}: {error}")))?;
+            thresholds
+                .validate()
+                .map_err(|error| value("drift.thresholds", format!("{path}: {error}")))?;
+            thresholds
+        }
+    };
+    Ok(DriftConfig {
+        evaluate_interval,
+        range_ms,
+        open_after: raw.open_after,
+        close_after: raw.close_after,
+        thresholds,
+    })
 }
 
 /// Statistics ingest: buckets, cohorts, downsampling and retention.
@@ -277,6 +353,12 @@ fn apply_env(
                 reason: format!("`{value}` is not an integer"),
             })?)
         }
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(value.trim().parse().map_err(|_| ConfigError::Value {
+                key: variable.into(),
+                reason: format!("`{value}` is not a number"),
+            })?)
+        }
         Some(toml::Value::Boolean(_)) => {
             toml::Value::Boolean(value.trim().parse().map_err(|_| ConfigError::Value {
                 key: variable.into(),
@@ -380,6 +462,7 @@ fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
         trust_root: non_empty(&raw.trust.root).map(PathBuf::from),
         max_bundle_bytes: raw.registry.max_bundle_bytes,
         ingest: ingest_config(&raw.ingest)?,
+        drift: drift(&raw.drift)?,
     })
 }
 

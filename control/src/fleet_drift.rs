@@ -101,3 +101,108 @@ pub fn compare(
         not_comparable,
     }
 }
+
+/// MQTT topic on which the control announces drift alerts opening and closing, for other
+/// systems (paging, ticketing, a training pipeline). QoS 1, not retained.
+pub const ALERT_TOPIC: &str = "outpost/v1/alerts/drift";
+
+/// Consecutive evaluations of one series (model × device or cohort × feature) that alerted,
+/// and that were clear.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streaks {
+    pub alert: u32,
+    pub clear: u32,
+}
+
+/// What one evaluation does to a series' alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Stay,
+    Open,
+    Close,
+}
+
+/// Hysteresis: how many alerting evaluations in a row open an alert, and how many clear ones
+/// close it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub open_after: u32,
+    pub close_after: u32,
+}
+
+impl Hysteresis {
+    /// One evaluation of a series whose alert is `open` (or not) came out as `verdict`.
+    ///
+    /// An alerting verdict extends the alert streak, an `ok` one the clear streak, and a
+    /// warning — the band between — resets both, so a feature hovering around the threshold
+    /// neither opens nor closes anything. Too few values (`insufficient`) change nothing: no
+    /// data is no evidence either way.
+    pub fn step(self, streaks: Streaks, verdict: Verdict, open: bool) -> (Streaks, Transition) {
+        let streaks = match verdict {
+            Verdict::Alert => Streaks { alert: streaks.alert.saturating_add(1), clear: 0 },
+            Verdict::Ok => Streaks { alert: 0, clear: streaks.clear.saturating_add(1) },
+            Verdict::Warn => Streaks::default(),
+            Verdict::Insufficient => streaks,
+        };
+        let transition = if !open && streaks.alert >= self.open_after {
+            Transition::Open
+        } else if open && streaks.clear >= self.close_after {
+            Transition::Close
+        } else {
+            Transition::Stay
+        };
+        (streaks, transition)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(verdicts: &[Verdict]) -> Vec<Transition> {
+        let policy = Hysteresis { open_after: 2, close_after: 3 };
+        let (mut streaks, mut open) = (Streaks::default(), false);
+        let mut transitions = Vec::new();
+        for verdict in verdicts {
+            let (next, transition) = policy.step(streaks, *verdict, open);
+            streaks = next;
+            match transition {
+                Transition::Open => open = true,
+                Transition::Close => open = false,
+                Transition::Stay => {}
+            }
+            transitions.push(transition);
+        }
+        transitions
+    }
+
+    use Transition::{Close, Open, Stay};
+    use Verdict::{Alert, Insufficient, Ok, Warn};
+
+    #[test]
+    fn an_alert_opens_after_two_in_a_row_and_closes_after_three_clear() {
+        assert_eq!(
+            run(&[Alert, Alert, Alert, Ok, Ok, Ok, Ok]),
+            [Stay, Open, Stay, Stay, Stay, Close, Stay]
+        );
+    }
+
+    #[test]
+    fn a_flapping_feature_neither_opens_nor_closes() {
+        assert_eq!(run(&[Alert, Ok, Alert, Warn, Alert, Ok, Alert]), [Stay; 7]);
+        // Once open, warnings in between keep it open.
+        assert_eq!(
+            run(&[Alert, Alert, Ok, Ok, Warn, Ok, Ok, Ok]),
+            [Stay, Open, Stay, Stay, Stay, Stay, Stay, Close]
+        );
+    }
+
+    #[test]
+    fn too_few_values_change_nothing() {
+        assert_eq!(run(&[Alert, Insufficient, Alert]), [Stay, Stay, Open]);
+        assert_eq!(
+            run(&[Alert, Alert, Ok, Insufficient, Ok, Ok]),
+            [Stay, Open, Stay, Stay, Stay, Close]
+        );
+    }
+}

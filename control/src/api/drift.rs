@@ -1,16 +1,20 @@
 //! `GET /v1/drift` (one device or cohort, per bucket and over the range) and
 //! `GET /v1/drift/overview` (every device or every cohort with its verdict and the features it
 //! flags): fleet drift of one model version against the baseline profile of its bundle,
-//! computed from the stored aggregates by [`crate::fleet_drift`].
+//! computed from the stored aggregates by [`crate::fleet_drift`]. `GET /v1/drift/alerts` and
+//! `POST /v1/drift/alerts/{id}`: the alerts the drift monitor opened, and their review
+//! (acknowledge, mark as expected, annotate), each audited.
 
-use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use outpost_shared::drift::{Thresholds, Verdict};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::{ApiError, ApiState};
 use crate::fleet_drift::{self, WindowDrift};
+use crate::store::drift::{AlertState, Review};
 use crate::store::ingest::{AggregateKind, AggregateWindow};
 use crate::store::now_ms;
 
@@ -173,4 +177,76 @@ pub async fn overview(
         "to_ms": to_ms,
         "entries": entries,
     })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {
+    /// `open` (the default), `closed` or `all`.
+    pub state: Option<String>,
+    pub model: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn alerts(
+    State(state): State<ApiState>,
+    query: Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let wanted = match query.state.as_deref() {
+        None | Some("open") => AlertState::Open,
+        Some("closed") => AlertState::Closed,
+        Some("all") => AlertState::All,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "state must be `open`, `closed` or `all`, not {other:?}"
+            )));
+        }
+    };
+    let limit = query.limit.unwrap_or(500).clamp(1, 10_000);
+    let alerts = state.store.drift_alerts(wanted, query.model.as_deref(), limit).await?;
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+/// The body of `POST /v1/drift/alerts/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// `acknowledge`, `expected` (the shift is known and accepted) or `annotate` (a note only).
+    pub action: String,
+    pub note: Option<String>,
+}
+
+/// Longest note accepted, in bytes.
+const MAX_NOTE_BYTES: usize = 4096;
+
+pub async fn review(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<ReviewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("alert id must be a number, not {id:?}")))?;
+    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let note = request.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    if note.is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
+        return Err(ApiError::BadRequest(format!("the note is over {MAX_NOTE_BYTES} bytes")));
+    }
+    let review = match request.action.as_str() {
+        "acknowledge" => Some(Review::Acknowledged),
+        "expected" => Some(Review::Expected),
+        "annotate" if note.is_some() => None,
+        "annotate" => return Err(ApiError::BadRequest("annotate needs a note".into())),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "action must be `acknowledge`, `expected` or `annotate`, not {other:?}"
+            )));
+        }
+    };
+    match state.store.review_drift_alert(id, review, note, &caller.name).await? {
+        Some(alert) => Ok(Json(json!({ "alert": alert }))),
+        None => Err(ApiError::NotFound(format!("no drift alert {id}"))),
+    }
 }

@@ -70,6 +70,8 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::Aggregates => get(aggregates::aggregates),
         RouteId::Drift => get(drift::drift),
         RouteId::DriftOverview => get(drift::overview),
+        RouteId::DriftAlerts => get(drift::alerts),
+        RouteId::ReviewDriftAlert => post(drift::review),
         RouteId::Assign => post(crate::server::assign::assign),
         RouteId::Enroll => post(enroll::enroll),
         RouteId::ListEnrollments => get(enroll::list_enrollments),

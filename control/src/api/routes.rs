@@ -61,6 +61,8 @@ pub enum RouteId {
     Aggregates,
     Drift,
     DriftOverview,
+    DriftAlerts,
+    ReviewDriftAlert,
     Assign,
     Enroll,
     ListEnrollments,
@@ -410,6 +412,49 @@ pub const ROUTES: &[Route] = &[
                 description: "Buckets starting before this time (unix ms).",
             },
         ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::DriftAlerts,
+        method: HttpMethod::Get,
+        path: "/v1/drift/alerts",
+        access: Access::Roles(EVERY_ROLE),
+        operation_id: "driftAlerts",
+        summary: "Drift alerts the drift monitor opened (with hysteresis): series (model, \
+                  device or cohort, feature), when opened and closed, the metrics at opening, \
+                  the review and the notes. Newest first.",
+        request_body: None,
+        query: &[
+            QueryParameter {
+                name: "state",
+                schema_type: "string",
+                description: "`open` (the default), `closed` or `all`.",
+            },
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Only alerts of this bundle digest.",
+            },
+            QueryParameter {
+                name: "limit",
+                schema_type: "integer",
+                description: "At most this many (default 500).",
+            },
+        ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ReviewDriftAlert,
+        method: HttpMethod::Post,
+        path: "/v1/drift/alerts/{id}",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "reviewDriftAlert",
+        summary: "Review a drift alert: `{\"action\": \"acknowledge\" | \"expected\" | \
+                  \"annotate\", \"note\": \"…\"}`. Recorded in the audit log with the user.",
+        request_body: Some(JSON),
+        query: &[],
         success_status: 200,
         response_type: JSON,
     },

@@ -51,6 +51,41 @@ pub enum DriftCommand {
     /// Drift of a model version from the windows the fleet reported: every device (or cohort)
     /// with its verdict, or one device or cohort feature by feature.
     Fleet(FleetArgs),
+    /// Drift alerts the server opened (open ones by default).
+    Alerts {
+        #[command(flatten)]
+        server: crate::cli::remote::ServerArgs,
+        /// `open`, `closed` or `all`.
+        #[arg(long, default_value = "open", value_parser = ["open", "closed", "all"])]
+        state: String,
+        /// Only alerts of this model version (`NAME@VERSION` or `sha256:…`).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge a drift alert (recorded with your user in the audit log).
+    Ack(ReviewArgs),
+    /// Mark a drift alert as expected: the shift is known and accepted.
+    Expected(ReviewArgs),
+    /// Add a note to a drift alert.
+    Annotate {
+        #[command(flatten)]
+        server: crate::cli::remote::ServerArgs,
+        id: i64,
+        #[arg(long)]
+        note: String,
+    },
+}
+
+/// Arguments of `outpost drift ack|expected`.
+#[derive(Debug, clap::Args)]
+pub struct ReviewArgs {
+    #[command(flatten)]
+    pub server: crate::cli::remote::ServerArgs,
+    pub id: i64,
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 /// Arguments of `outpost drift fleet`.
@@ -220,8 +255,21 @@ fn read_thresholds(path: Option<&Path>) -> Result<Thresholds> {
 }
 
 pub fn run(args: DriftArgs) -> Result<()> {
-    if let Some(DriftCommand::Fleet(fleet)) = args.command {
-        return run_fleet(fleet);
+    match args.command {
+        Some(DriftCommand::Fleet(fleet)) => return run_fleet(fleet),
+        Some(DriftCommand::Alerts { server, state, model, json }) => {
+            return run_alerts(&server, &state, model.as_deref(), json);
+        }
+        Some(DriftCommand::Ack(review)) => {
+            return run_review(&review.server, review.id, "acknowledge", review.note.as_deref());
+        }
+        Some(DriftCommand::Expected(review)) => {
+            return run_review(&review.server, review.id, "expected", review.note.as_deref());
+        }
+        Some(DriftCommand::Annotate { server, id, note }) => {
+            return run_review(&server, id, "annotate", Some(&note));
+        }
+        None => {}
     }
     let thresholds = read_thresholds(args.thresholds.as_deref())?;
     let dataset = DatasetDrift::judge(compare_files(&args)?, &thresholds);
@@ -411,4 +459,75 @@ pub fn render_table(dataset: &DatasetDrift) -> String {
         out.push_str(&format!("  {}: {}\n", feature.metrics.feature, feature.reasons.join("; ")));
     }
     out
+}
+
+fn run_alerts(
+    server: &crate::cli::remote::ServerArgs,
+    state: &str,
+    model: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let client = server.client()?;
+    let mut query = vec![("state", state.to_string())];
+    if let Some(model) = model {
+        query.push(("model", model_digest(&client, model)?));
+    }
+    let answer = client.get_json("/v1/drift/alerts", &query)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = answer["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|alert| {
+            let opened = crate::cli::remote::time_text(alert["opened_ms"].as_i64());
+            let closed = crate::cli::remote::time_text(alert["closed_ms"].as_i64());
+            vec![
+                alert["id"].to_string(),
+                format!(
+                    "{} {}",
+                    crate::cli::remote::text(alert, "scope_kind"),
+                    crate::cli::remote::text(alert, "scope_key")
+                ),
+                crate::cli::remote::text(alert, "feature"),
+                opened,
+                closed,
+                crate::cli::remote::text(alert, "review"),
+                short_digest(&crate::cli::remote::text(alert, "model_digest")),
+            ]
+        })
+        .collect();
+    crate::cli::remote::print_table(
+        &["id", "scope", "feature", "opened", "closed", "review", "model"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn short_digest(digest: &str) -> String {
+    digest.chars().take("sha256:".len() + 12).collect()
+}
+
+fn run_review(
+    server: &crate::cli::remote::ServerArgs,
+    id: i64,
+    action: &str,
+    note: Option<&str>,
+) -> Result<()> {
+    let mut body = serde_json::json!({ "action": action });
+    if let Some(note) = note {
+        body["note"] = serde_json::Value::from(note);
+    }
+    let answer = server.client()?.post_json(&format!("/v1/drift/alerts/{id}"), &body)?;
+    let alert = &answer["alert"];
+    println!(
+        "drift alert {id} ({} {} {}): {}",
+        crate::cli::remote::text(alert, "scope_kind"),
+        crate::cli::remote::text(alert, "scope_key"),
+        crate::cli::remote::text(alert, "feature"),
+        crate::cli::remote::text(alert, "review"),
+    );
+    Ok(())
 }

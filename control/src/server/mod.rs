@@ -1,6 +1,7 @@
 //! `outpost serve`: the control server's shell. It wires the parts together and owns their
 //! lifetimes: the database ([`crate::store`]), the broker (embedded or external,
-//! [`broker`]), the MQTT subscriber ([`mqtt`]) and the REST API ([`crate::api`]).
+//! [`broker`]), the MQTT subscriber ([`mqtt`]), the REST API ([`crate::api`]) and the drift
+//! monitor ([`drift_monitor`]).
 //!
 //! [`start`] returns a [`RunningServer`] once everything accepts work (the tests start servers
 //! this way, on port 0); [`run`] is the command: start, wait for Ctrl-C or SIGTERM, shut down.
@@ -8,6 +9,7 @@
 pub mod artifacts;
 pub mod assign;
 pub mod broker;
+pub mod drift_monitor;
 pub mod ingest;
 pub mod instance;
 pub mod metrics;
@@ -152,6 +154,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tasks.push(tokio::spawn(run_maintenance(
         ingest,
         config.ingest.maintenance_interval,
+        stop_receiver.clone(),
+    )));
+    tasks.push(tokio::spawn(drift_monitor::run(
+        store.clone(),
+        Some(mqtt_client.clone()),
+        config.drift.clone(),
         stop_receiver,
     )));
 

@@ -28,6 +28,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_enrollment.sql"),
         include_str!("../../migrations/postgres/0003_enrollment.sql"),
     ),
+    (
+        4,
+        "drift alerts",
+        include_str!("../../migrations/sqlite/0004_drift_alerts.sql"),
+        include_str!("../../migrations/postgres/0004_drift_alerts.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

@@ -3,13 +3,18 @@
 //! `f2` is shifted by 1.5 standard deviations. Once the windows with that traffic are ingested,
 //! `/v1/drift/overview` flags the shifted device and cohort (and only them), `/v1/drift` shows
 //! `f2` alerting with a PSI far above every other feature's, and `outpost drift fleet` prints
-//! the same.
+//! the same. The drift monitor (evaluating every 0.2 s here) opens alerts for exactly that
+//! device and cohort after two alerting evaluations, announces them on the alerts topic, and
+//! operators acknowledge, annotate and mark them as expected, each recorded in the audit log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use outpost_control::fleet_drift::ALERT_TOPIC;
+use outpost_tests::broker::{ClientOptions, TestClient};
 
 use crate::ingest::api;
 use crate::server::{Backend, Fleet, Site, SiteOptions, wait_until};
@@ -133,8 +138,20 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
     let fleet = Fleet::new();
     let site = Site::start(
         Backend::Sqlite,
-        SiteOptions { trust_root: Some(fleet.path("root.json")), ..Default::default() },
+        SiteOptions {
+            trust_root: Some(fleet.path("root.json")),
+            environment: vec![("OUTPOST__DRIFT__EVALUATE_INTERVAL_SECONDS".into(), "0.2".into())],
+            ..Default::default()
+        },
     );
+    let mut alert_listener = site
+        .runtime
+        .block_on(TestClient::connect(
+            ClientOptions::local(site.server().broker_port, "alert-listener"),
+            TIMEOUT,
+        ))
+        .expect("listener connects");
+    site.runtime.block_on(alert_listener.subscribe(&[ALERT_TOPIC]));
     site.outpost_ok(&["model", "push", &fleet.path_text("good.bundle")]);
     let digest =
         outpost_shared::sha256_digest(&std::fs::read(fleet.path("good.bundle")).expect("bundle"));
@@ -219,4 +236,94 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
     assert!(refused.contains("drift verdict alert"), "{refused}");
     let unknown = site.outpost_refused(&["drift", "fleet", "--model", "fraud@9.9.9"]);
     assert!(unknown.contains("9.9.9"), "{unknown}");
+
+    // The drift monitor opens alerts for the shifted device and cohort, and only them.
+    let open_alerts =
+        || api(&site).get_json("/v1/drift/alerts", &[("state", "open".into())]).expect("alerts");
+    let has_alert = |alerts: &Value, kind: &str, key: &str| {
+        alerts["alerts"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|a| a["scope_kind"] == kind && a["scope_key"] == key && a["feature"] == "f2")
+        })
+    };
+    wait_until("drift alerts for shifted-1 and site=b", TIMEOUT, || {
+        let alerts = open_alerts();
+        has_alert(&alerts, "device", "shifted-1") && has_alert(&alerts, "cohort", "site=b")
+    });
+    let alerts = open_alerts();
+    for alert in alerts["alerts"].as_array().expect("alerts") {
+        let key = alert["scope_key"].as_str().expect("key");
+        assert!(
+            ["shifted-1", "site=b", "*"].contains(&key),
+            "only the shifted device, its cohort and the whole fleet may alert: {alert}"
+        );
+        assert_eq!(alert["review"], "new");
+        assert_eq!(alert["closed_ms"], Value::Null);
+    }
+    let announced = site.runtime.block_on(alert_listener.expect_on(
+        ALERT_TOPIC,
+        TIMEOUT,
+        "a drift alert announcement",
+    ));
+    let event: Value = serde_json::from_slice(&announced.payload).expect("alert event JSON");
+    assert_eq!(event["event"], "opened", "{event}");
+    assert!(event["alert"]["id"].as_i64().is_some(), "{event}");
+
+    // Operators review it; each step is in the audit log with the user.
+    let id = alerts["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["scope_key"] == "shifted-1" && a["feature"] == "f2")
+        .and_then(|a| a["id"].as_i64())
+        .expect("alert id")
+        .to_string();
+    let acked = site.outpost_ok(&["drift", "ack", &id, "--note", "looking into the sensor"]);
+    assert!(acked.contains("acknowledged"), "{acked}");
+    site.outpost_ok(&["drift", "annotate", &id, "--note", "sensor recalibrated on site"]);
+    let expected = site.outpost_ok(&["drift", "expected", &id]);
+    assert!(expected.contains("expected"), "{expected}");
+    let listed = site.outpost_json(&["drift", "alerts", "--state", "all"]);
+    let alert = listed["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .find(|a| a["id"].to_string() == id)
+        .expect("the reviewed alert")
+        .clone();
+    assert_eq!(alert["review"], "expected", "{alert}");
+    assert_eq!(alert["reviewed_by"], "root-admin", "{alert}");
+    let notes: Vec<&str> = alert["notes"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .filter_map(|n| n["text"].as_str())
+        .collect();
+    assert_eq!(notes, ["looking into the sensor", "sensor recalibrated on site"]);
+    let auditor = site.token_for("carol", outpost_control::store::users::UserRole::Auditor);
+    let denied = site.outpost_as(&auditor, &["drift", "ack", &id]);
+    assert_eq!(denied.status.code(), Some(1), "an auditor may not review alerts");
+    let audit = api(&site).get_json("/v1/audit/events", &[]).expect("audit");
+    let actions: Vec<(String, String)> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or("").to_string(),
+                e["actor"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for (action, actor) in [
+        ("drift.alert.open", "control"),
+        ("drift.alert.ack", "root-admin"),
+        ("drift.alert.annotate", "root-admin"),
+        ("drift.alert.expected", "root-admin"),
+    ] {
+        assert!(
+            actions.iter().any(|(a, b)| a == action && b == actor),
+            "{action} by {actor} in the audit log: {actions:?}"
+        );
+    }
 }

@@ -40,6 +40,8 @@ pub struct SiteOptions {
     pub max_bundle_bytes: Option<u64>,
     /// Use a real Mosquitto (external broker, shared subscriptions) instead of the embedded one.
     pub mosquitto: bool,
+    /// More configuration as `OUTPOST__…` environment pairs, e.g. a short drift interval.
+    pub environment: Vec<(String, String)>,
 }
 
 impl Site {
@@ -75,6 +77,7 @@ impl Site {
         if let Some(limit) = options.max_bundle_bytes {
             environment.push(("OUTPOST__REGISTRY__MAX_BUNDLE_BYTES".into(), limit.to_string()));
         }
+        environment.extend(options.environment.iter().cloned());
         let config: ServerConfig = config::load_from(None, &environment).expect("config");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
