@@ -315,13 +315,15 @@ fn run_backend(
     })
     .map_err(|error| anyhow::anyhow!("{error}"))?;
     let postgres = match backend {
-        "postgres" => Some(Postgres::start().map_err(|error| anyhow::anyhow!("{error}"))?),
+        // fsync on, as a production server runs (tests run without it).
+        "postgres" => Some(Postgres::start_durable().map_err(|error| anyhow::anyhow!("{error}"))?),
         _ => None,
     };
     let database = match &postgres {
         Some(postgres) => format!("[database]\nurl = \"{}\"\n", postgres.url()),
         None => String::new(),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let api_port = free_port()?;
     let config = dir.join("control.toml");
     std::fs::write(
@@ -361,7 +363,6 @@ fn run_backend(
         ensure!(output.status.success(), "model push: {}", String::from_utf8_lossy(&output.stderr));
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let bare = runtime.block_on(BareSubscriber::start(broker.port()))?;
 
     // Every device says hello (the inventory gives the cohorts), then the windows go.

@@ -92,8 +92,18 @@ fn describe(output: &Output) -> String {
 }
 
 impl Postgres {
-    /// Initialises a cluster in a new temporary directory and starts it on a free port.
+    /// Initialises a cluster in a new temporary directory and starts it on a free port, with
+    /// fsync off (tests need no durability across a power cut).
     pub fn start() -> Result<Postgres, PostgresError> {
+        Postgres::start_with_fsync(false)
+    }
+
+    /// [`Postgres::start`] with fsync on, as a production server runs (for benchmarks).
+    pub fn start_durable() -> Result<Postgres, PostgresError> {
+        Postgres::start_with_fsync(true)
+    }
+
+    fn start_with_fsync(fsync: bool) -> Result<Postgres, PostgresError> {
         let bin_dir = find_bin_dir()?;
         let run_as_postgres = running_as_root();
         if run_as_postgres {
@@ -139,9 +149,10 @@ impl Postgres {
         for _ in 0..3 {
             server.port = free_port()?;
             let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={}",
                 server.port,
-                server.dir_text()
+                server.dir_text(),
+                if fsync { "on" } else { "off" }
             );
             let log = server.directory.path().join("server.log").display().to_string();
             match server.run_checked(
