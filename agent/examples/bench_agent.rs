@@ -1,10 +1,10 @@
-//! The agent's benchmark engine, run by `cargo xtask bench agent` (which builds it in release,
-//! passes the release `outpost-agent` binary, then judges the figures and writes
+//! The agent's benchmark engine, run by `cargo xtask bench agent` (which builds it in the
+//! device profile, passes that `outpost-agent` binary, then judges the figures and writes
 //! `docs/results/` and `docs/benchmarks.md`). Run by hand:
 //!
 //! ```text
-//! cargo build --release -p outpost-agent --bin outpost-agent --example bench_agent
-//! target/release/examples/bench_agent --agent-bin target/release/outpost-agent
+//! cargo build --profile device -p outpost-agent --bin outpost-agent --example bench_agent
+//! target/device/examples/bench_agent --agent-bin target/device/outpost-agent
 //! ```
 //!
 //! For each generated model it measures, in one process run:

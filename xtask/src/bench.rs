@@ -1,6 +1,7 @@
 //! `cargo xtask bench agent`: builds the agent and its benchmark engine
-//! (`agent/examples/bench_agent.rs`) in release, builds the ARM release binaries for their
-//! sizes, runs the engine, judges the figures against the targets of issue 3, and writes
+//! (`agent/examples/bench_agent.rs`) in the `device` profile (release, dependencies size-tuned
+//! harder), builds the ARM device binaries for their sizes, runs the engine, judges the
+//! figures against the targets of issue 3, and writes
 //! `docs/results/agent-<date>.json` and the generated part of `docs/benchmarks.md`.
 //!
 //! The engine measures; this module only builds, collects and reports. It reads the engine's
@@ -63,10 +64,11 @@ pub fn run_bench(options: &BenchOptions) -> Result<()> {
 fn bench_agent(options: &BenchOptions) -> Result<()> {
     let started = Instant::now();
     run(
-        "building the agent and the benchmark engine (release)",
+        "building the agent and the benchmark engine (device profile)",
         cargo().args([
             "build",
-            "--release",
+            "--profile",
+            "device",
             "--package",
             "outpost-agent",
             "--bin",
@@ -76,7 +78,7 @@ fn bench_agent(options: &BenchOptions) -> Result<()> {
         ]),
     )?;
     let host_build_seconds = started.elapsed().as_secs_f64();
-    let release = target_dir().join("release");
+    let release = target_dir().join("device");
     let agent_bin = release.join("outpost-agent");
     let mut sizes = vec![binary_size("x86_64", &agent_bin, X86_64_ELF_MACHINE, "strip")?];
     let mut build_seconds = vec![("x86_64".to_string(), host_build_seconds)];
@@ -85,7 +87,7 @@ fn bench_agent(options: &BenchOptions) -> Result<()> {
     if options.skip_cross {
         step!("--skip-cross: using ARM release binaries left by `cargo xtask cross --release`");
         for target in arm {
-            let binary = target_dir().join(target.triple).join("release").join("outpost-agent");
+            let binary = target_dir().join(target.triple).join("device").join("outpost-agent");
             if binary.exists() {
                 sizes.push(binary_size(target.short, &binary, target.elf_machine, &strip(target))?);
             } else {

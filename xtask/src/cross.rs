@@ -101,6 +101,8 @@ pub struct CrossOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     Debug,
+    /// The device build: cargo's `device` profile (release, dependencies size-tuned harder;
+    /// root `Cargo.toml`).
     Release,
 }
 
@@ -108,14 +110,14 @@ impl Profile {
     fn dir(self) -> &'static str {
         match self {
             Self::Debug => "debug",
-            Self::Release => "release",
+            Self::Release => "device",
         }
     }
 
     fn args(self) -> &'static [&'static str] {
         match self {
             Self::Debug => &[],
-            Self::Release => &["--release"],
+            Self::Release => &["--profile", "device"],
         }
     }
 }
