@@ -614,6 +614,15 @@ mod tests {
         assert_eq!(summary.serial, issued.serial);
         assert!(issued.certificate_pem.contains("BEGIN CERTIFICATE"));
         assert!(issued.fingerprint.starts_with("sha256:") && issued.fingerprint.len() == 71);
+        let ca_der = pem_to_der(ca.certificate_pem(), "certificate").expect("der");
+        let (_, ca_certificate) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
+        let device_der = pem_to_der(&issued.certificate_pem, "certificate").expect("der");
+        let (_, device_certificate) =
+            x509_parser::parse_x509_certificate(&device_der).expect("device");
+        device_certificate.verify_signature(Some(ca_certificate.public_key())).expect("chains");
+        let usage = device_certificate.extended_key_usage().expect("eku").expect("present");
+        assert!(usage.value.client_auth && !usage.value.server_auth, "a client certificate only");
+        assert!(!device_certificate.is_ca());
     }
 
     #[test]
@@ -640,6 +649,35 @@ mod tests {
         assert!(Identity::broker(&[]).is_err());
         assert!(Identity::broker(&["bad host".into()]).is_err());
         assert!(Identity::broker(&["broker.example".into(), "10.0.0.5".into()]).is_ok());
+    }
+
+    #[test]
+    fn the_revocation_list_names_revoked_serials_and_is_signed_by_the_ca() {
+        let (ca, _) = FleetCa::generate(now()).expect("ca");
+        let (_, csr) = new_key_and_csr("d").expect("csr");
+        let device = Identity::Device(DeviceId::new("d").expect("id"));
+        let issued = ca.issue(&device, &csr, 30, now()).expect("issued");
+        let crl = ca.revocation_list(&[(issued.serial.clone(), now())], now()).expect("crl");
+        let der = {
+            use rustls::pki_types::pem::PemObject as _;
+            rustls::pki_types::CertificateRevocationListDer::from_pem_slice(crl.as_bytes())
+                .expect("PEM CRL")
+        };
+        let (_, parsed) = x509_parser::parse_x509_crl(&der).expect("CRL");
+        let serials: Vec<String> = parsed
+            .iter_revoked_certificates()
+            .map(|revoked| hex::encode(revoked.raw_serial()))
+            .collect();
+        assert_eq!(serials, [issued.serial]);
+        let ca_der = pem_to_der(ca.certificate_pem(), "certificate").expect("der");
+        let (_, ca_certificate) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
+        assert_eq!(parsed.issuer(), ca_certificate.subject());
+        parsed.verify_signature(ca_certificate.public_key()).expect("signed by the CA");
+        let (other, _) = FleetCa::generate(now()).expect("other ca");
+        let other_der = pem_to_der(other.certificate_pem(), "certificate").expect("der");
+        let (_, other_certificate) = x509_parser::parse_x509_certificate(&other_der).expect("ca");
+        assert!(parsed.verify_signature(other_certificate.public_key()).is_err());
+        assert!(ca.revocation_list(&[("zz".into(), now())], now()).is_err());
     }
 
     #[test]
