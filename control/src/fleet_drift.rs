@@ -106,6 +106,10 @@ pub fn compare(
 /// systems (paging, ticketing, a training pipeline). QoS 1, not retained.
 pub const ALERT_TOPIC: &str = "outpost/v1/alerts/drift";
 
+/// MQTT topic on which retraining requests are announced for training pipelines (QoS 1, not
+/// retained; every request is also in the audit log as `drift.retrain.request`).
+pub const RETRAIN_TOPIC: &str = "outpost/v1/retrain/requests";
+
 /// Consecutive evaluations of one series (model × device or cohort × feature) that alerted,
 /// and that were clear.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 //! flags): fleet drift of one model version against the baseline profile of its bundle,
 //! computed from the stored aggregates by [`crate::fleet_drift`]. `GET /v1/drift/alerts` and
 //! `POST /v1/drift/alerts/{id}`: the alerts the drift monitor opened, and their review
-//! (acknowledge, mark as expected, annotate), each audited.
+//! (acknowledge, mark as expected, annotate), each audited. `POST /v1/drift/retrain-requests`:
+//! a retraining request for a model version and period, with what drifted, announced on
+//! [`crate::fleet_drift::RETRAIN_TOPIC`] for training pipelines and audited.
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
@@ -249,4 +251,81 @@ pub async fn review(
         Some(alert) => Ok(Json(json!({ "alert": alert }))),
         None => Err(ApiError::NotFound(format!("no drift alert {id}"))),
     }
+}
+
+/// The body of `POST /v1/drift/retrain-requests`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainRequest {
+    /// Bundle digest of the model version to retrain.
+    pub model: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    #[serde(default)]
+    pub note: String,
+}
+
+pub async fn request_retrain(
+    State(state): State<ApiState>,
+    Extension(Caller(caller)): Extension<Caller>,
+    body: Result<Json<RetrainRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    if request.note.len() > MAX_NOTE_BYTES {
+        return Err(ApiError::BadRequest(format!("the note is over {MAX_NOTE_BYTES} bytes")));
+    }
+    let (from_ms, to_ms) = range(Some(request.from_ms), Some(request.to_ms))?;
+    let Some(bundle) = state.store.bundle_by_digest(&request.model).await? else {
+        return Err(ApiError::NotFound(format!("no bundle {} in the registry", request.model)));
+    };
+    let profile = profile(&state, &request.model).await?;
+    let buckets =
+        state.store.aggregates(AggregateKind::Cohort, &request.model, "*", from_ms, to_ms).await?;
+    let total = merge_all(buckets.iter().map(|b| &b.aggregate))?
+        .map(|total| fleet_drift::compare(&profile, &total, &Thresholds::default()));
+    let drifting = |level: Verdict| -> Vec<String> {
+        total.as_ref().map_or_else(Vec::new, |t| {
+            let mut names = t.inputs_at(level);
+            names.extend(t.outputs_at(level));
+            names
+        })
+    };
+    let mut id_bytes = [0u8; 8];
+    getrandom::fill(&mut id_bytes)
+        .map_err(|error| ApiError::Internal(format!("no randomness for a request id: {error}")))?;
+    let retrain = json!({
+        "id": hex::encode(id_bytes),
+        "model": { "name": bundle.name, "version": bundle.version, "digest": bundle.digest },
+        "lineage": bundle.manifest.get("lineage").cloned().unwrap_or(Value::Null),
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+        "verdict": total.as_ref().map_or(Verdict::Insufficient, WindowDrift::verdict),
+        "alerting": drifting(Verdict::Alert),
+        "warning": drifting(Verdict::Warn),
+        "windows": total.as_ref().map_or(0, |t| t.windows),
+        "requests": total.as_ref().map_or(0, |t| t.requests),
+        "note": request.note,
+        "requested_by": caller.name,
+        "requested_ms": now_ms(),
+    });
+    state
+        .store
+        .record_audit_event(&crate::store::audit::NewAuditEvent {
+            actor: caller.name.clone(),
+            action: "drift.retrain.request".into(),
+            subject: format!("model {}@{} {}", bundle.name, bundle.version, bundle.digest),
+            outcome: "requested".into(),
+            reason: retrain.to_string(),
+            source: "api".into(),
+        })
+        .await?;
+    let event = json!({ "v": 1, "event": "retrain_requested", "request": retrain });
+    if let Some(mqtt) = &state.mqtt {
+        let payload = serde_json::to_vec(&event)
+            .map_err(|error| ApiError::Internal(format!("encoding the request: {error}")))?;
+        mqtt.publish(fleet_drift::RETRAIN_TOPIC, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|error| ApiError::Internal(format!("announcing the request: {error}")))?;
+    }
+    Ok(Json(json!({ "request": retrain, "topic": fleet_drift::RETRAIN_TOPIC })))
 }

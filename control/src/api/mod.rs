@@ -72,6 +72,7 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::DriftOverview => get(drift::overview),
         RouteId::DriftAlerts => get(drift::alerts),
         RouteId::ReviewDriftAlert => post(drift::review),
+        RouteId::RequestRetrain => post(drift::request_retrain),
         RouteId::Assign => post(crate::server::assign::assign),
         RouteId::Enroll => post(enroll::enroll),
         RouteId::ListEnrollments => get(enroll::list_enrollments),

@@ -63,6 +63,7 @@ pub enum RouteId {
     DriftOverview,
     DriftAlerts,
     ReviewDriftAlert,
+    RequestRetrain,
     Assign,
     Enroll,
     ListEnrollments,
@@ -453,6 +454,21 @@ pub const ROUTES: &[Route] = &[
         operation_id: "reviewDriftAlert",
         summary: "Review a drift alert: `{\"action\": \"acknowledge\" | \"expected\" | \
                   \"annotate\", \"note\": \"…\"}`. Recorded in the audit log with the user.",
+        request_body: Some(JSON),
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::RequestRetrain,
+        method: HttpMethod::Post,
+        path: "/v1/drift/retrain-requests",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "requestRetrain",
+        summary: "Request retraining of a model version: `{\"model\": digest, \"from_ms\", \
+                  \"to_ms\", \"note\"}`. The request carries the model's lineage and the \
+                  features and outputs drifting in the period (whole fleet), is recorded as \
+                  `drift.retrain.request` and announced on `outpost/v1/retrain/requests`.",
         request_body: Some(JSON),
         query: &[],
         success_status: 200,

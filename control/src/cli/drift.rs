@@ -68,6 +68,9 @@ pub enum DriftCommand {
     Ack(ReviewArgs),
     /// Mark a drift alert as expected: the shift is known and accepted.
     Expected(ReviewArgs),
+    /// Write a drift report (JSON and a self-contained HTML page) for a model version and
+    /// period; optionally request retraining.
+    Report(crate::cli::drift_report::ReportArgs),
     /// Add a note to a drift alert.
     Annotate {
         #[command(flatten)]
@@ -257,6 +260,7 @@ fn read_thresholds(path: Option<&Path>) -> Result<Thresholds> {
 pub fn run(args: DriftArgs) -> Result<()> {
     match args.command {
         Some(DriftCommand::Fleet(fleet)) => return run_fleet(fleet),
+        Some(DriftCommand::Report(report)) => return crate::cli::drift_report::run(report),
         Some(DriftCommand::Alerts { server, state, model, json }) => {
             return run_alerts(&server, &state, model.as_deref(), json);
         }
@@ -291,7 +295,7 @@ pub fn run(args: DriftArgs) -> Result<()> {
 }
 
 /// The bundle digest of `NAME@VERSION` (asked from the registry), or the digest as given.
-fn model_digest(client: &crate::api::client::ApiClient, model: &str) -> Result<String> {
+pub(crate) fn model_digest(client: &crate::api::client::ApiClient, model: &str) -> Result<String> {
     if model.starts_with("sha256:") {
         return Ok(model.to_string());
     }

@@ -11,6 +11,7 @@ pub mod broker_config;
 mod bundle;
 pub mod devices;
 pub mod drift;
+pub mod drift_report;
 mod keys;
 pub mod model;
 mod plan;

@@ -6,6 +6,8 @@
 //! the same. The drift monitor (evaluating every 0.2 s here) opens alerts for exactly that
 //! device and cohort after two alerting evaluations, announces them on the alerts topic, and
 //! operators acknowledge, annotate and mark them as expected, each recorded in the audit log.
+//! `outpost drift report` writes the JSON and HTML report and files a retraining request that
+//! arrives on the retrain topic with the drifting feature and the model's lineage.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use outpost_control::fleet_drift::ALERT_TOPIC;
+use outpost_control::fleet_drift::{ALERT_TOPIC, RETRAIN_TOPIC};
 use outpost_tests::broker::{ClientOptions, TestClient};
 
 use crate::ingest::api;
@@ -151,7 +153,7 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
             TIMEOUT,
         ))
         .expect("listener connects");
-    site.runtime.block_on(alert_listener.subscribe(&[ALERT_TOPIC]));
+    site.runtime.block_on(alert_listener.subscribe(&[ALERT_TOPIC, RETRAIN_TOPIC]));
     site.outpost_ok(&["model", "push", &fleet.path_text("good.bundle")]);
     let digest =
         outpost_shared::sha256_digest(&std::fs::read(fleet.path("good.bundle")).expect("bundle"));
@@ -326,4 +328,55 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
             "{action} by {actor} in the audit log: {actions:?}"
         );
     }
+
+    // A report for the period, and a retraining request a pipeline receives.
+    let out = site.directory.path().join("report");
+    let printed = site.outpost_ok(&[
+        "drift",
+        "report",
+        "--model",
+        "fraud@1.0.0",
+        "--out",
+        &out.display().to_string(),
+        "--request-retrain",
+        "--note",
+        "f2 moved at site b",
+    ]);
+    assert!(printed.contains("drift report of fraud@1.0.0"), "{printed}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("drift-report.json")).expect("json"))
+            .expect("report JSON");
+    // A third of the fleet moved on one feature of eight: f2 alerts for the whole fleet,
+    // the dataset as a whole (one alerting feature in eight) only warns.
+    assert_eq!(report["drift"]["verdict"], "warn", "{report}");
+    let fleet_f2 = report["drift"]["total"]["inputs"]["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .find(|f| f["feature"] == "f2")
+        .expect("f2")
+        .clone();
+    assert_eq!(fleet_f2["verdict"], "alert", "{fleet_f2}");
+    let html = std::fs::read_to_string(out.join("drift-report.html")).expect("html");
+    assert!(html.contains("id=\"inputs-f2\""), "a section per feature");
+    assert_eq!(html.matches("<svg").count(), 2 * (8 + 4), "two charts per input and output");
+    let request = loop {
+        let message = site.runtime.block_on(alert_listener.expect_on(
+            RETRAIN_TOPIC,
+            TIMEOUT,
+            "the retraining request",
+        ));
+        break serde_json::from_slice::<Value>(&message.payload).expect("request JSON");
+    };
+    assert_eq!(request["event"], "retrain_requested", "{request}");
+    let body = &request["request"];
+    assert_eq!(body["model"]["digest"], digest.as_str(), "{request}");
+    assert!(body["alerting"].as_array().is_some_and(|a| a.contains(&Value::from("f2"))));
+    assert!(body["lineage"].is_object(), "the lineage a pipeline retrains from: {request}");
+    assert_eq!(body["requested_by"], "root-admin");
+    assert_eq!(body["note"], "f2 moved at site b");
+    let audit = api(&site)
+        .get_json("/v1/audit/events", &[("action", "drift.retrain.request".into())])
+        .expect("audit");
+    assert_eq!(audit["events"].as_array().map(Vec::len), Some(1), "{audit}");
 }
