@@ -444,7 +444,9 @@ pub(crate) fn hello_of(config: &AgentConfig, store: &Store, now: OffsetDateTime)
         active_model: slots.active_model().cloned(),
         previous_model: state.previous_model(),
         slots,
-        capabilities: Vec::new(),
+        // What the updater does beyond installing: shadow phases, resumable downloads,
+        // reverts to a plan's fallback.
+        capabilities: crate::update::CAPABILITIES.iter().map(ToString::to_string).collect(),
         trust_root_version: store.trust().version,
         last_plan_seq: state.last_plan_seq,
         ts_ms: u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),

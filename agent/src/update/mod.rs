@@ -55,6 +55,9 @@ pub const FAULT_ENV: &str = "OUTPOST_FAULT";
 pub const FAULT_STEPS: [&str; 6] =
     ["mid-chunk", "after-staging", "mid-activation", "during-watch", "mid-commit", "mid-rollback"];
 
+/// Capabilities `hello` announces for the updater.
+pub const CAPABILITIES: [&str; 3] = ["shadow", "resume", "revert"];
+
 /// How often the health watch and the shadow phase look at their numbers.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -202,6 +205,12 @@ impl Updater {
         assign: Assign,
         messages: &mut mpsc::Receiver<ToDevice>,
     ) -> Result<(), Stop> {
+        tracing::info!(
+            rollout = %assign.admission.rollout_id,
+            action = ?assign.admission.action,
+            wave = assign.admission.wave,
+            "assignment received; verifying the plan"
+        );
         match self.decide(&assign) {
             Decision::Refuse(refusal) => {
                 self.report_refusal(&refusal).await;

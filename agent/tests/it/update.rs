@@ -460,18 +460,24 @@ fn quick_health() -> HealthPolicy {
 // ---------------------------------------------------------------------------------------
 // A real control server
 
-/// `outpost` next to `outpost-agent` in the target directory, built if missing.
+/// `outpost` next to `outpost-agent` in the target directory. The agent's tests cannot name
+/// another package's binary, so it is built (or found up to date) once per test run.
 fn outpost_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_outpost-agent")).with_file_name("outpost");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "outpost-control", "--bin", "outpost"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building outpost");
-    }
-    path
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "outpost-control", "--bin", "outpost"])
+                .current_dir(outpost_tests::repo_root())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building outpost");
+            let path = Path::new(env!("CARGO_BIN_EXE_outpost-agent")).with_file_name("outpost");
+            assert!(path.exists(), "{} after building it", path.display());
+            path
+        })
+        .clone()
 }
 
 /// `outpost serve` on an external broker, with an admin token.
@@ -624,13 +630,34 @@ async fn a_good_plan_from_the_control_installs_shadows_activates_and_commits() {
         .await;
     assert_eq!(version_of(&hello.previous_model), Some("1.0.0"));
     assert_eq!(hello.last_plan_seq, Some(1));
+    assert!(hello.capabilities.iter().any(|c| c == "shadow"), "{hello:?}");
     assert_eq!(device.state()["install"]["phase"], "committed");
+
+    // The operator sends the device back to the plan's fallback.
+    let from = observer.events.len();
+    let stdout = control.outpost_ok(&[
+        "assign",
+        "--device",
+        "pump-1",
+        "--plan",
+        &plan_path.display().to_string(),
+        "--revert",
+    ]);
+    assert!(stdout.contains("assigned revert of rollout berlin-v2 seq 1"), "{stdout}");
+    let admitted = observer.expect(EventKind::Admitted, from, &log).await;
+    assert!(admitted.message.contains("revert"), "{}", admitted.message);
+    observer.expect(EventKind::Committed, from, &log).await;
+    device.assert_serves("1.0.0").await;
+    let hello = observer
+        .expect_hello("back on 1.0.0", |h| version_of(&h.active_model) == Some("1.0.0"))
+        .await;
+    assert_eq!(version_of(&hello.previous_model), Some("2.0.0"));
 
     // A restart serves the committed model; the retained assignment is not installed again.
     let before = observer.events.len();
     device.kill();
     device.start(None);
-    device.assert_serves("2.0.0").await;
+    device.assert_serves("1.0.0").await;
     observer.drain(Duration::from_secs(2)).await;
     assert_eq!(observer.count(EventKind::Admitted, before), 0, "{:?}", &observer.events[before..]);
 }

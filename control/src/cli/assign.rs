@@ -1,5 +1,6 @@
-//! `outpost assign --device D --plan P.plan`: direct assignment of a signed plan to one device,
-//! through the API (`POST /v1/assign`); the server verifies the plan and publishes it retained.
+//! `outpost assign --device D --plan P.plan [--revert]`: direct assignment of a signed plan to
+//! one device, through the API (`POST /v1/assign`); the server verifies the plan and publishes it
+//! retained. `--revert` sends the device back to the plan's fallback bundle.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,9 @@ pub struct AssignArgs {
     /// The wave recorded in the admission.
     #[arg(long, default_value_t = 0)]
     pub wave: u32,
+    /// Send the device back to the plan's fallback bundle (an operator's revert).
+    #[arg(long)]
+    pub revert: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -35,14 +39,18 @@ pub fn run(args: AssignArgs) -> Result<()> {
     let answer = args
         .server
         .client()?
-        .post_json("/v1/assign", &json!({ "device": args.device, "plan": plan, "wave": args.wave }))
+        .post_json(
+            "/v1/assign",
+            &json!({ "device": args.device, "plan": plan, "wave": args.wave, "revert": args.revert }),
+        )
         .with_context(|| format!("assigning {} to {}", args.plan.display(), args.device))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
+    let what = if args.revert { "revert of rollout" } else { "rollout" };
     println!(
-        "assigned rollout {} seq {} ({}@{}) to {} on {} (retained)",
+        "assigned {what} {} seq {} ({}@{}) to {} on {} (retained)",
         text(&answer, "rollout"),
         text(&answer, "seq"),
         text(&answer["bundle"], "name"),

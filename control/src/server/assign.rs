@@ -1,6 +1,7 @@
-//! Direct assignment (`POST /v1/assign`, `outpost assign --device D --plan P.plan`): publishes a
-//! signed rollout plan to one device, retained on `outpost/v1/<dev>/assign`, for operators and
-//! tests before the rollout engine exists.
+//! Direct assignment (`POST /v1/assign`, `outpost assign --device D --plan P.plan [--revert]`):
+//! publishes a signed rollout plan to one device, retained on `outpost/v1/<dev>/assign`, for
+//! operators and tests before the rollout engine exists. With `revert` the admission asks the
+//! device to go back to the plan's fallback bundle.
 //!
 //! The server verifies the plan against its own trust root before publishing (k distinct
 //! approver signatures, well formed, not expired), checks that the plan's bundle (and fallback)
@@ -38,6 +39,11 @@ pub struct AssignRequest {
     /// The wave recorded in the admission (0 when not part of a staged rollout).
     #[serde(default)]
     pub wave: u32,
+    /// Ask the device to go back to the plan's fallback bundle instead of installing the
+    /// plan's bundle (an operator's revert). The plan the device accepted last may be sent
+    /// again for this.
+    #[serde(default)]
+    pub revert: bool,
 }
 
 /// `POST /v1/assign`.
@@ -103,11 +109,22 @@ async fn assign_inner(state: &ApiState, request: &AssignRequest) -> Result<Value
             )));
         }
     }
+    if request.revert && plan.fallback.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "plan {} seq {} names no fallback bundle to revert to",
+            plan.rollout, plan.seq
+        )));
+    }
     let known = state.store.device(device.as_str()).await?;
     if let Some(record) = &known {
-        let last_seq = record.last_plan_seq.and_then(|seq| u64::try_from(seq).ok());
+        let mut last_seq = record.last_plan_seq.and_then(|seq| u64::try_from(seq).ok());
+        if request.revert {
+            // A revert may name the plan the device accepted last, not an older one.
+            last_seq = last_seq.and_then(|seq| seq.checked_sub(1));
+        }
         plan.admit(device.as_str(), &record.tags, last_seq).map_err(ApiError::PlanRefused)?;
     }
+    let action = if request.revert { AdmissionAction::Revert } else { AdmissionAction::Install };
     let assign = Assign {
         v: ProtocolVersion,
         plan: envelope,
@@ -115,7 +132,7 @@ async fn assign_inner(state: &ApiState, request: &AssignRequest) -> Result<Value
             rollout_id: plan.rollout.clone(),
             wave: request.wave,
             admitted_at_ms: u64::try_from(now_ms()).unwrap_or(0),
-            action: AdmissionAction::Install,
+            action,
         },
     };
     let message = Publish::message(&device, &assign)
@@ -130,7 +147,8 @@ async fn assign_inner(state: &ApiState, request: &AssignRequest) -> Result<Value
         "known_device": known.is_some(),
         "rollout": plan.rollout,
         "seq": plan.seq,
-        "bundle": plan.bundle,
+        "action": if request.revert { "revert" } else { "install" },
+        "bundle": if request.revert { plan.fallback.as_ref().unwrap_or(&plan.bundle) } else { &plan.bundle },
         "approvers": plan.signers(),
         "topic": message.topic,
         "retained": true,
