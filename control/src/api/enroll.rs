@@ -43,7 +43,7 @@ pub struct EnrollRequest {
     /// Days the certificate is valid (default five years).
     #[serde(default)]
     pub valid_days: Option<u32>,
-    /// Re-enroll a device that is enrolled already.
+    /// Re-enroll a device that is enrolled already; its earlier certificates are revoked.
     #[serde(default)]
     pub replace: bool,
 }

@@ -81,7 +81,8 @@ pub struct EnrollArgs {
     /// Days the certificate is valid (default: five years).
     #[arg(long)]
     pub valid_days: Option<u32>,
-    /// Re-enroll a device that is enrolled already (a new key and certificate).
+    /// Re-enroll a device that is enrolled already: a new key and certificate, and its earlier
+    /// certificates revoked (the broker refuses them once it has the new revocation list).
     #[arg(long)]
     pub replace: bool,
     /// Overwrite files in --out (otherwise an existing device.key is refused).

@@ -157,7 +157,8 @@ impl Store {
 
     /// Records a device's enrollment with its certificate and the audit event, in one
     /// transaction. An enrolled device is a conflict unless `replace` (re-enrollment: a new key
-    /// and certificate; the old certificate stays valid until it expires).
+    /// and certificate, and every earlier certificate of the device revoked, since a device is
+    /// re-enrolled when its old key is lost or exposed).
     pub async fn record_enrollment(
         &self,
         device_id: &str,
@@ -186,6 +187,21 @@ impl Store {
                 "device {device_id} is already enrolled: re-enroll it with replace (--replace)"
             )));
         }
+        let mut revoked = 0;
+        if replace {
+            revoked = sqlx::query(
+                "UPDATE issued_certificates SET revoked_ms = $1, revoked_by = $2 \
+                 WHERE kind = 'device' AND common_name = $3 AND revoked_ms IS NULL \
+                 AND serial <> $4",
+            )
+            .bind(now)
+            .bind(enrolled_by.to_string())
+            .bind(device_id.to_string())
+            .bind(issued.serial.clone())
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        }
         insert_in(
             &mut transaction,
             &NewAuditEvent {
@@ -197,7 +213,11 @@ impl Store {
                     "certificate {} ({}){}",
                     issued.serial,
                     issued.fingerprint,
-                    if replace { ", replacing any earlier one" } else { "" }
+                    if revoked > 0 {
+                        format!(", {revoked} earlier certificate(s) revoked")
+                    } else {
+                        String::new()
+                    }
                 ),
                 source: "api".into(),
             },

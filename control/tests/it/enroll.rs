@@ -1,8 +1,9 @@
 //! Device enrollment as an operator runs it: `outpost devices enroll` makes the key locally,
 //! the server's fleet CA (created on first use, private files in the data directory) certifies
 //! it, the device is recorded with its tags and an audit event, and the output directory holds
-//! exactly what the agent's configuration names. Re-enrolling needs `--replace`; bad ids, tags
-//! and broker URLs are refused before anything is sent. On SQLite and PostgreSQL.
+//! exactly what the agent's configuration names. Re-enrolling needs `--replace`, which revokes
+//! the earlier certificate; bad ids, tags and broker URLs are refused before anything is sent.
+//! On SQLite and PostgreSQL.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -99,6 +100,15 @@ fn enrollment_works_on(backend: Backend) {
     assert_ne!(replaced.serial, certificate.serial);
     let listed = site.outpost_json(&["devices", "enrolled"]);
     assert_eq!(listed["enrollments"][0]["serial"], replaced.serial.as_str());
+    // The replaced certificate is revoked (on the next revocation list), the new one is not.
+    let revoked: Vec<String> = site
+        .runtime
+        .block_on(site.store().revoked_certificates())
+        .expect("revoked")
+        .into_iter()
+        .map(|(serial, _)| serial)
+        .collect();
+    assert_eq!(revoked, [certificate.serial.clone()]);
     // An output directory that holds a device's key is not overwritten by accident.
     let refused = site.outpost_refused(&["devices", "enroll", "--id", "dev-b", "--out", &out_text]);
     assert!(refused.contains("holds a device already"), "{refused}");
