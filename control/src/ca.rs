@@ -171,6 +171,8 @@ pub struct IssuedCertificate {
 pub struct FleetCa {
     certificate_pem: String,
     fingerprint: String,
+    /// When the CA certificate expires; nothing it signs outlives it.
+    not_after: OffsetDateTime,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -186,16 +188,38 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(der)))
 }
 
-fn pem_to_der(pem: &str, label: &str) -> Result<Vec<u8>, CaError> {
+/// The kinds of PEM section this module reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PemKind {
+    Certificate,
+    CertificateRequest,
+}
+
+impl PemKind {
+    fn label(self) -> &'static str {
+        match self {
+            PemKind::Certificate => "certificate",
+            PemKind::CertificateRequest => "certificate request",
+        }
+    }
+
+    fn matches(self, section: rustls::pki_types::pem::SectionKind) -> bool {
+        use rustls::pki_types::pem::SectionKind;
+        match self {
+            PemKind::Certificate => section == SectionKind::Certificate,
+            PemKind::CertificateRequest => section == SectionKind::Csr,
+        }
+    }
+}
+
+/// The DER of the one section of `kind` in `pem` (other sections are ignored).
+fn pem_to_der(pem: &str, kind: PemKind) -> Result<Vec<u8>, CaError> {
     use rustls::pki_types::pem::{PemObject as _, SectionKind};
+    let label = kind.label();
     let mut found = None;
     for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
-        let (kind, der) = item.map_err(|error| CaError::Request(format!("{label}: {error}")))?;
-        let wanted = match label {
-            "certificate" => kind == SectionKind::Certificate,
-            _ => kind == SectionKind::Csr,
-        };
-        if wanted {
+        let (section, der) = item.map_err(|error| CaError::Request(format!("{label}: {error}")))?;
+        if kind.matches(section) {
             if found.is_some() {
                 return Err(CaError::Request(format!("holds more than one {label}")));
             }
@@ -237,6 +261,7 @@ impl FleetCa {
         let ca = FleetCa {
             certificate_pem: certificate.pem(),
             fingerprint: fingerprint(certificate.der()),
+            not_after: params.not_after,
             issuer: Issuer::new(params, key),
         };
         Ok((ca, key_pem))
@@ -244,7 +269,7 @@ impl FleetCa {
 
     /// The CA from its certificate and key (PEM); refuses a key that is not the certificate's.
     pub fn from_pem(certificate_pem: &str, key_pem: &str) -> Result<FleetCa, CaError> {
-        let der = pem_to_der(certificate_pem, "certificate")?;
+        let der = pem_to_der(certificate_pem, PemKind::Certificate)?;
         let key =
             KeyPair::from_pem(key_pem).map_err(|error| crypto(format!("the key: {error}")))?;
         let (_, parsed) = x509_parser::parse_x509_certificate(&der)
@@ -255,10 +280,14 @@ impl FleetCa {
         if !parsed.is_ca() {
             return Err(crypto("the certificate is not a CA certificate"));
         }
+        let not_after =
+            OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp())
+                .map_err(crypto)?;
         let issuer = Issuer::from_ca_cert_der(&der.as_slice().into(), key).map_err(crypto)?;
         Ok(FleetCa {
             certificate_pem: certificate_pem.to_string(),
             fingerprint: fingerprint(&der),
+            not_after,
             issuer,
         })
     }
@@ -293,7 +322,7 @@ impl FleetCa {
                 "validity of {valid_days} days: it must be between 1 and {MAX_VALID_DAYS}"
             )));
         }
-        let der = pem_to_der(csr_pem, "certificate request")?;
+        let der = pem_to_der(csr_pem, PemKind::CertificateRequest)?;
         let request = CertificateSigningRequestParams::from_der(&der.as_slice().into())
             .map_err(|error| CaError::Request(format!("the CSR is refused: {error}")))?;
         // The uncompressed P-256 point is 65 bytes; anything else would be mislabelled.
@@ -318,7 +347,7 @@ impl FleetCa {
         params.not_before = now - Duration::hours(1);
         let not_after = now + Duration::days(i64::from(valid_days));
         // Never past the CA itself: a chain is only as valid as its shortest link.
-        params.not_after = not_after.min(self.issuer_not_after()?);
+        params.not_after = not_after.min(self.not_after);
         let serial = random_serial()?;
         params.serial_number = Some(SerialNumber::from(serial.clone()));
         let certificate = params.signed_by(public_key, &self.issuer).map_err(crypto)?;
@@ -356,19 +385,13 @@ impl FleetCa {
         let number = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let params = rcgen::CertificateRevocationListParams {
             this_update: now - Duration::hours(1),
-            next_update: self.issuer_not_after()?,
+            next_update: self.not_after,
             crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         params.signed_by(&self.issuer).map_err(crypto)?.pem().map_err(crypto)
-    }
-
-    fn issuer_not_after(&self) -> Result<OffsetDateTime, CaError> {
-        let der = pem_to_der(&self.certificate_pem, "certificate")?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(crypto)?;
-        OffsetDateTime::from_unix_timestamp(parsed.validity().not_after.timestamp()).map_err(crypto)
     }
 }
 
@@ -577,7 +600,7 @@ pub struct CertificateSummary {
 
 /// Reads a PEM certificate's subject CN, serial, issuer CN and expiry.
 pub fn summarize(certificate_pem: &str) -> Result<CertificateSummary, CaError> {
-    let der = pem_to_der(certificate_pem, "certificate")?;
+    let der = pem_to_der(certificate_pem, PemKind::Certificate)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&der)
         .map_err(|error| CaError::Request(format!("the certificate: {error}")))?;
     let cn = |name: &x509_parser::x509::X509Name<'_>| {
@@ -614,9 +637,9 @@ mod tests {
         assert_eq!(summary.serial, issued.serial);
         assert!(issued.certificate_pem.contains("BEGIN CERTIFICATE"));
         assert!(issued.fingerprint.starts_with("sha256:") && issued.fingerprint.len() == 71);
-        let ca_der = pem_to_der(ca.certificate_pem(), "certificate").expect("der");
+        let ca_der = pem_to_der(ca.certificate_pem(), PemKind::Certificate).expect("der");
         let (_, ca_certificate) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
-        let device_der = pem_to_der(&issued.certificate_pem, "certificate").expect("der");
+        let device_der = pem_to_der(&issued.certificate_pem, PemKind::Certificate).expect("der");
         let (_, device_certificate) =
             x509_parser::parse_x509_certificate(&device_der).expect("device");
         device_certificate.verify_signature(Some(ca_certificate.public_key())).expect("chains");
@@ -669,12 +692,12 @@ mod tests {
             .map(|revoked| hex::encode(revoked.raw_serial()))
             .collect();
         assert_eq!(serials, [issued.serial]);
-        let ca_der = pem_to_der(ca.certificate_pem(), "certificate").expect("der");
+        let ca_der = pem_to_der(ca.certificate_pem(), PemKind::Certificate).expect("der");
         let (_, ca_certificate) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
         assert_eq!(parsed.issuer(), ca_certificate.subject());
         parsed.verify_signature(ca_certificate.public_key()).expect("signed by the CA");
         let (other, _) = FleetCa::generate(now()).expect("other ca");
-        let other_der = pem_to_der(other.certificate_pem(), "certificate").expect("der");
+        let other_der = pem_to_der(other.certificate_pem(), PemKind::Certificate).expect("der");
         let (_, other_certificate) = x509_parser::parse_x509_certificate(&other_der).expect("ca");
         assert!(parsed.verify_signature(other_certificate.public_key()).is_err());
         assert!(ca.revocation_list(&[("zz".into(), now())], now()).is_err());
