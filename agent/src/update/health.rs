@@ -27,15 +27,51 @@ const WATCH_SAMPLES: usize = 4096;
 /// Requests waiting for the shadow model; more are skipped (and counted) rather than queued.
 const SHADOW_QUEUE: usize = 64;
 
+/// What the watched model's outputs are compared with: a classifier's baseline class counts
+/// (the bundle profile's) and the output tensor that holds its class probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputBaseline {
+    pub output: String,
+    pub class_counts: Vec<u64>,
+}
+
 /// Counts of a health watch so far.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WatchStats {
     pub requests: u64,
     pub errors: u64,
     latencies: Vec<Duration>,
+    baseline: Option<OutputBaseline>,
+    /// Top-1 classes of the answered samples, when a baseline is known.
+    classes: Vec<u64>,
 }
 
 impl WatchStats {
+    fn new(baseline: Option<OutputBaseline>) -> Self {
+        let classes = baseline.as_ref().map_or_else(Vec::new, |b| vec![0; b.class_counts.len()]);
+        Self { baseline, classes, ..Self::default() }
+    }
+
+    /// PSI of the answered samples' top-1 classes against the baseline's class counts; `None`
+    /// without a classifier baseline or before any sample.
+    pub fn output_psi(&self) -> Option<f64> {
+        let baseline = self.baseline.as_ref()?;
+        outpost_shared::drift::psi(&baseline.class_counts, &self.classes)
+    }
+
+    fn count_classes(&mut self, response: &InferenceResponse) {
+        let Some(baseline) = &self.baseline else { return };
+        let Some(output) = response.outputs.iter().find(|o| o.name == baseline.output) else {
+            return;
+        };
+        let classes = self.classes.len().max(1);
+        for row in output.data.chunks(classes) {
+            if let Some(slot) = argmax(row).and_then(|class| self.classes.get_mut(class)) {
+                *slot += 1;
+            }
+        }
+    }
+
     pub fn p95(&self) -> Option<Duration> {
         p95(&self.latencies)
     }
@@ -84,6 +120,17 @@ pub fn judge(
                     stats.requests,
                     rate * 100.0,
                     policy.max_error_rate * 100.0
+                ),
+            };
+        }
+        if let (Some(max), Some(shift)) = (policy.max_output_psi, stats.output_psi())
+            && shift > max
+        {
+            return Verdict::RollBack {
+                code: "output_shift",
+                reason: format!(
+                    "the predicted classes shifted from the baseline: PSI {shift:.3}, over the \
+                     policy's {max:.3}"
                 ),
             };
         }
@@ -269,9 +316,10 @@ impl UpdateObserver {
         self.shadow_stats()
     }
 
-    /// Starts watching the requests `runtime` serves.
-    pub fn start_watch(&self, runtime: Arc<Runtime>) {
-        lock(&self.inner).watch = Some(Watch { runtime, stats: WatchStats::default() });
+    /// Starts watching the requests `runtime` serves; with `baseline`, its predicted classes
+    /// are counted for the output-shift check.
+    pub fn start_watch(&self, runtime: Arc<Runtime>, baseline: Option<OutputBaseline>) {
+        lock(&self.inner).watch = Some(Watch { runtime, stats: WatchStats::new(baseline) });
     }
 
     /// The watch's numbers so far.
@@ -298,10 +346,11 @@ impl InferenceObserver for UpdateObserver {
         {
             watch.stats.requests += 1;
             match outcome {
-                Ok(_) => {
+                Ok(response) => {
                     if watch.stats.latencies.len() < WATCH_SAMPLES {
                         watch.stats.latencies.push(latency);
                     }
+                    watch.stats.count_classes(response);
                 }
                 Err(_) => watch.stats.errors += 1,
             }
@@ -337,7 +386,26 @@ mod tests {
             requests,
             errors,
             latencies: vec![Duration::from_millis(latency_ms); (requests - errors) as usize],
+            ..WatchStats::default()
         }
+    }
+
+    #[test]
+    fn a_shift_of_the_predicted_classes_rolls_back_when_the_policy_judges_it() {
+        let baseline = OutputBaseline { output: "y".into(), class_counts: vec![50, 50] };
+        let mut stats = WatchStats::new(Some(baseline));
+        for _ in 0..20 {
+            stats.requests += 1;
+            stats.count_classes(&response(vec![1, 2], vec![0.9, 0.1]));
+        }
+        let shift = stats.output_psi().expect("psi");
+        assert!(shift > 0.5, "all class 0 against an even baseline: {shift}");
+        let judged = HealthPolicy { max_output_psi: Some(0.25), ..policy() };
+        assert!(matches!(
+            judge(&judged, &stats, None, false),
+            Verdict::RollBack { code: "output_shift", .. }
+        ));
+        assert_eq!(judge(&policy(), &stats, None, true), Verdict::Commit, "not judged");
     }
 
     fn policy() -> HealthPolicy {

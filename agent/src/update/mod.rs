@@ -495,7 +495,7 @@ impl Updater {
             // to go back to. Either way there is no better model to roll back to.
             return self.commit(context, &bundle, None).await;
         }
-        let verdict = self.watch(plan, context, &candidate, baseline_p95, messages).await;
+        let verdict = self.watch(plan, context, &candidate, &bundle, baseline_p95, messages).await;
         match verdict {
             Verdict::RollBack { code, reason } => {
                 self.roll_back(context, slot.other(), previous, code, &reason).await
@@ -558,6 +558,7 @@ impl Updater {
         plan: &Verified<Plan>,
         context: &Context,
         candidate: &Arc<Runtime>,
+        bundle: &Verified<Bundle>,
         baseline_p95: Option<Duration>,
         messages: &mut mpsc::Receiver<ToDevice>,
     ) -> Verdict {
@@ -576,7 +577,11 @@ impl Updater {
             None,
         )
         .await;
-        self.observer.start_watch(Arc::clone(candidate));
+        let outputs = bundle.profile.classifier.as_ref().map(|classifier| health::OutputBaseline {
+            output: classifier.output.clone(),
+            class_counts: classifier.class_counts.clone(),
+        });
+        self.observer.start_watch(Arc::clone(candidate), outputs);
         let deadline = Instant::now() + Duration::from_secs(policy.watch_seconds);
         loop {
             let finished = Instant::now() >= deadline;
@@ -1008,6 +1013,7 @@ fn watch_details(stats: &health::WatchStats, baseline_p95: Option<Duration>) -> 
     details.insert("error_rate".into(), json!(stats.error_rate()));
     details.insert("p95_ms".into(), json!(stats.p95().map(|d| d.as_secs_f64() * 1e3)));
     details.insert("previous_p95_ms".into(), json!(baseline_p95.map(|d| d.as_secs_f64() * 1e3)));
+    details.insert("output_psi".into(), json!(stats.output_psi()));
     details
 }
 

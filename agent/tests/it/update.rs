@@ -875,9 +875,21 @@ async fn a_model_over_the_health_policy_rolls_back_once_and_an_operator_revert_w
     assert_eq!(observer.count(EventKind::Admitted, from), 0, "{:?}", &observer.events[from..]);
     assert_eq!(observer.count(EventKind::Activated, from), 0);
 
+    // A policy that judges the predicted classes: any shift from the baseline is too much.
+    let mut shifted = PlanOptions::new("shift", 2);
+    shifted.health =
+        HealthPolicy { max_output_psi: Some(0.0), watch_seconds: 30, ..quick_health() };
+    let from = observer.events.len();
+    control.assign(envelope(&fixture.signed_plan(&v2, &shifted)), AdmissionAction::Install).await;
+    let rolled_back = observer.expect(EventKind::RolledBack, from, &log).await;
+    assert_eq!(rolled_back.code.as_deref(), Some("output_shift"), "{}", rolled_back.message);
+    let psi = rolled_back.details.as_ref().and_then(|d| d["output_psi"].as_f64());
+    assert!(psi > Some(0.0), "{rolled_back:?}");
+    device.assert_serves("1.0.0").await;
+
     // A plan that passes installs (from the slot, no second download), then the operator
     // reverts it to the plan's fallback.
-    let mut good = PlanOptions::new("good", 2);
+    let mut good = PlanOptions::new("good", 3);
     good.health = quick_health();
     good.fallback = Some(v1.clone());
     let good_plan = envelope(&fixture.signed_plan(&v2, &good));
