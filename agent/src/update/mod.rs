@@ -239,7 +239,6 @@ impl Updater {
             plan_seq: refusal.claimed_seq,
             digest: refusal.claimed_digest.clone(),
         };
-        tracing::warn!(code = refusal.error.code(), error = %refusal.error, "assignment refused");
         self.report(
             &context,
             EventKind::Rejected,
@@ -885,7 +884,6 @@ impl Updater {
 
     /// Reports a verification refusal and concludes the install as failed.
     async fn refuse<T>(&mut self, context: &Context, error: &VerifyError) -> Result<T, Stop> {
-        tracing::warn!(code = error.code(), %error, "bundle refused");
         self.conclude_failed(error.code()).await;
         self.report(
             context,
@@ -907,7 +905,6 @@ impl Updater {
         code: &str,
         message: String,
     ) -> Result<T, Stop> {
-        tracing::warn!(%code, %message, "install failed");
         self.conclude_failed(code).await;
         self.report(context, kind, Outcome::Failed, code, message, None).await;
         Err(Stop::Failed)
@@ -937,6 +934,12 @@ impl Updater {
         message: String,
         details: Option<Map<String, Value>>,
     ) {
+        match outcome {
+            Outcome::Ok => tracing::info!(%kind, %code, %message, "update"),
+            Outcome::Failed | Outcome::Refused => {
+                tracing::warn!(%kind, %code, %message, "update");
+            }
+        }
         let event = Event {
             v: ProtocolVersion,
             device: self.config.device.id.clone(),
