@@ -116,6 +116,14 @@ impl Device {
         self.child = None;
     }
 
+    /// SIGTERM: the agent cuts its last windows and stops; waits for the exit.
+    async fn terminate(&mut self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM");
+        self.wait_exit().await;
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -259,6 +267,7 @@ struct Observer {
     device: DeviceId,
     events: Vec<Event>,
     hello: Option<Hello>,
+    windows: Vec<wire::StatsWindow>,
 }
 
 impl Observer {
@@ -266,8 +275,20 @@ impl Observer {
         let mut client = TestClient::connect(ClientOptions::local(port, "observer"), TIMEOUT)
             .await
             .expect("observer connects");
-        client.subscribe(&[&topic(device, Channel::Events), &topic(device, Channel::Hello)]).await;
-        Observer { client, device: device.clone(), events: Vec::new(), hello: None }
+        client
+            .subscribe(&[
+                &topic(device, Channel::Events),
+                &topic(device, Channel::Hello),
+                &topic(device, Channel::Stats),
+            ])
+            .await;
+        Observer {
+            client,
+            device: device.clone(),
+            events: Vec::new(),
+            hello: None,
+            windows: Vec::new(),
+        }
     }
 
     /// Reads one message (at most `timeout`); false when none came.
@@ -280,6 +301,8 @@ impl Observer {
             && !message.payload.is_empty()
         {
             self.hello = Some(wire::decode(&message.payload).expect("valid hello"));
+        } else if message.topic == topic(&self.device, Channel::Stats) {
+            self.windows.push(wire::decode(&message.payload).expect("valid window"));
         }
         true
     }
@@ -912,6 +935,25 @@ async fn a_model_over_the_health_policy_rolls_back_once_and_an_operator_revert_w
         .await;
     let (ok, failed) = traffic.finish().await;
     assert_eq!(failed, 0, "every request answered through activation, rollback and revert ({ok})");
+
+    // The windows are 60 s long here: every model swapped out above closes its window when
+    // the agent stops, so the calls each model answered are all reported, by model.
+    device.terminate().await;
+    observer.drain(Duration::from_secs(2)).await;
+    let counted = |version: &str| -> u64 {
+        observer.windows.iter().filter(|w| w.model.version == version).map(|w| w.count).sum()
+    };
+    let (v1_calls, v2_calls) = (counted("1.0.0"), counted("2.0.0"));
+    assert!(
+        v2_calls > 0,
+        "the replaced 2.0.0 runtimes reported their calls: {:?}",
+        observer.windows
+    );
+    assert!(v1_calls > 0, "{:?}", observer.windows);
+    assert!(
+        v1_calls + v2_calls >= ok,
+        "{v1_calls} + {v2_calls} windows for {ok} answered requests"
+    );
 }
 
 /// Kills the agent at every named step of an install and restarts it: each time it comes back
