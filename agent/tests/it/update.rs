@@ -489,14 +489,21 @@ fn outpost_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let path = Path::new(env!("CARGO_BIN_EXE_outpost-agent")).with_file_name("outpost");
+            // The same profile as this test binary: its directory is named after it.
+            let profile = path
+                .parent()
+                .and_then(Path::file_name)
+                .map_or_else(|| "debug".to_string(), |name| name.to_string_lossy().into_owned());
+            let profile = if profile == "debug" { "dev".to_string() } else { profile };
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "outpost-control", "--bin", "outpost"])
+                .args(["build", "--quiet", "--profile", &profile])
+                .args(["-p", "outpost-control", "--bin", "outpost"])
                 .current_dir(outpost_tests::repo_root())
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "building outpost");
-            let path = Path::new(env!("CARGO_BIN_EXE_outpost-agent")).with_file_name("outpost");
             assert!(path.exists(), "{} after building it", path.display());
             path
         })
