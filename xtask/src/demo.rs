@@ -543,9 +543,9 @@ fn fleet_chapters() -> Vec<Chapter> {
                     handed to the server, which verifies it against the trust root and the \
                     device's tags before it publishes it to that device (retained on its \
                     `assign` topic). A device outside the cohort, or the plan with only one \
-                    approval (alice + ci), is refused with the reason. The agent receives the \
-                    plan; verifying and installing it on the device, and staged waves, land \
-                    later, so here the agent only logs it.",
+                    approval (alice + ci), is refused with the reason. The agent verifies the \
+                    plan again itself; it names the bundle berlin-1 already runs, so there is \
+                    nothing to install.",
             steps: vec![
                 outpost(
                     "assign: berlin-1",
@@ -570,7 +570,72 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "j. Losing a device",
+            title: "j. Installing an update",
+            story: "Version 2.0.0 is published and approved for site=berlin with 1.0.0 as the \
+                    fallback. berlin-1 verifies the plan and the bundle itself, downloads it in \
+                    resumable chunks into its inactive slot, runs the golden set, switches \
+                    atomically, watches its health for 3 s and commits. A plan changed by one \
+                    character after approval is refused.",
+            steps: vec![
+                outpost(
+                    "create version 2.0.0",
+                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer \
+                     --version 2.0.0 --baseline models/mlp_classifier.baseline.csv \
+                     --golden models/mlp_classifier.golden.json \
+                     --lineage models/mlp_classifier.lineage.json --out model-2.bundle",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "sign as ci",
+                    "bundle sign --key keys/ci.key.json model-2.bundle",
+                    ACCEPTED,
+                ),
+                outpost("push 2.0.0", "model push model-2.bundle", ACCEPTED),
+                outpost(
+                    "plan the update",
+                    "plan create --bundle model-2.bundle --fallback model.bundle \
+                     --cohort site=berlin --seq 3 --expires-in 24 --watch-seconds 3 \
+                     --min-requests 1 --out update.plan",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "approve as alice",
+                    "plan sign --key keys/alice.key.json update.plan",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "approve as bob",
+                    "plan sign --key keys/bob.key.json update.plan",
+                    ACCEPTED,
+                ),
+                Step {
+                    label: "change one character".into(),
+                    action: Action::File(FileAction::Tamper {
+                        from: "update.plan",
+                        to: "tampered.plan",
+                        how: Tampering::Base64After("\"payload\":\""),
+                    }),
+                    expect: Expect::Done,
+                },
+                outpost(
+                    "assign: tampered plan",
+                    "assign --device berlin-1 --plan tampered.plan",
+                    REFUSED,
+                ),
+                outpost(
+                    "assign: berlin-1",
+                    "assign --device berlin-1 --plan update.plan",
+                    ACCEPTED,
+                ),
+                fleet(
+                    "berlin-1 installs 2.0.0",
+                    FleetAction::UpdateCommitted(0),
+                    "committed within 60 s",
+                ),
+            ],
+        },
+        Chapter {
+            title: "k. Losing a device",
             story: "paris-2 loses power: SIGKILL, no goodbye. The broker notices the dead \
                     connection and publishes the agent's Last Will, and the control server marks \
                     the device offline.",
@@ -581,7 +646,7 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "k. Shutdown",
+            title: "l. Shutdown",
             story: "SIGTERM is how systemd stops a service: the agents say goodbye (offline) \
                     and the server stops its API and broker; each must exit 0 within 10 s.",
             steps: vec![
@@ -632,7 +697,7 @@ pub fn run_demo() -> Result<()> {
     }
     drop(fleet);
 
-    println!("\n{}", heading("l. Summary"));
+    println!("\n{}", heading("m. Summary"));
     print!("{}", summary_table(&rows));
     let failed = rows.iter().filter(|row| !row.ok).count();
     let took = started.elapsed();
@@ -790,7 +855,7 @@ fn describe(action: &FileAction) -> String {
         FileAction::Tamper { from, to, how: Tampering::Base64After(text) } => {
             format!(
                 "copy {from} to {to}, changing one base64 character of the {text}… string \
-                 of manifest.dsse.json"
+                 (a signed payload)"
             )
         }
     }
@@ -1006,9 +1071,9 @@ mod tests {
                 }
             }
         }
-        // Each refusal the brief names is in the story.
+        // Each refusal the brief names is in the story, and the tampered update plan.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 11);
+        assert_eq!(refusals, 12);
         // The fleet starts before it is used and is stopped at the end.
         let fleet_actions: Vec<FleetAction> = steps
             .iter()

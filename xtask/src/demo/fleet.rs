@@ -57,6 +57,7 @@ const AGENT_READY: Duration = Duration::from_secs(30);
 const FLEET_ONLINE: Duration = Duration::from_secs(20);
 const STATS_FLOWING: Duration = Duration::from_secs(20);
 const ASSIGNMENT_DELIVERED: Duration = Duration::from_secs(10);
+const UPDATE_COMMITTED: Duration = Duration::from_secs(60);
 const DEVICE_OFFLINE: Duration = Duration::from_secs(20);
 const EXIT_AFTER_SIGTERM: Duration = Duration::from_secs(10);
 const CLI_TIME_LIMIT: Duration = Duration::from_secs(30);
@@ -94,6 +95,8 @@ pub enum FleetAction {
     DeviceStats,
     /// Waits until the agent's log mentions the assignment the server published to it.
     AssignmentReceived(usize),
+    /// Waits until the agent's log shows an update committed (after the health watch).
+    UpdateCommitted(usize),
     /// SIGKILL, as a power cut would.
     Kill(usize),
     /// Waits until `outpost devices list` shows the device offline.
@@ -144,6 +147,9 @@ impl FleetAction {
                 "poll fleet/{}/agent.log until it mentions the assignment",
                 DEVICES[index].0
             ),
+            Self::UpdateCommitted(index) => {
+                format!("poll fleet/{}/agent.log until the update is committed", DEVICES[index].0)
+            }
             Self::Kill(index) => {
                 format!("kill -KILL {} (no goodbye: a power cut)", DEVICES[index].0)
             }
@@ -252,6 +258,7 @@ impl Fleet {
             FleetAction::WaitStats => self.wait_stats(),
             FleetAction::DeviceStats => self.device_stats(),
             FleetAction::AssignmentReceived(index) => self.assignment_received(index),
+            FleetAction::UpdateCommitted(index) => self.update_committed(index),
             FleetAction::Kill(index) => self.kill(index),
             FleetAction::WaitOffline(index) => self.wait_offline(index),
             FleetAction::StopAgents => self.stop_agents(),
@@ -288,6 +295,7 @@ impl Fleet {
             FleetAction::InferOnce(index)
             | FleetAction::BadRequest(index)
             | FleetAction::AssignmentReceived(index)
+            | FleetAction::UpdateCommitted(index)
             | FleetAction::Kill(index) => {
                 self.agents[index].child.is_none().then_some("the running agent")
             }
@@ -851,6 +859,28 @@ impl Fleet {
             }
             if started.elapsed() >= ASSIGNMENT_DELIVERED {
                 bail!("{log} does not mention it after {} s", ASSIGNMENT_DELIVERED.as_secs());
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn update_committed(&self, index: usize) -> Result<String> {
+        let log = format!("{}/agent.log", agent_dir(index));
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(self.demo_dir.join(&log)).unwrap_or_default();
+            let steps: Vec<&str> = text.lines().filter(|line| line.contains("update: ")).collect();
+            if steps.iter().any(|line| line.contains("code=committed")) {
+                for line in steps.iter().rev().take(8).rev() {
+                    print_indented(line.trim());
+                }
+                return Ok(format!("committed after {:.1} s", started.elapsed().as_secs_f64()));
+            }
+            if let Some(failed) = steps.iter().find(|line| line.contains("kind=rolled_back")) {
+                bail!("the update did not commit: {failed}");
+            }
+            if started.elapsed() >= UPDATE_COMMITTED {
+                bail!("{log} shows no committed update after {} s", UPDATE_COMMITTED.as_secs());
             }
             thread::sleep(POLL);
         }
