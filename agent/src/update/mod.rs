@@ -935,9 +935,9 @@ impl Updater {
         details: Option<Map<String, Value>>,
     ) {
         match outcome {
-            Outcome::Ok => tracing::info!(%kind, %code, %message, "update"),
+            Outcome::Ok => tracing::info!(%kind, %code, "update: {message}"),
             Outcome::Failed | Outcome::Refused => {
-                tracing::warn!(%kind, %code, %message, "update");
+                tracing::warn!(%kind, %code, "update: {message}");
             }
         }
         let event = Event {
