@@ -29,9 +29,18 @@ pub struct WindowDrift {
 }
 
 impl WindowDrift {
-    /// The worse of the input and output verdicts.
+    /// The worst verdict of any input feature or output: a device or cohort with one
+    /// alerting feature is flagged. (The dataset verdicts of `inputs` and `outputs` weigh the
+    /// share of drifting features instead; both are reported.)
     pub fn verdict(&self) -> Verdict {
-        self.inputs.verdict.max(self.outputs.verdict)
+        let worst = |dataset: &DatasetDrift| {
+            if dataset.judged == 0 {
+                Verdict::Insufficient
+            } else {
+                dataset.features.iter().map(|f| f.verdict).max().unwrap_or(Verdict::Insufficient)
+            }
+        };
+        worst(&self.inputs).max(worst(&self.outputs))
     }
 
     /// Input features at exactly `level`.

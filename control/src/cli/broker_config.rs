@@ -178,6 +178,10 @@ pub fn acl_file(controls: &[String]) -> String {
             };
             text.push_str(&format!("topic {access} {TOPIC_PREFIX}/+/{channel}\n"));
         }
+        // Drift alerts and retraining requests for other systems (give their consumers `read`).
+        for topic in [crate::fleet_drift::ALERT_TOPIC, crate::fleet_drift::RETRAIN_TOPIC] {
+            text.push_str(&format!("topic write {topic}\n"));
+        }
     }
     text
 }
@@ -334,6 +338,8 @@ mod tests {
             "topic read outpost/v1/+/stats",
             "topic write outpost/v1/+/assign",
             "topic write outpost/v1/+/chunk",
+            "topic write outpost/v1/alerts/drift",
+            "topic write outpost/v1/retrain/requests",
         ] {
             assert!(acl.lines().any(|l| l == line), "{line} missing from\n{acl}");
         }

@@ -134,6 +134,49 @@ pub struct KeyedAggregate {
 }
 
 impl Store {
+    /// Writes one aggregate row as given, replacing a row with the same key: for restoring
+    /// exported statistics and for benchmarks that need a large stored fleet quickly. Ingest
+    /// never uses it (it merges, see [`Store::ingest_window`]).
+    pub async fn put_aggregate(
+        &self,
+        kind: AggregateKind,
+        key: &str,
+        bucket_start_ms: i64,
+        bucket_ms: i64,
+        aggregate: &AggregateWindow,
+    ) -> Result<(), StoreError> {
+        let table = match kind {
+            AggregateKind::Device => "device_aggregates (model_digest, device_id,",
+            AggregateKind::Cohort => "cohort_aggregates (model_digest, cohort,",
+        };
+        let conflict = match kind {
+            AggregateKind::Device => "(model_digest, device_id, bucket_start_ms)",
+            AggregateKind::Cohort => "(model_digest, cohort, bucket_start_ms)",
+        };
+        let json = serde_json::to_string(aggregate).map_err(|error| StoreError::Corrupt {
+            what: format!("aggregate of {key}"),
+            reason: error.to_string(),
+        })?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} bucket_start_ms, bucket_ms, windows, request_count, \
+             window_json, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT {conflict} DO UPDATE SET bucket_ms = excluded.bucket_ms, \
+             windows = excluded.windows, request_count = excluded.request_count, \
+             window_json = excluded.window_json, updated_ms = excluded.updated_ms"
+        )))
+        .bind(aggregate.model.digest.as_str().to_string())
+        .bind(key.to_string())
+        .bind(bucket_start_ms)
+        .bind(bucket_ms)
+        .bind(i64::try_from(aggregate.windows).unwrap_or(i64::MAX))
+        .bind(i64::try_from(aggregate.count).unwrap_or(i64::MAX))
+        .bind(json)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// The model digests with any stored statistics (every device reports into cohort `*`).
     pub async fn models_with_statistics(&self) -> Result<Vec<String>, StoreError> {
         let digests: Vec<String> = sqlx::query_scalar(
