@@ -843,4 +843,86 @@ mod tests {
         assert_eq!(slots.active_model().map(|m| m.name.as_str()), Some("m"));
         assert!(slots.b.is_none());
     }
+
+    /// A provisioned data directory (fixture trust root, mlp_classifier 1.0.0 in slot a) and
+    /// the bytes of version 2.0.0.
+    fn provisioned() -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = outpost_tests::fixtures::Fixture::new(dir.path());
+        let data_dir = fixture.provisioned_agent_dir("dev-1", Some("mlp_classifier"));
+        let options = outpost_tests::fixtures::BundleOptions {
+            version: "2.0.0".into(),
+            ..Default::default()
+        };
+        let v2 = std::fs::read(fixture.bundle_with("mlp_classifier", &options, "v2.bundle"))
+            .expect("v2");
+        (dir, data_dir, v2)
+    }
+
+    fn install_record(store: &Store, verified: &Verified<Bundle>) -> InstallRecord {
+        InstallRecord {
+            rollout: "r".into(),
+            plan_seq: 7,
+            action: InstallAction::Install,
+            bundle: SlotRecord::of(verified),
+            slot: store.state().active.map_or(SlotName::A, SlotName::other),
+            phase: InstallPhase::Downloading,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_trial_interrupted_by_a_restart_goes_back_to_the_committed_slot_for_good() {
+        let (_dir, data_dir, v2) = provisioned();
+        let now = OffsetDateTime::now_utc();
+        let mut store = Store::open(&data_dir, now).expect("open");
+        let verified = store.verify_bundle(&v2, now).expect("v2 verifies");
+        store.accept_plan(install_record(&store, &verified)).expect("accept");
+        let staged = store.staging_dir(SlotName::B).join("download.part");
+        fsutil::create_dir_durable(&store.staging_dir(SlotName::B)).expect("staging");
+        std::fs::write(&staged, &v2).expect("staged file");
+        // The active slot is never the target.
+        assert!(store.install_staged(SlotName::A, &staged, &verified).is_err());
+        store.install_staged(SlotName::B, &staged, &verified).expect("stage");
+        assert_eq!(store.state().install.as_ref().map(|i| i.phase), Some(InstallPhase::Staged));
+        assert!(store.clear_slot(SlotName::A).is_err(), "the serving slot cannot be emptied");
+        store.activate_trial(SlotName::B).expect("activate");
+        assert_eq!(store.state().active, Some(SlotName::B));
+        assert!(!store.state().committed);
+
+        // The agent stops here. On the next start the committed slot a serves again.
+        let mut store = Store::open(&data_dir, now).expect("reopen");
+        let boot = store.boot(now, |_, _| Ok::<_, String>(())).expect("boot").expect("a model");
+        assert_eq!(boot.slot, SlotName::A);
+        assert!(boot.rolled_back);
+        let state = Store::open(&data_dir, now).expect("reopen").state().clone();
+        assert_eq!(state.active, Some(SlotName::A));
+        assert!(state.committed);
+        assert_eq!(state.last_plan_seq, Some(7), "the plan stays accepted: never retried");
+        let install = state.install.expect("install record");
+        assert_eq!(install.phase, InstallPhase::RolledBack);
+        assert_eq!(install.reason.as_deref(), Some(INTERRUPTED_TRIAL));
+    }
+
+    #[test]
+    fn a_committed_trial_serves_after_a_restart_and_the_old_model_stays_for_a_rollback() {
+        let (_dir, data_dir, v2) = provisioned();
+        let now = OffsetDateTime::now_utc();
+        let mut store = Store::open(&data_dir, now).expect("open");
+        let verified = store.verify_bundle(&v2, now).expect("v2 verifies");
+        store.accept_plan(install_record(&store, &verified)).expect("accept");
+        let staged = data_dir.join("v2.part");
+        std::fs::write(&staged, &v2).expect("staged file");
+        store.install_staged(SlotName::B, &staged, &verified).expect("stage");
+        store.activate_trial(SlotName::B).expect("activate");
+        store.commit().expect("commit");
+        let mut store = Store::open(&data_dir, now).expect("reopen");
+        let boot = store.boot(now, |_, _| Ok::<_, String>(())).expect("boot").expect("a model");
+        assert_eq!((boot.slot, boot.rolled_back), (SlotName::B, false));
+        assert_eq!(store.state().previous_model().map(|m| m.version), Some("1.0.0".into()));
+        // An operator's revert to the model still in slot a.
+        store.serve_slot(SlotName::A, InstallPhase::Committed, None).expect("revert");
+        assert_eq!(store.state().active_record().map(|r| r.version.clone()), Some("1.0.0".into()));
+        assert_eq!(store.slot_with(&verified.digest), Some(SlotName::B));
+    }
 }
