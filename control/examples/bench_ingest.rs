@@ -17,6 +17,10 @@
 //! the server's `outpost_windows_ingested_total` reached them all (checked every 20 ms). The
 //! ratio of the two is the figure. Results are printed as `bench kind=ingest key=value …`
 //! lines for xtask to collect; progress goes to stderr.
+//!
+//! For looking into a run: `OUTPOST_BENCH_SERVER_LOG` is the server's `RUST_LOG` (default
+//! `warn`; `outpost_control::server::mqtt=debug` logs each batch and its time), and
+//! `OUTPOST_BENCH_KEEP=1` keeps the working directory (configs, server logs) after the run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,7 +87,12 @@ fn parse_options() -> Result<Options> {
 fn main() -> Result<()> {
     let options = parse_options()?;
     let work = tempfile::Builder::new().prefix("outpost-bench-ingest-").tempdir()?;
-    let fixture = Fixture::new(&work.path().join("fixture"));
+    let work = if std::env::var_os("OUTPOST_BENCH_KEEP").is_some() {
+        work.keep()
+    } else {
+        work.path().to_path_buf()
+    };
+    let fixture = Fixture::new(&work.join("fixture"));
     let models: Vec<(PathBuf, ModelRef, Profile)> = BUNDLE_MODELS
         .iter()
         .map(|name| {
@@ -110,7 +119,7 @@ fn main() -> Result<()> {
         plan.window_bytes as f64 / plan.window_count as f64
     );
     for backend in &options.backends {
-        let result = run_backend(&options, backend, &fixture, &models, &plan, work.path())
+        let result = run_backend(&options, backend, &fixture, &models, &plan, &work)
             .with_context(|| format!("the {backend} run"))?;
         println!("{result}");
     }
@@ -342,7 +351,7 @@ fn run_backend(
         Command::new(&options.outpost_bin)
             .args(["serve", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("OUTPOST_BENCH_SERVER_LOG").unwrap_or("warn".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

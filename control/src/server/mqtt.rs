@@ -349,9 +349,14 @@ async fn write_batch(client: &AsyncClient, handlers: &Handlers, batch: Vec<Queue
     let (windows, publishes): (Vec<StatsWindow>, Vec<(rumqttc::Publish, u64)>) =
         batch.into_iter().map(|queued| (queued.window, (queued.publish, queued.ticket))).unzip();
     let mut attempt = 0;
+    let started = std::time::Instant::now();
     let outcomes = loop {
         match ingest.ingest_batch(&windows).await {
-            Ok(outcomes) => break outcomes,
+            Ok(outcomes) => {
+                tracing::debug!(windows = windows.len(), elapsed = ?started.elapsed(),
+                    "stored a batch of statistics windows");
+                break outcomes;
+            }
             Err(error) if attempt + 1 < WINDOW_STORE_ATTEMPTS => {
                 tracing::warn!(%error, windows = windows.len(), attempt,
                     "cannot store a batch of statistics windows; retrying");

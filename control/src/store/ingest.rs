@@ -64,15 +64,24 @@ impl AggregateWindow {
 
     /// Adds `other` with [`StatsWindow::merge`]'s rules; on error `self` is unchanged.
     pub fn merge(&mut self, other: &AggregateWindow) -> Result<(), StatsWindowError> {
+        self.merge_window(&other.as_window()?, other.windows)
+    }
+
+    /// [`AggregateWindow::merge`] of an aggregate of `other_windows` windows already in its
+    /// window form ([`AggregateWindow::as_window`]), so one conversion serves many merges.
+    fn merge_window(
+        &mut self,
+        other: &StatsWindow,
+        other_windows: u64,
+    ) -> Result<(), StatsWindowError> {
         let windows = self
             .windows
-            .checked_add(other.windows)
+            .checked_add(other_windows)
             .ok_or_else(|| StatsWindowError::Overflow { what: "aggregated window count".into() })?;
-        let other = other.as_window()?;
         // `self` moves into a window and back (no copy); the shared merge leaves it unchanged
         // on error.
         let mut merged = self.take_as_window()?;
-        let result = merged.merge(&other);
+        let result = merged.merge(other);
         let own_windows = self.windows;
         *self = AggregateWindow::from_window(
             merged,
@@ -629,6 +638,10 @@ impl Store {
             }
             outcomes[index] = IngestOutcome::Ingested;
             let aggregate = AggregateWindow::of(window);
+            let Ok(as_window) = aggregate.as_window() else {
+                transaction.rollback().await?;
+                return Ok(BatchOutcome::NotMergeable);
+            };
             let digest = window.model.digest.as_str();
             let mut cohorts: Vec<&String> = item.cohorts.iter().collect();
             cohorts.sort();
@@ -649,7 +662,7 @@ impl Store {
                     std::collections::btree_map::Entry::Occupied(mut entry) => {
                         let (length, merged) = entry.get_mut();
                         *length = (*length).max(item.bucket_ms);
-                        if merged.merge(&aggregate).is_err() {
+                        if merged.merge_window(&as_window, 1).is_err() {
                             transaction.rollback().await?;
                             return Ok(BatchOutcome::NotMergeable);
                         }
@@ -664,13 +677,30 @@ impl Store {
             if rows.is_empty() {
                 continue;
             }
-            let mut existing = Vec::new();
-            for chunk in rows.chunks(MAX_PARAMETERS / 8) {
-                let created = insert_new_rows(&mut transaction, kind, chunk, now).await?;
-                existing.extend(chunk.iter().filter(|(key, _)| !created.contains(key)).copied());
+            // The rows there already, locked; then the others inserted. A row another instance
+            // inserted meanwhile (its insert commits first, this one then does nothing) is
+            // read and locked in a second round.
+            let mut stored = StoredRows::new();
+            for chunk in rows.chunks(MAX_PARAMETERS / 3) {
+                lock_rows(&mut transaction, self.backend(), kind, chunk, &mut stored).await?;
             }
-            for chunk in existing.chunks(MAX_PARAMETERS / 3) {
-                if !merge_existing_rows(&mut transaction, self.backend(), kind, chunk, now).await? {
+            let absent: Vec<_> = rows
+                .iter()
+                .filter(|(key, _)| !stored.contains_key(&key.tuple()))
+                .copied()
+                .collect();
+            let mut raced = Vec::new();
+            for chunk in absent.chunks(MAX_PARAMETERS / 8) {
+                let created = insert_new_rows(&mut transaction, kind, chunk, now).await?;
+                raced.extend(chunk.iter().filter(|(key, _)| !created.contains(key)).copied());
+            }
+            for chunk in raced.chunks(MAX_PARAMETERS / 3) {
+                lock_rows(&mut transaction, self.backend(), kind, chunk, &mut stored).await?;
+            }
+            let existing: Vec<_> =
+                rows.iter().filter(|(key, _)| stored.contains_key(&key.tuple())).copied().collect();
+            for chunk in existing.chunks(MAX_PARAMETERS / 8) {
+                if !write_merged_rows(&mut transaction, kind, chunk, &stored, now).await? {
                     transaction.rollback().await?;
                     return Ok(BatchOutcome::NotMergeable);
                 }
@@ -723,15 +753,23 @@ async fn insert_new_rows(
     Ok(created)
 }
 
-/// Reads the existing rows (locked on PostgreSQL, in key order), merges the batch's aggregate
-/// into each and writes them back. `false`: some row does not merge; the caller rolls back.
-async fn merge_existing_rows(
+/// Stored `window_json` by (digest, key, bucket start).
+type StoredRows = std::collections::HashMap<(String, String, i64), String>;
+
+impl AggregateKey {
+    fn tuple(&self) -> (String, String, i64) {
+        (self.digest.clone(), self.key.clone(), self.bucket_start_ms)
+    }
+}
+
+/// Reads those of `rows` that exist into `stored`, locked on PostgreSQL, in key order.
+async fn lock_rows(
     transaction: &mut Transaction<'_>,
     backend: Backend,
     kind: AggregateKind,
     rows: &[(&AggregateKey, &(i64, AggregateWindow))],
-    now: i64,
-) -> Result<bool, StoreError> {
+    stored: &mut StoredRows,
+) -> Result<(), StoreError> {
     let table = kind.table();
     let key_column = kind.key_column();
     let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
@@ -745,21 +783,30 @@ async fn merge_existing_rows(
     for (key, _) in rows {
         query = query.bind(key.digest.clone()).bind(key.key.clone()).bind(key.bucket_start_ms);
     }
-    let stored: std::collections::HashMap<(String, String, i64), String> = query
-        .fetch_all(&mut **transaction)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok((
-                (
-                    row.try_get("model_digest")?,
-                    row.try_get("aggregate_key")?,
-                    row.try_get("bucket_start_ms")?,
-                ),
-                row.try_get("window_json")?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+    for row in query.fetch_all(&mut **transaction).await? {
+        stored.insert(
+            (
+                row.try_get("model_digest")?,
+                row.try_get("aggregate_key")?,
+                row.try_get("bucket_start_ms")?,
+            ),
+            row.try_get("window_json")?,
+        );
+    }
+    Ok(())
+}
+
+/// Merges the batch's aggregate into each stored (locked) row and writes them back. `false`:
+/// some row does not merge; the caller rolls back.
+async fn write_merged_rows(
+    transaction: &mut Transaction<'_>,
+    kind: AggregateKind,
+    rows: &[(&AggregateKey, &(i64, AggregateWindow))],
+    stored: &StoredRows,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let table = kind.table();
+    let key_column = kind.key_column();
     let mut merged_rows = Vec::with_capacity(rows.len());
     for (key, (length, aggregate)) in rows {
         let what = format!("aggregate {} {} {}", key.digest, key.key, key.bucket_start_ms);

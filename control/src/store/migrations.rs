@@ -34,6 +34,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_drift_alerts.sql"),
         include_str!("../../migrations/postgres/0004_drift_alerts.sql"),
     ),
+    (
+        5,
+        "aggregate compression",
+        include_str!("../../migrations/sqlite/0005_aggregate_compression.sql"),
+        include_str!("../../migrations/postgres/0005_aggregate_compression.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.
