@@ -176,7 +176,19 @@ const WINDOW_STORE_ATTEMPTS: u32 = 4;
 pub const WINDOW_QUEUE: usize = 4096;
 
 /// Most windows written in one transaction.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 1024;
+
+/// Window writers, each with its own queue and transactions: while one waits for the
+/// database, another merges. Windows are spread over them by device.
+pub const WINDOW_WRITERS: usize = 2;
+
+/// The writer of `device`'s windows among `writers` (FNV-1a of the id).
+fn device_writer(device: &str, writers: usize) -> usize {
+    let hash = device.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+    });
+    usize::try_from(hash % writers.max(1) as u64).unwrap_or(0)
+}
 
 /// Requests (acknowledgements, publishes) queued to the MQTT event loop. Larger than all the
 /// messages the control holds unacknowledged (the window queue, a batch, fetch answers), so an
@@ -223,8 +235,13 @@ pub async fn run_subscriber(
     handlers: Handlers,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (windows, queue) = mpsc::channel(WINDOW_QUEUE);
-    let mut writer = tokio::spawn(run_window_writer(client.clone(), queue, handlers.clone()));
+    let mut windows = Vec::with_capacity(WINDOW_WRITERS);
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WINDOW_WRITERS {
+        let (sender, queue) = mpsc::channel(WINDOW_QUEUE / WINDOW_WRITERS);
+        windows.push(sender);
+        writers.spawn(run_window_writer(client.clone(), queue, handlers.clone()));
+    }
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -260,7 +277,7 @@ pub async fn run_subscriber(
     let finish = async {
         loop {
             tokio::select! {
-                _ = &mut writer => break,
+                done = writers.join_next() => if done.is_none() { break },
                 event = event_loop.poll() => if event.is_err() { break },
             }
         }
@@ -437,7 +454,7 @@ async fn subscribe(client: &AsyncClient, shared_subscriptions: bool) {
 async fn handle_publish(
     client: &AsyncClient,
     handlers: &Handlers,
-    windows: &mpsc::Sender<QueuedWindow>,
+    windows: &[mpsc::Sender<QueuedWindow>],
     mut publish: rumqttc::Publish,
 ) {
     let metrics = &handlers.metrics;
@@ -449,7 +466,10 @@ async fn handle_publish(
     {
         // Only the packet id is needed to acknowledge it later.
         publish.payload.clear();
-        if windows.send(QueuedWindow { window, publish, ticket }).await.is_err() {
+        // One writer per device: a device's windows are stored in order, and two writers never
+        // lock the same device row.
+        let writer = device_writer(window.device.as_str(), windows.len());
+        if windows[writer].send(QueuedWindow { window, publish, ticket }).await.is_err() {
             tracing::warn!(topic, "the window writer has stopped; window left unacknowledged");
             handlers.acks.complete(client, ticket, None);
         }
