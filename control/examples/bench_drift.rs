@@ -106,7 +106,7 @@ fn model() -> ModelRef {
 }
 
 fn window(profile: &Profile, device: usize, bucket: usize) -> AggregateWindow {
-    let shift = if device % 10 == 0 { 1.0 } else { 0.0 };
+    let shift = if device.is_multiple_of(10) { 1.0 } else { 0.0 };
     let inputs = profile
         .inputs
         .iter()
@@ -235,6 +235,7 @@ async fn measure(options: &Options, phase: &str, db: &Path) -> Result<()> {
         "devices" => {
             let last = bucket_start(options.buckets - 1);
             let rows = store.aggregates_of_model(AggregateKind::Device, &digest, last, to).await?;
+            eprintln!("  devices: {} rows read in {:.3} s", rows.len(), started.elapsed().as_secs_f64());
             let mut alerting = 0;
             for row in &rows {
                 let drift = fleet_drift::compare(&profile, &row.aggregate, &thresholds);

@@ -108,7 +108,7 @@ fn enrollment_works_on(backend: Backend) {
         .into_iter()
         .map(|(serial, _)| serial)
         .collect();
-    assert_eq!(revoked, [certificate.serial.clone()]);
+    assert_eq!(revoked, std::slice::from_ref(&certificate.serial));
     // An output directory that holds a device's key is not overwritten by accident.
     let refused = site.outpost_refused(&["devices", "enroll", "--id", "dev-b", "--out", &out_text]);
     assert!(refused.contains("holds a device already"), "{refused}");

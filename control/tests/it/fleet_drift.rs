@@ -290,7 +290,7 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
         .as_array()
         .expect("alerts")
         .iter()
-        .find(|a| a["id"].to_string() == id)
+        .find(|a| a["id"].as_i64().is_some_and(|n| n.to_string() == id))
         .expect("the reviewed alert")
         .clone();
     assert_eq!(alert["review"], "expected", "{alert}");
@@ -362,14 +362,12 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
     let html = std::fs::read_to_string(out.join("drift-report.html")).expect("html");
     assert!(html.contains("id=\"inputs-f2\""), "a section per feature");
     assert_eq!(html.matches("<svg").count(), 2 * (8 + 4), "two charts per input and output");
-    let request = loop {
-        let message = site.runtime.block_on(alert_listener.expect_on(
-            RETRAIN_TOPIC,
-            TIMEOUT,
-            "the retraining request",
-        ));
-        break serde_json::from_slice::<Value>(&message.payload).expect("request JSON");
-    };
+    let message = site.runtime.block_on(alert_listener.expect_on(
+        RETRAIN_TOPIC,
+        TIMEOUT,
+        "the retraining request",
+    ));
+    let request: Value = serde_json::from_slice(&message.payload).expect("request JSON");
     assert_eq!(request["event"], "retrain_requested", "{request}");
     let body = &request["request"];
     assert_eq!(body["model"]["digest"], digest.as_str(), "{request}");
