@@ -7,6 +7,7 @@
 //! The engine measures; this module only builds, collects and reports. It reads the engine's
 //! `bench kind=… key=value …` lines, so xtask stays free of the product crates.
 
+mod drift;
 mod ingest;
 mod report;
 
@@ -27,6 +28,8 @@ pub enum Suite {
     Agent,
     /// The control's statistics ingest against a bare subscriber (see `bench/ingest.rs`).
     Ingest,
+    /// Fleet drift from stored aggregates (see `bench/drift.rs`).
+    Drift,
 }
 
 /// Options of `cargo xtask bench`.
@@ -52,12 +55,15 @@ pub struct BenchOptions {
     pub check: bool,
     #[command(flatten)]
     pub ingest: ingest::IngestOptions,
+    #[command(flatten)]
+    pub drift: drift::DriftOptions,
 }
 
 pub fn run_bench(options: &BenchOptions) -> Result<()> {
     match options.suite {
         Suite::Agent => bench_agent(options),
         Suite::Ingest => ingest::bench_ingest(&options.ingest, options.no_install, options.check),
+        Suite::Drift => drift::bench_drift(&options.drift, options.check),
     }
 }
 

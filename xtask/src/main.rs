@@ -17,6 +17,8 @@
 //!   written to `docs/results/` and `docs/benchmarks.md`. See [`bench`].
 //! - `bench ingest [--devices N] [--windows-per-device K] [--backends …] [--check]`: the
 //!   control's statistics ingest against a bare subscriber, same outputs.
+//! - `bench drift [--drift-devices N] [--drift-buckets B] [--drift-features F] [--check]`:
+//!   fleet drift from stored aggregates, same outputs.
 //!
 //! Every step is announced on stderr as `==> …`. Exit code 0 means everything held, 1 that
 //! something failed (the last `error:` line says what).

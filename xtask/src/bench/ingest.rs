@@ -142,7 +142,7 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    fn collect() -> Result<RunInfo> {
+    pub fn collect() -> Result<RunInfo> {
         let captured = |program: &str, args: &[&str]| -> String {
             Command::new(program)
                 .args(args)
@@ -229,7 +229,7 @@ pub fn judge(records: &[Record]) -> Verdict {
     Verdict { ratio, devices, pass }
 }
 
-fn json_string(text: &str) -> String {
+pub fn json_string(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {
