@@ -26,14 +26,14 @@ pub const TARGET_SECONDS: f64 = 1.0;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DriftOptions {
     /// Devices of the simulated fleet (drift).
-    #[arg(long = "drift-devices", default_value_t = 10_000)]
-    pub devices: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub drift_devices: usize,
     /// Hourly buckets (drift).
-    #[arg(long = "drift-buckets", default_value_t = 24)]
-    pub buckets: usize,
+    #[arg(long, default_value_t = 24)]
+    pub drift_buckets: usize,
     /// Input features of the model (drift).
-    #[arg(long = "drift-features", default_value_t = 30)]
-    pub features: usize,
+    #[arg(long, default_value_t = 30)]
+    pub drift_features: usize,
 }
 
 fn number(record: &Record, key: &str) -> Option<f64> {
@@ -65,9 +65,9 @@ pub fn bench_drift(options: &DriftOptions, check: bool) -> Result<()> {
     let mut engine =
         Command::new(target_dir().join("release").join("examples").join("bench_drift"));
     engine
-        .args(["--devices", &options.devices.to_string()])
-        .args(["--buckets", &options.buckets.to_string()])
-        .args(["--features", &options.features.to_string()]);
+        .args(["--devices", &options.drift_devices.to_string()])
+        .args(["--buckets", &options.drift_buckets.to_string()])
+        .args(["--features", &options.drift_features.to_string()]);
     step!("running the drift benchmark: {}", display(&engine));
     let output = engine
         .current_dir(repo_root())
