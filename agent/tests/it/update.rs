@@ -1037,16 +1037,125 @@ async fn a_kill_at_every_install_step_restarts_into_a_verified_model_and_converg
     }
 }
 
-/// SIGKILL at pseudo-random moments of an install (`OUTPOST_CRASH_ITERATIONS` of them, 8 by
-/// default; the seed is fixed so a failure can be replayed): after each restart the agent
-/// serves a verified model and the install ends committed (on 2.0.0) or rolled back (on 1.0.0),
-/// never half-way.
+/// Random kills when `OUTPOST_SLOW_TESTS=1` (the full test command) and otherwise, unless
+/// `OUTPOST_CRASH_ITERATIONS` says how many.
+const RANDOM_KILLS_SLOW: u64 = 240;
+const RANDOM_KILLS_QUICK: u64 = 8;
+/// Devices killed and restarted at once: an agent mostly waits (on the broker, on its health
+/// watch), so several share the cores and the run takes a fraction of its sequential time.
+const RANDOM_KILLS_AT_ONCE: usize = 8;
+/// Kill delays fall within this many milliseconds after the assignment is published.
+const KILL_WINDOW_MS: u64 = 4500;
+
+/// How many random kills to run: `OUTPOST_CRASH_ITERATIONS`, else by `OUTPOST_SLOW_TESTS`.
+fn random_kill_iterations() -> u64 {
+    match std::env::var("OUTPOST_CRASH_ITERATIONS") {
+        Ok(text) => text.trim().parse().unwrap_or_else(|error| {
+            panic!("OUTPOST_CRASH_ITERATIONS={text:?} is not a count of iterations: {error}")
+        }),
+        Err(_) if std::env::var("OUTPOST_SLOW_TESTS").is_ok_and(|value| value == "1") => {
+            RANDOM_KILLS_SLOW
+        }
+        Err(_) => RANDOM_KILLS_QUICK,
+    }
+}
+
+/// The kill delay of `iteration`: the iteration's value of SplitMix64 seeded with `0x5eed`, a
+/// fixed sequence, so a failing iteration is replayed by its number alone
+/// (`OUTPOST_CRASH_ONLY=<iteration>`).
+fn kill_delay(iteration: u64) -> Duration {
+    let mut z = 0x5eed_u64.wrapping_add((iteration + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    Duration::from_millis((z ^ (z >> 31)) % KILL_WINDOW_MS)
+}
+
+/// The install phase recorded in a data directory's `state.json` (`none` before admission).
+fn install_phase(data_dir: &Path) -> String {
+    std::fs::read(data_dir.join("state.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|state| state["install"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "none".to_string())
+}
+
+/// What every random kill shares: the broker, the signed material and the plan to install.
+struct RandomKills {
+    fixture: Fixture,
+    broker_port: u16,
+    digest: String,
+    bundle: Vec<u8>,
+    plan: Envelope,
+}
+
+/// One random kill's result: the phase the kill interrupted and the install's end.
+struct KillOutcome {
+    delay: Duration,
+    interrupted: String,
+    end: String,
+}
+
+/// Installs 2.0.0 on a fresh device `random-<iteration>`, SIGKILLs the agent `delay` after
+/// the assignment and restarts it. The restarted agent serves a verified model at once and
+/// ends the install committed on 2.0.0 or rolled back on 1.0.0, whichever the interrupted
+/// phase calls for: a model on trial is given up, anything before resumes and commits.
+async fn random_kill(shared: Arc<RandomKills>, iteration: u64, delay: Duration) -> KillOutcome {
+    let id = format!("random-{iteration}");
+    let mut device = Device::provision_with(&shared.fixture, &id, shared.broker_port, 1024);
+    let mut control = FakeControl::start(shared.broker_port, &device.id).await;
+    control.serve(&shared.digest, shared.bundle.clone());
+    device.start(None);
+    device.assert_serves("1.0.0").await;
+    control.assign(shared.plan.clone(), AdmissionAction::Install).await;
+    tokio::time::sleep(delay).await;
+    device.kill();
+    let interrupted = install_phase(&device.data_dir);
+    device.start(None);
+    let serving = device.serving_version().await;
+    let verified = match interrupted.as_str() {
+        "committed" => serving == "2.0.0",
+        _ => serving == "1.0.0" || serving == "2.0.0",
+    };
+    assert!(verified, "serves {serving} after a kill in {interrupted}\n{}", device.log());
+    assert_eq!(infer(&device.socket, 0).await, 200, "inference after the restart");
+    let end = outpost_tests::wait::try_until_some_async(TIMEOUT, "the install to end", || {
+        let phase = Some(install_phase(&device.data_dir))
+            .filter(|phase| phase == "committed" || phase == "rolled_back");
+        async move { phase }
+    })
+    .await
+    .unwrap_or_else(|error| panic!("killed in {interrupted}: {error}\n{}", device.log()));
+    let expected_end = if interrupted == "activated" { "rolled_back" } else { "committed" };
+    assert_eq!(end, expected_end, "killed in {interrupted}\n{}", device.log());
+    device.assert_serves(if end == "committed" { "2.0.0" } else { "1.0.0" }).await;
+    let state = device.state();
+    assert_eq!(state["committed"], true, "killed in {interrupted}: {state}\n{}", device.log());
+    device.kill();
+    KillOutcome { delay, interrupted, end }
+}
+
+/// The message of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// SIGKILL at pseudo-random moments of an install ([`random_kill_iterations`] of them,
+/// [`RANDOM_KILLS_AT_ONCE`] devices at a time on one broker; the delays are a fixed sequence,
+/// so a failure names its iteration and delay and is replayed with
+/// `OUTPOST_CRASH_ONLY=<iteration>`): after each restart the agent serves a verified model and
+/// the install ends committed (on 2.0.0) or rolled back (on 1.0.0), never half-way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_of_an_install_always_converges() {
-    let iterations: u64 = std::env::var("OUTPOST_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(8);
+    let iterations: Vec<u64> = match std::env::var("OUTPOST_CRASH_ONLY") {
+        Ok(text) => vec![text.trim().parse().unwrap_or_else(|error| {
+            panic!("OUTPOST_CRASH_ONLY={text:?} is not an iteration number: {error}")
+        })],
+        Err(_) => (0..random_kill_iterations()).collect(),
+    };
     let mosquitto = Mosquitto::start().expect("Mosquitto");
     let dir = tempfile::tempdir().expect("tempdir");
     let fixture = Fixture::new(dir.path());
@@ -1055,46 +1164,63 @@ async fn sigkill_at_random_moments_of_an_install_always_converges() {
         &BundleOptions { version: "2.0.0".into(), ..BundleOptions::default() },
         "mlp-2.bundle",
     );
-    let v2_bytes = std::fs::read(&v2).expect("v2");
     let mut options = PlanOptions::new("random-kill", 1);
-    options.health = HealthPolicy { watch_seconds: 1, ..quick_health() };
-    let plan = envelope(&fixture.signed_plan(&v2, &options));
-    let mut random = 0x5eed_u64;
-    let mut outcomes = BTreeMap::new();
-    for iteration in 0..iterations {
-        // SplitMix64: a fixed, reproducible sequence of kill delays within 0-1.6 s.
-        random = random.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = random;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        let delay = Duration::from_millis((z ^ (z >> 31)) % 1600);
-        let id = format!("random-{iteration}");
-        let mut device = Device::provision_with(&fixture, &id, mosquitto.port(), 1024);
-        let mut control = FakeControl::start(mosquitto.port(), &device.id).await;
-        control.serve(&fixture.bundle_ref(&v2).digest, v2_bytes.clone());
-        device.start(None);
-        device.assert_serves("1.0.0").await;
-        control.assign(plan.clone(), AdmissionAction::Install).await;
-        tokio::time::sleep(delay).await;
-        device.kill();
-        device.start(None);
-        let phase =
-            outpost_tests::wait::try_until_some_async(TIMEOUT, "the install to end", || {
-                let phase = std::fs::read(device.data_dir.join("state.json"))
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-                    .and_then(|state| state["install"]["phase"].as_str().map(str::to_string))
-                    .filter(|phase| phase == "committed" || phase == "rolled_back");
-                async move { phase }
-            })
-            .await
-            .unwrap_or_else(|error| panic!("kill after {delay:?}: {error}\n{}", device.log()));
-        let expected = if phase == "committed" { "2.0.0" } else { "1.0.0" };
-        device.assert_serves(expected).await;
-        let state = device.state();
-        assert_eq!(state["committed"], true, "kill after {delay:?}: {state}");
-        *outcomes.entry(phase).or_insert(0u32) += 1;
-        device.kill();
+    // No traffic: the shadow phase lasts its second, the watch its second.
+    let shadow = ShadowPolicy { requests: 1_000_000, seconds: 1, tolerance: 1e-6 };
+    options.health = HealthPolicy { watch_seconds: 1, shadow: Some(shadow), ..quick_health() };
+    let shared = Arc::new(RandomKills {
+        broker_port: mosquitto.port(),
+        digest: fixture.bundle_ref(&v2).digest.to_string(),
+        bundle: std::fs::read(&v2).expect("v2"),
+        plan: envelope(&fixture.signed_plan(&v2, &options)),
+        fixture,
+    });
+    let started = std::time::Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    let mut names = HashMap::new();
+    let mut pending = iterations.iter().copied();
+    let mut failures = Vec::new();
+    let mut outcomes = Vec::new();
+    loop {
+        while failures.is_empty() && running.len() < RANDOM_KILLS_AT_ONCE {
+            let Some(iteration) = pending.next() else { break };
+            let delay = kill_delay(iteration);
+            let task = running.spawn(random_kill(shared.clone(), iteration, delay));
+            names.insert(task.id(), (iteration, delay));
+        }
+        let Some(joined) = running.join_next().await else { break };
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(error) => {
+                let (iteration, delay) = names[&error.id()];
+                let message = match error.try_into_panic() {
+                    Ok(payload) => panic_message(payload.as_ref()),
+                    Err(error) => error.to_string(),
+                };
+                failures.push(format!(
+                    "random kill {iteration} (SIGKILL {delay:?} after the assignment; replay \
+                     with OUTPOST_CRASH_ONLY={iteration}): {message}"
+                ));
+            }
+        }
     }
-    eprintln!("outcomes of {iterations} random kills: {outcomes:?}");
+    assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert_eq!(outcomes.len(), iterations.len(), "every iteration reported");
+    let mut by_phase: BTreeMap<(&str, &str), (u32, u128, u128)> = BTreeMap::new();
+    for outcome in &outcomes {
+        let millis = outcome.delay.as_millis();
+        let entry = by_phase
+            .entry((outcome.interrupted.as_str(), outcome.end.as_str()))
+            .or_insert((0, u128::MAX, 0));
+        *entry = (entry.0 + 1, entry.1.min(millis), entry.2.max(millis));
+    }
+    eprintln!(
+        "{} random kills in {:?}, {RANDOM_KILLS_AT_ONCE} at once; interrupted phase → end: \
+         count (delays in ms)",
+        outcomes.len(),
+        started.elapsed()
+    );
+    for ((interrupted, end), (count, low, high)) in &by_phase {
+        eprintln!("  {interrupted:>11} → {end:<11} {count:>4} ({low}-{high})");
+    }
 }
