@@ -1086,6 +1086,8 @@ struct RandomKills {
     digest: String,
     bundle: Vec<u8>,
     plan: Envelope,
+    /// The phase each iteration's kill interrupted, for the report of a failure.
+    interrupted: Mutex<HashMap<u64, String>>,
 }
 
 /// One random kill's result: the phase the kill interrupted and the install's end.
@@ -1110,6 +1112,7 @@ async fn random_kill(shared: Arc<RandomKills>, iteration: u64, delay: Duration) 
     tokio::time::sleep(delay).await;
     device.kill();
     let interrupted = install_phase(&device.data_dir);
+    shared.interrupted.lock().expect("phases").insert(iteration, interrupted.clone());
     device.start(None);
     let serving = device.serving_version().await;
     let verified = match interrupted.as_str() {
@@ -1173,6 +1176,7 @@ async fn sigkill_at_random_moments_of_an_install_always_converges() {
         digest: fixture.bundle_ref(&v2).digest.to_string(),
         bundle: std::fs::read(&v2).expect("v2"),
         plan: envelope(&fixture.signed_plan(&v2, &options)),
+        interrupted: Mutex::default(),
         fixture,
     });
     let started = std::time::Instant::now();
@@ -1197,9 +1201,14 @@ async fn sigkill_at_random_moments_of_an_install_always_converges() {
                     Ok(payload) => panic_message(payload.as_ref()),
                     Err(error) => error.to_string(),
                 };
+                let interrupted =
+                    shared.interrupted.lock().expect("phases").get(&iteration).map_or_else(
+                        || "before the kill".to_string(),
+                        |phase| format!("the kill interrupted {phase}"),
+                    );
                 failures.push(format!(
-                    "random kill {iteration} (SIGKILL {delay:?} after the assignment; replay \
-                     with OUTPOST_CRASH_ONLY={iteration}): {message}"
+                    "random kill {iteration} (SIGKILL {delay:?} after the assignment, \
+                     {interrupted}; replay with OUTPOST_CRASH_ONLY={iteration}): {message}"
                 ));
             }
         }
