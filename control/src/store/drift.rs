@@ -122,6 +122,18 @@ fn alert_from_row(row: &sqlx::any::AnyRow) -> Result<DriftAlert, StoreError> {
     })
 }
 
+/// A transaction that reads and then writes. SQLite must take its write lock up front (`BEGIN
+/// IMMEDIATE`): a deferred transaction that reads first cannot upgrade while another
+/// connection writes and fails with "database is locked" instead of waiting.
+async fn begin_read_write(
+    store: &Store,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    Ok(match store.backend() {
+        super::Backend::Sqlite => store.pool().begin_with("BEGIN IMMEDIATE").await?,
+        super::Backend::Postgres => store.pool().begin().await?,
+    })
+}
+
 /// What the control (not a person) is called in the audit log.
 const CONTROL_ACTOR: &str = "control";
 
@@ -321,7 +333,7 @@ impl Store {
         series: &Series,
         detail: &serde_json::Value,
     ) -> Result<Option<DriftAlert>, StoreError> {
-        let mut transaction = self.pool().begin().await?;
+        let mut transaction = begin_read_write(self).await?;
         let exists: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM drift_alerts WHERE model_digest = $1 AND scope_kind = $2 \
              AND scope_key = $3 AND feature = $4 AND closed_ms IS NULL",
@@ -440,7 +452,7 @@ impl Store {
         note: Option<&str>,
         by: &str,
     ) -> Result<Option<DriftAlert>, StoreError> {
-        let mut transaction = self.pool().begin().await?;
+        let mut transaction = begin_read_write(self).await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ALERT_COLUMNS} FROM drift_alerts WHERE id = $1"
         )))

@@ -217,14 +217,30 @@ impl Thresholds {
     ///
     /// - Alert: a large difference — PSI ≥ `psi_alert`, or JS ≥ `js`, or normed Wasserstein
     ///   (from windows: its lower bound, the normed mean shift) ≥ `normed_wasserstein` — that is
-    ///   also significant: the KS (raw values) or chi-square (bins) p-value is below `p_value`.
+    ///   also significant: the KS (raw values) or chi-square (bins) p-value is below `p_value`
+    ///   (divided by the number of features judged together, see [`Thresholds::judge_among`]).
     ///   Small samples inflate PSI and JS through empty bins; the test keeps noise from alerting.
     /// - Warn: a large difference that is not significant, PSI ≥ `psi_warn`, or a significant
     ///   test alone (large samples find tiny, harmless shifts significant, so a p-value alone
     ///   never alerts).
     /// - Insufficient: fewer than `min_samples` observations on either side.
     pub fn judge(&self, metrics: &FeatureMetrics) -> (Verdict, Vec<String>) {
-        let t = self.for_feature(&metrics.feature);
+        self.judge_among(metrics, 1)
+    }
+
+    /// [`Thresholds::judge`] for one of `family` features tested together (a dataset, a
+    /// device's inputs): the significance level is divided by `family` (Bonferroni), so the
+    /// chance that *any* undrifted feature of the family alerts stays at `p_value` instead of
+    /// growing with the number of features.
+    pub fn judge_among(&self, metrics: &FeatureMetrics, family: usize) -> (Verdict, Vec<String>) {
+        let mut t = self.for_feature(&metrics.feature);
+        let level = if family > 1 {
+            let level = format!("{}/{family} (Bonferroni over {family} features)", t.p_value);
+            t.p_value /= family as f64;
+            level
+        } else {
+            t.p_value.to_string()
+        };
         if metrics.reference_count < t.min_samples || metrics.current_count < t.min_samples {
             return (
                 Verdict::Insufficient,
@@ -265,9 +281,7 @@ impl Thresholds {
             (None, None) => None,
         };
         let significant = match test {
-            Some((name, p)) if p < t.p_value => {
-                Some(format!("{name} p-value {p:.3e} < {}", t.p_value))
-            }
+            Some((name, p)) if p < t.p_value => Some(format!("{name} p-value {p:.3e} < {level}")),
             Some(_) => None,
             // No test applies: the magnitude decides on its own.
             None => Some(String::new()),
@@ -283,8 +297,7 @@ impl Thresholds {
                 let (name, p) = test.unwrap_or(("test", 1.0));
                 let mut reasons = magnitude;
                 reasons.push(format!(
-                    "but the {name} p-value {p:.3e} is not below {}: could be sampling noise",
-                    t.p_value
+                    "but the {name} p-value {p:.3e} is not below {level}: could be sampling noise"
                 ));
                 (Verdict::Warn, reasons)
             }
@@ -556,12 +569,14 @@ pub struct DatasetDrift {
 }
 
 impl DatasetDrift {
-    /// Judges every feature and the dataset.
+    /// Judges every feature (as one family, see [`Thresholds::judge_among`]) and the dataset.
     pub fn judge(features: Vec<FeatureMetrics>, thresholds: &Thresholds) -> Self {
+        let family =
+            features.iter().filter(|m| m.ks.is_some() || m.chi_square.is_some()).count().max(1);
         let features: Vec<FeatureDrift> = features
             .into_iter()
             .map(|metrics| {
-                let (verdict, reasons) = thresholds.judge(&metrics);
+                let (verdict, reasons) = thresholds.judge_among(&metrics, family);
                 FeatureDrift { metrics, verdict, reasons }
             })
             .collect();
@@ -696,6 +711,20 @@ mod tests {
             compare_binned("x", (&reference, &reference_moments), (&other, &current_moments))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn many_features_tested_together_share_the_significance_level() {
+        let reference = normal_like(2000, 0.0, 1.0);
+        let mut metrics =
+            compare_numeric("x", &reference, &normal_like(1500, 1.0, 1.0), DEFAULT_BINS);
+        let ks = metrics.ks.as_mut().expect("ks");
+        ks.p_value = 0.01;
+        let thresholds = Thresholds::default();
+        assert_eq!(thresholds.judge(&metrics).0, Verdict::Alert, "alone: 0.01 < 0.05");
+        let (verdict, reasons) = thresholds.judge_among(&metrics, 10);
+        assert_eq!(verdict, Verdict::Warn, "among ten: 0.01 is not below 0.005");
+        assert!(reasons.iter().any(|r| r.contains("0.05/10 (Bonferroni over 10 features)")));
     }
 
     #[test]
