@@ -129,6 +129,12 @@ pub fn mosquitto_conf(layout: &Layout) -> String {
          acl_file {acl}\n\
          # Devices drop connections carrying packets over 2 MiB; never send them one.\n\
          max_packet_size 2097152\n\
+         # A control instance that is down (restarting) keeps its share of the statistics in\n\
+         # its persistent session until it is back. The default of 1000 queued messages would\n\
+         # silently drop windows of a large fleet: size this to the windows the fleet sends\n\
+         # while an instance may be away (devices x windows per minute x minutes).\n\
+         max_queued_messages 1000000\n\
+         max_inflight_messages 1000\n\
          \n\
          {listener}\n\
          protocol mqtt\n\
@@ -370,6 +376,7 @@ mod tests {
             "crlfile /etc/mosquitto/outpost/crl.pem",
             "keyfile /etc/mosquitto/outpost/broker.key",
             "acl_file /etc/mosquitto/outpost/acl",
+            "max_queued_messages 1000000",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} missing from\n{conf}");
         }
