@@ -526,15 +526,30 @@ fn fleet_chapters() -> Vec<Chapter> {
                     instead: drifting data on one device. A malformed request gets a 4xx JSON \
                     error that names the problem. Every 2 s each agent reports a statistics \
                     window (input histograms and moments, outputs, latency); the control server \
-                    ingests them and merges them per device, where berlin-2's shifted inputs \
-                    are plain to see. Nothing flags them yet: drift detection and the console \
-                    land later.",
+                    ingests them and merges them per device and cohort. Drift is computed from \
+                    those merged windows against the bundle's baseline profile: berlin-2 and \
+                    its cohort site=berlin alert on the shifted feature f2, so `--fail-on \
+                    alert` exits 1 for it; a report (JSON and one self-contained HTML page) \
+                    goes to drift-report/, and the drift monitor opens alerts with hysteresis.",
             steps: vec![
                 fleet("infer on berlin-1", FleetAction::InferOnce(0), "200 with probabilities"),
                 fleet("infer: wrong shape", FleetAction::BadRequest(2), "4xx JSON error"),
                 fleet("10 s of traffic", FleetAction::Traffic, "every request 200"),
                 fleet("statistics windows flow", FleetAction::WaitStats, "≥ 8 within 20 s"),
                 fleet("per-device statistics", FleetAction::DeviceStats, "berlin-2 stands out"),
+                outpost("drift per device", "drift fleet --model fraud-scorer@1.0.0", ACCEPTED),
+                outpost(
+                    "drift of berlin-2",
+                    "drift fleet --model fraud-scorer@1.0.0 --device berlin-2 --fail-on alert",
+                    REFUSED,
+                ),
+                outpost(
+                    "drift report",
+                    "drift report --model fraud-scorer@1.0.0 --cohort site=berlin \
+                     --out drift-report",
+                    ACCEPTED,
+                ),
+                outpost("drift alerts", "drift alerts", ACCEPTED),
             ],
         },
         Chapter {
@@ -1071,9 +1086,10 @@ mod tests {
                 }
             }
         }
-        // Each refusal the brief names is in the story, and the tampered update plan.
+        // Each refusal the brief names is in the story, the tampered update plan, and the drift
+        // check that fails on berlin-2.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 12);
+        assert_eq!(refusals, 13);
         // The fleet starts before it is used and is stopped at the end.
         let fleet_actions: Vec<FleetAction> = steps
             .iter()

@@ -316,7 +316,9 @@ impl Fleet {
              data_dir = \"control/data\"\n\n\
              [api]\nlisten = \"127.0.0.1:{}\"\n\n\
              [broker]\nembedded_listen = \"127.0.0.1:{}\"\n\n\
-             [trust]\nroot = \"root.json\"\n",
+             [trust]\nroot = \"root.json\"\n\n\
+             [drift]\n# Evaluated every 2 s here (60 s by default) so the demo sees alerts.\n\
+             evaluate_interval_seconds = 2.0\n",
             self.demo_dir.display(),
             self.api_port,
             self.broker_port,
