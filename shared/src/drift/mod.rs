@@ -20,7 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use binned::{ChiSquare, KsBounds, PSI_EPSILON, chi_square, js_distance, ks_bounds, psi};
+pub use binned::{
+    ChiSquare, KsBounds, MIN_EXPECTED, PSI_EPSILON, chi_square, chi_square_ordered, js_distance,
+    ks_bounds, psi,
+};
 pub use samples::{KsMethod, KsTest, ks_2samp, std_dev, wasserstein};
 
 use crate::stats::{Histogram, Moments, quantile_edges};
@@ -466,7 +469,8 @@ pub fn compare_categorical(
 
 /// Compares merged window histograms of a numeric feature with its baseline, both over the
 /// baseline profile's edges. Counts are `[underflow, bins…, overflow]`; NaN counts are missing.
-/// PSI, Jensen–Shannon and chi-square are exact; the KS statistic is bounded
+/// PSI and Jensen–Shannon are exact; chi-square is exact over the bins after merging sparse
+/// neighbours ([`chi_square_ordered`]); the KS statistic is bounded
 /// ([`KsBounds`]) and the normed Wasserstein distance bounded below by the normed mean shift.
 /// `None` when the histograms have different edges (a window of another model version).
 pub fn compare_binned(
@@ -503,7 +507,7 @@ pub fn compare_binned(
         current_missing: current.nan,
         psi: psi(&reference_counts, &current_counts),
         js_distance: js_distance(&reference_counts, &current_counts),
-        chi_square: chi_square(&reference_counts, &current_counts),
+        chi_square: chi_square_ordered(&reference_counts, &current_counts),
         ks_bounds: ks_bounds(&reference_counts, &current_counts),
         normed_mean_shift,
         bins: Bins::Edges(reference.edges.clone()),
