@@ -235,7 +235,11 @@ async fn measure(options: &Options, phase: &str, db: &Path) -> Result<()> {
         "devices" => {
             let last = bucket_start(options.buckets - 1);
             let rows = store.aggregates_of_model(AggregateKind::Device, &digest, last, to).await?;
-            eprintln!("  devices: {} rows read in {:.3} s", rows.len(), started.elapsed().as_secs_f64());
+            eprintln!(
+                "  devices: {} rows read in {:.3} s",
+                rows.len(),
+                started.elapsed().as_secs_f64()
+            );
             let mut alerting = 0;
             for row in &rows {
                 let drift = fleet_drift::compare(&profile, &row.aggregate, &thresholds);
