@@ -852,8 +852,12 @@ fn run_outpost(
 /// Whether a CLI command talks to the server (and so needs `OUTPOST_SERVER` and
 /// `OUTPOST_TOKEN`).
 fn uses_api(args: &[String]) -> bool {
-    args.first()
-        .is_some_and(|command| ["model", "devices", "users", "assign"].contains(&command.as_str()))
+    match args.first().map(String::as_str) {
+        Some("model" | "devices" | "users" | "assign" | "broker-config") => true,
+        // `outpost drift` on CSV files is local; its subcommands ask the server.
+        Some("drift") => args.get(1).is_some_and(|sub| !sub.starts_with('-')),
+        _ => false,
+    }
 }
 
 fn describe(action: &FileAction) -> String {
