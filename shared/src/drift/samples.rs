@@ -40,24 +40,15 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
     a
 }
 
-/// The two-sided two-sample KS test of two samples of finite values (sorted or not).
-///
-/// Returns `None` when either sample is empty. Ties are handled like scipy: both empirical
-/// distribution functions are evaluated right-continuously at every observed value.
-pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<KsTest> {
-    if reference.is_empty() || current.is_empty() {
-        return None;
-    }
+/// Every distinct value of either sample with how many values of each are at or below it (the
+/// two ECDFs' counts, right-continuous), in increasing order.
+fn ecdf_steps(reference: &[f64], current: &[f64]) -> Vec<(f64, usize, usize)> {
     let mut a = reference.to_vec();
     let mut b = current.to_vec();
     a.sort_by(f64::total_cmp);
     b.sort_by(f64::total_cmp);
-    let (n1, n2) = (a.len() as u64, b.len() as u64);
-    let g = gcd(n1, n2);
-    let (n1g, n2g) = (n1 / g, n2 / g);
-    // D·lcm(n1, n2) as an exact integer: |c1·n2/g − c2·n1/g| at every jump of either ECDF.
+    let mut steps = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0usize, 0usize);
-    let mut h: u64 = 0;
     while i < a.len() || j < b.len() {
         let x = match (a.get(i), b.get(j)) {
             (Some(x), Some(y)) => x.min(*y),
@@ -71,10 +62,29 @@ pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<KsTest> {
         while j < b.len() && b[j] <= x {
             j += 1;
         }
-        let left = i as u64 * n2g;
-        let right = j as u64 * n1g;
-        h = h.max(left.abs_diff(right));
+        steps.push((x, i, j));
     }
+    steps
+}
+
+/// The two-sided two-sample KS test of two samples of finite values (sorted or not).
+///
+/// Returns `None` when either sample is empty. Ties are handled like scipy: both empirical
+/// distribution functions are evaluated right-continuously at every observed value.
+pub fn ks_2samp(reference: &[f64], current: &[f64]) -> Option<KsTest> {
+    if reference.is_empty() || current.is_empty() {
+        return None;
+    }
+    let steps = ecdf_steps(reference, current);
+    let (n1, n2) = (reference.len() as u64, current.len() as u64);
+    let g = gcd(n1, n2);
+    let (n1g, n2g) = (n1 / g, n2 / g);
+    // D·lcm(n1, n2) as an exact integer: |c1·n2/g − c2·n1/g| at every jump of either ECDF.
+    let h = steps
+        .iter()
+        .map(|(_, i, j)| (*i as u64 * n2g).abs_diff(*j as u64 * n1g))
+        .max()
+        .unwrap_or(0);
     let lcm = n1g * n2;
     let statistic = h as f64 / lcm as f64;
     let (p_value, method) = match exact_p_value(n1, n2, g, h) {
@@ -154,35 +164,16 @@ pub fn wasserstein(reference: &[f64], current: &[f64]) -> Option<f64> {
     if reference.is_empty() || current.is_empty() {
         return None;
     }
-    let mut a = reference.to_vec();
-    let mut b = current.to_vec();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (na, nb) = (a.len() as f64, b.len() as f64);
-    let (mut i, mut j) = (0usize, 0usize);
-    let mut total = 0.0;
-    let mut previous: Option<f64> = None;
-    // Walk the merged sorted values; between consecutive values both ECDFs are constant.
-    while i < a.len() || j < b.len() {
-        let x = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.min(*y),
-            (Some(x), None) => *x,
-            (None, Some(y)) => *y,
-            (None, None) => break,
-        };
-        if let Some(p) = previous {
-            let fa = i as f64 / na;
-            let fb = j as f64 / nb;
-            total += (fa - fb).abs() * (x - p);
-        }
-        while i < a.len() && a[i] <= x {
-            i += 1;
-        }
-        while j < b.len() && b[j] <= x {
-            j += 1;
-        }
-        previous = Some(x);
-    }
+    let steps = ecdf_steps(reference, current);
+    let (na, nb) = (reference.len() as f64, current.len() as f64);
+    // Between consecutive values both ECDFs are constant: sum |F_a − F_b| times the gap.
+    let total = steps
+        .windows(2)
+        .map(|pair| {
+            let ((x, i, j), (next, _, _)) = (pair[0], pair[1]);
+            (i as f64 / na - j as f64 / nb).abs() * (next - x)
+        })
+        .sum();
     Some(total)
 }
 
