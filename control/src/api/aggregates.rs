@@ -45,15 +45,10 @@ pub async fn aggregates(
     let from_ms = query.from_ms.unwrap_or(0);
     let to_ms = query.to_ms.unwrap_or(i64::MAX);
     let buckets = state.store.aggregates(kind, &model, &key, from_ms, to_ms).await?;
-    let mut total: Option<AggregateWindow> = None;
-    for bucket in &buckets {
-        match &mut total {
-            None => total = Some(bucket.aggregate.clone()),
-            Some(total) => total.merge(&bucket.aggregate).map_err(|error| {
-                ApiError::Conflict(format!("the buckets of this range do not merge: {error}"))
-            })?,
-        }
-    }
+    let total =
+        AggregateWindow::merge_all(buckets.iter().map(|b| &b.aggregate)).map_err(|error| {
+            ApiError::Conflict(format!("the buckets of this range do not merge: {error}"))
+        })?;
     Ok(Json(json!({
         "model": model,
         "kind": kind_name,

@@ -72,16 +72,9 @@ async fn profile(
 fn merge_all<'a>(
     aggregates: impl IntoIterator<Item = &'a AggregateWindow>,
 ) -> Result<Option<AggregateWindow>, ApiError> {
-    let mut total: Option<AggregateWindow> = None;
-    for aggregate in aggregates {
-        match &mut total {
-            None => total = Some(aggregate.clone()),
-            Some(total) => total.merge(aggregate).map_err(|error| {
-                ApiError::Conflict(format!("the buckets of this range do not merge: {error}"))
-            })?,
-        }
-    }
-    Ok(total)
+    AggregateWindow::merge_all(aggregates).map_err(|error| {
+        ApiError::Conflict(format!("the buckets of this range do not merge: {error}"))
+    })
 }
 
 pub async fn drift(

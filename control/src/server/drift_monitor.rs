@@ -65,8 +65,14 @@ pub async fn evaluate(
         {
             let rows = store.aggregates_of_model(kind, &model, from_ms, to_ms).await?;
             for group in rows.chunk_by(|a, b| a.key == b.key) {
-                let Some(total) = merged(group.iter().map(|row| &row.aggregate)) else {
-                    continue;
+                let total = match AggregateWindow::merge_all(group.iter().map(|r| &r.aggregate)) {
+                    Ok(Some(total)) => total,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, key = %group[0].key,
+                            "aggregates that do not merge are left out of drift");
+                        continue;
+                    }
                 };
                 let drift = fleet_drift::compare(&profile, &total, &config.thresholds);
                 let features: Vec<&FeatureDrift> =
@@ -113,23 +119,6 @@ pub async fn evaluate(
         }
     }
     Ok(changes)
-}
-
-fn merged<'a>(
-    aggregates: impl IntoIterator<Item = &'a AggregateWindow>,
-) -> Option<AggregateWindow> {
-    let mut total: Option<AggregateWindow> = None;
-    for aggregate in aggregates {
-        match &mut total {
-            None => total = Some(aggregate.clone()),
-            Some(total) => {
-                if let Err(error) = total.merge(aggregate) {
-                    tracing::warn!(%error, "aggregates that do not merge are left out of drift");
-                }
-            }
-        }
-    }
-    total
 }
 
 /// Publishes an opened or closed alert on [`ALERT_TOPIC`] (and logs it).

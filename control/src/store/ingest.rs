@@ -106,6 +106,20 @@ impl AggregateWindow {
         }
     }
 
+    /// The merge of `aggregates` (`None` when there are none), e.g. a range of buckets.
+    pub fn merge_all<'a>(
+        aggregates: impl IntoIterator<Item = &'a AggregateWindow>,
+    ) -> Result<Option<AggregateWindow>, StatsWindowError> {
+        let mut total: Option<AggregateWindow> = None;
+        for aggregate in aggregates {
+            match &mut total {
+                None => total = Some(aggregate.clone()),
+                Some(total) => total.merge(aggregate)?,
+            }
+        }
+        Ok(total)
+    }
+
     /// This aggregate as a window of a placeholder device, so the shared merge applies as is.
     fn as_window(&self) -> Result<StatsWindow, StatsWindowError> {
         Ok(StatsWindow {
