@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::ingest::{RunInfo, json_string, replace_section};
+use super::ingest::{RunInfo, json_string, write_results};
 use super::report::Record;
 use crate::process::{cargo, display, repo_root, run, step, target_dir};
 
@@ -82,25 +82,13 @@ pub fn bench_drift(options: &DriftOptions, check: bool) -> Result<()> {
     ensure!(!records.is_empty(), "the drift benchmark engine reported nothing:\n{stdout}");
 
     let info = RunInfo::collect()?;
-    let results_dir = repo_root().join("docs").join("results");
-    std::fs::create_dir_all(&results_dir)
-        .with_context(|| format!("could not create {}", results_dir.display()))?;
     let json_name = format!("drift-{}.json", info.date);
-    let json_path = results_dir.join(&json_name);
-    std::fs::write(&json_path, to_json(&info, &records))
-        .with_context(|| format!("could not write {}", json_path.display()))?;
-    step!("wrote {}", json_path.display());
-    let markdown_path = repo_root().join("docs").join("benchmarks.md");
-    let current = std::fs::read_to_string(&markdown_path).unwrap_or_default();
-    let updated = replace_section(
-        &current,
-        BEGIN_MARKER,
-        END_MARKER,
+    write_results(
+        &json_name,
+        &to_json(&info, &records),
+        (BEGIN_MARKER, END_MARKER),
         &to_markdown(&info, &records, &json_name),
     )?;
-    std::fs::write(&markdown_path, updated)
-        .with_context(|| format!("could not write {}", markdown_path.display()))?;
-    step!("wrote {}", markdown_path.display());
     match judge(&records) {
         Some((seconds, pass)) => {
             step!(

@@ -64,6 +64,30 @@ pub fn replace_section(document: &str, begin: &str, end: &str, section: &str) ->
     }
 }
 
+/// Writes `docs/results/<json_name>` and replaces one benchmark's section (between its
+/// `markers`) of `docs/benchmarks.md`, leaving the other sections as they are.
+pub fn write_results(
+    json_name: &str,
+    json: &str,
+    markers: (&str, &str),
+    section: &str,
+) -> Result<()> {
+    let results_dir = repo_root().join("docs").join("results");
+    std::fs::create_dir_all(&results_dir)
+        .with_context(|| format!("could not create {}", results_dir.display()))?;
+    let json_path = results_dir.join(json_name);
+    std::fs::write(&json_path, json)
+        .with_context(|| format!("could not write {}", json_path.display()))?;
+    step!("wrote {}", json_path.display());
+    let markdown_path = repo_root().join("docs").join("benchmarks.md");
+    let current = std::fs::read_to_string(&markdown_path).unwrap_or_default();
+    let updated = replace_section(&current, markers.0, markers.1, section)?;
+    std::fs::write(&markdown_path, updated)
+        .with_context(|| format!("could not write {}", markdown_path.display()))?;
+    step!("wrote {}", markdown_path.display());
+    Ok(())
+}
+
 /// Runs the ingest benchmark; `check`: fail when the target is missed.
 pub fn bench_ingest(options: &IngestOptions, no_install: bool, check: bool) -> Result<()> {
     if !no_install {
@@ -105,22 +129,13 @@ pub fn bench_ingest(options: &IngestOptions, no_install: bool, check: bool) -> R
     ensure!(!records.is_empty(), "the ingest benchmark engine reported nothing:\n{stdout}");
 
     let info = RunInfo::collect()?;
-    let results_dir = repo_root().join("docs").join("results");
-    std::fs::create_dir_all(&results_dir)
-        .with_context(|| format!("could not create {}", results_dir.display()))?;
     let json_name = format!("ingest-{}.json", info.date);
-    let json_path = results_dir.join(&json_name);
-    std::fs::write(&json_path, to_json(&info, &records))
-        .with_context(|| format!("could not write {}", json_path.display()))?;
-    step!("wrote {}", json_path.display());
-
-    let markdown_path = repo_root().join("docs").join("benchmarks.md");
-    let current = std::fs::read_to_string(&markdown_path).unwrap_or_default();
-    let section = to_markdown(&info, &records, &json_name);
-    let updated = replace_section(&current, BEGIN_MARKER, END_MARKER, &section)?;
-    std::fs::write(&markdown_path, updated)
-        .with_context(|| format!("could not write {}", markdown_path.display()))?;
-    step!("wrote {}", markdown_path.display());
+    write_results(
+        &json_name,
+        &to_json(&info, &records),
+        (BEGIN_MARKER, END_MARKER),
+        &to_markdown(&info, &records, &json_name),
+    )?;
 
     let verdict = judge(&records);
     step!("{}", verdict.describe());
