@@ -25,6 +25,16 @@ pub struct Series {
 }
 
 impl Series {
+    /// The series of a row with `scope_kind`, `scope_key` and `feature` columns.
+    fn of_row(model_digest: &str, row: &sqlx::any::AnyRow) -> Result<Series, StoreError> {
+        Ok(Series {
+            model_digest: model_digest.to_string(),
+            scope_kind: row.try_get("scope_kind")?,
+            scope_key: row.try_get("scope_key")?,
+            feature: row.try_get("feature")?,
+        })
+    }
+
     fn subject(&self) -> String {
         format!(
             "model {} {} {} feature {}",
@@ -254,12 +264,7 @@ impl Store {
         .await?;
         let mut out = BTreeMap::new();
         for row in &rows {
-            let series = Series {
-                model_digest: model_digest.to_string(),
-                scope_kind: row.try_get("scope_kind")?,
-                scope_key: row.try_get("scope_key")?,
-                feature: row.try_get("feature")?,
-            };
+            let series = Series::of_row(model_digest, row)?;
             let what = format!("drift streaks of {}", series.subject());
             let streaks = Streaks {
                 alert: u32::try_from(to_u64(row.try_get("alert_streak")?, &what)?)
@@ -315,12 +320,7 @@ impl Store {
         .await?;
         let mut out = BTreeMap::new();
         for row in &rows {
-            let series = Series {
-                model_digest: model_digest.to_string(),
-                scope_kind: row.try_get("scope_kind")?,
-                scope_key: row.try_get("scope_key")?,
-                feature: row.try_get("feature")?,
-            };
+            let series = Series::of_row(model_digest, row)?;
             out.insert(series, row.try_get::<i64, _>("id")?);
         }
         Ok(out)
