@@ -159,6 +159,9 @@ fn test_command(options: &TestOptions) -> Command {
         command.args(["test", "--workspace", "--no-fail-fast"]);
     }
     command.args(&options.runner_args);
+    // The runner builds every binary of the workspace before the tests start; tests that run
+    // another package's binary use it instead of building it again for their package alone.
+    command.env("OUTPOST_WORKSPACE_BINARIES", "1");
     set_slow_tests(&mut command, options.quick);
     command
 }
@@ -201,7 +204,10 @@ mod tests {
     #[test]
     fn slow_suites_are_on_unless_quick() -> Result<()> {
         let full = display(&test_command(&parse(&["--", "bundle"])?));
-        assert!(full.starts_with("OUTPOST_SLOW_TESTS=1 cargo "), "{full}");
+        assert!(
+            full.starts_with("OUTPOST_SLOW_TESTS=1 OUTPOST_WORKSPACE_BINARIES=1 cargo "),
+            "{full}"
+        );
         assert!(full.ends_with(" --workspace --no-fail-fast bundle"), "{full}");
         let quick = display(&test_command(&parse(&["--quick"])?));
         assert!(!quick.contains("OUTPOST_SLOW_TESTS=1"), "{quick}");

@@ -484,12 +484,19 @@ fn quick_health() -> HealthPolicy {
 // A real control server
 
 /// `outpost` next to `outpost-agent` in the target directory. The agent's tests cannot name
-/// another package's binary, so it is built (or found up to date) once per test run.
+/// another package's binary, so it is built (or found up to date) once per test run — unless
+/// `OUTPOST_WORKSPACE_BINARIES=1` says the whole workspace was just built (as `cargo xtask
+/// test` does), which rebuilding for one package would only repeat with other features.
 fn outpost_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let path = Path::new(env!("CARGO_BIN_EXE_outpost-agent")).with_file_name("outpost");
+            if std::env::var_os("OUTPOST_WORKSPACE_BINARIES").is_some_and(|v| v == "1")
+                && path.exists()
+            {
+                return path;
+            }
             // The same profile as this test binary: its directory is named after it.
             let profile = path
                 .parent()
