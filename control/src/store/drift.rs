@@ -368,8 +368,11 @@ impl Store {
             Err(error) => return Err(error.into()),
         };
         let alert = alert_from_row(&row)?;
-        let reasons = detail["reasons"]
-            .as_array()
+        // The drift monitor puts the feature's drift (with its reasons) under `feature`.
+        let reasons = detail
+            .pointer("/feature/reasons")
+            .or_else(|| detail.get("reasons"))
+            .and_then(|reasons| reasons.as_array())
             .map(|r| r.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join("; "))
             .unwrap_or_default();
         insert_in(

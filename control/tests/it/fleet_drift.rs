@@ -306,6 +306,16 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
     let denied = site.outpost_as(&auditor, &["drift", "ack", &id]);
     assert_eq!(denied.status.code(), Some(1), "an auditor may not review alerts");
     let audit = api(&site).get_json("/v1/audit/events", &[]).expect("audit");
+    let opened = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| {
+            e["action"] == "drift.alert.open"
+                && e["subject"].as_str().is_some_and(|s| s.contains("device shifted-1 feature f2"))
+        })
+        .expect("the opening of shifted-1's f2 alert is audited");
+    assert!(opened["reason"].as_str().is_some_and(|r| r.contains("PSI")), "{opened}");
     let actions: Vec<(String, String)> = audit["events"]
         .as_array()
         .expect("events")
