@@ -141,30 +141,33 @@ pub async fn overview(
     let profile = profile(&state, &model).await?;
     let thresholds = Thresholds::default();
     let rows = state.store.aggregates_of_model(kind, &model, from_ms, to_ms).await?;
-    let mut entries = Vec::new();
+    let mut entries: Vec<(Verdict, &str, Value)> = Vec::new();
     for group in rows.chunk_by(|a, b| a.key == b.key) {
         let Some(total) = merge_all(group.iter().map(|row| &row.aggregate))? else {
             continue;
         };
         let drift = fleet_drift::compare(&profile, &total, &thresholds);
-        entries.push(json!({
-            "key": group[0].key,
-            "windows": drift.windows,
-            "requests": drift.requests,
-            "verdict": drift.verdict(),
-            "inputs_verdict": drift.inputs.verdict,
-            "outputs_verdict": drift.outputs.verdict,
-            "alerting_inputs": drift.inputs_at(Verdict::Alert),
-            "alerting_outputs": drift.outputs_at(Verdict::Alert),
-            "warning_inputs": drift.inputs_at(Verdict::Warn),
-            "warning_outputs": drift.outputs_at(Verdict::Warn),
-        }));
+        let key = group[0].key.as_str();
+        entries.push((
+            drift.verdict(),
+            key,
+            json!({
+                "key": key,
+                "windows": drift.windows,
+                "requests": drift.requests,
+                "verdict": drift.verdict(),
+                "inputs_verdict": drift.inputs.verdict,
+                "outputs_verdict": drift.outputs.verdict,
+                "alerting_inputs": drift.inputs_at(Verdict::Alert),
+                "alerting_outputs": drift.outputs_at(Verdict::Alert),
+                "warning_inputs": drift.inputs_at(Verdict::Warn),
+                "warning_outputs": drift.outputs_at(Verdict::Warn),
+            }),
+        ));
     }
     // Worst first, then by name.
-    entries.sort_by(|a, b| {
-        let verdict = |v: &Value| serde_json::from_value::<Verdict>(v["verdict"].clone()).ok();
-        verdict(b).cmp(&verdict(a)).then_with(|| a["key"].as_str().cmp(&b["key"].as_str()))
-    });
+    entries.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let entries: Vec<Value> = entries.into_iter().map(|(_, _, entry)| entry).collect();
     Ok(Json(json!({
         "model": model,
         "by": by,
