@@ -64,6 +64,24 @@ pub fn replace_section(document: &str, begin: &str, end: &str, section: &str) ->
     }
 }
 
+/// Runs a benchmark engine (stderr shown as progress) and returns its `bench kind=<kind> …`
+/// records.
+pub fn run_engine(kind: &str, engine: &mut Command) -> Result<Vec<Record>> {
+    step!("running the {kind} benchmark: {}", display(engine));
+    let output = engine
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start the {kind} benchmark engine"))?;
+    ensure!(output.status.success(), "the {kind} benchmark engine failed ({})", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let records: Vec<Record> =
+        stdout.lines().filter_map(Record::parse).filter(|r| r.kind == kind).collect();
+    ensure!(!records.is_empty(), "the {kind} benchmark engine reported nothing:\n{stdout}");
+    Ok(records)
+}
+
 /// Writes `docs/results/<json_name>` and replaces one benchmark's section (between its
 /// `markers`) of `docs/benchmarks.md`, leaving the other sections as they are.
 pub fn write_results(
@@ -115,18 +133,7 @@ pub fn bench_ingest(options: &IngestOptions, no_install: bool, check: bool) -> R
         .args(["--windows", &options.windows_per_device.to_string()])
         .args(["--connections", &options.connections.to_string()])
         .args(["--backends", &options.backends]);
-    step!("running the ingest benchmark: {}", display(&engine));
-    let output = engine
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("could not start the ingest benchmark engine")?;
-    ensure!(output.status.success(), "the ingest benchmark engine failed ({})", output.status);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let records: Vec<Record> =
-        stdout.lines().filter_map(Record::parse).filter(|r| r.kind == "ingest").collect();
-    ensure!(!records.is_empty(), "the ingest benchmark engine reported nothing:\n{stdout}");
+    let records = run_engine("ingest", &mut engine)?;
 
     let info = RunInfo::collect()?;
     let json_name = format!("ingest-{}.json", info.date);
