@@ -365,12 +365,13 @@ fn an_agent_runs_on_its_enrolled_files_through_the_secured_broker() {
             .expect("outpost-agent run"),
     );
     let runtime = &fleet.site.runtime;
-    wait_until("dev-c online in the second instance's inventory", TIMEOUT, || {
+    // `state` (presence) and `hello` (tags) are separate messages; wait for both.
+    wait_until("dev-c online with its tags in the second instance's inventory", TIMEOUT, || {
         runtime
             .block_on(server.store().device("dev-c"))
             .ok()
             .flatten()
-            .is_some_and(|device| device.presence == "online")
+            .is_some_and(|device| device.presence == "online" && device.tags.contains_key("site"))
     });
     let device = runtime.block_on(server.store().device("dev-c")).expect("db").expect("device");
     assert_eq!(device.tags.get("site").map(String::as_str), Some("paris"));
