@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use super::ingest::{RunInfo, json_string, run_engine, write_results};
+use super::ingest::{RunInfo, results_json, run_engine, write_results};
 use super::report::Record;
 use crate::process::{cargo, run, step, target_dir};
 
@@ -96,39 +96,13 @@ pub fn bench_drift(options: &DriftOptions, check: bool) -> Result<()> {
 /// The results as JSON: the run, the target's verdict and one object per phase.
 pub fn to_json(info: &RunInfo, records: &[Record]) -> String {
     let verdict = judge(records);
-    let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"benchmark\": \"drift\",");
-    let _ = writeln!(out, "  \"date\": {},", json_string(&info.date));
-    let _ = writeln!(out, "  \"timestamp\": {},", json_string(&info.timestamp));
-    let _ = writeln!(out, "  \"revision\": {},", json_string(&info.revision));
-    let _ = writeln!(out, "  \"cpu\": {},", json_string(&info.cpu));
-    let _ = writeln!(out, "  \"cores\": {},", info.cores);
-    let _ = writeln!(out, "  \"load_average\": {},", json_string(&info.load_average));
-    let _ = writeln!(
-        out,
-        "  \"target\": {{\"figure\": \"fleet drift of one model version from stored aggregates, \
-         seconds\", \"below\": {TARGET_SECONDS}, \"measured\": {}, \"pass\": {}}},",
+    let target = format!(
+        "{{\"figure\": \"fleet drift of one model version from stored aggregates, seconds\", \
+         \"below\": {TARGET_SECONDS}, \"measured\": {}, \"pass\": {}}}",
         verdict.map_or("null".into(), |v| v.0.to_string()),
         verdict.map_or("null".into(), |v| v.1.to_string())
     );
-    let _ = writeln!(out, "  \"phases\": [");
-    for (index, record) in records.iter().enumerate() {
-        let fields: Vec<String> = record
-            .fields
-            .iter()
-            .map(|(key, value)| {
-                let value = match value.parse::<f64>() {
-                    Ok(number) if number.is_finite() => value.clone(),
-                    _ => json_string(value),
-                };
-                format!("{}: {value}", json_string(key))
-            })
-            .collect();
-        let comma = if index + 1 < records.len() { "," } else { "" };
-        let _ = writeln!(out, "    {{{}}}{comma}", fields.join(", "));
-    }
-    out.push_str("  ]\n}\n");
-    out
+    results_json("drift", info, &target, "phases", records)
 }
 
 /// The drift section of `docs/benchmarks.md`, markers included.

@@ -272,22 +272,35 @@ pub fn json_string(text: &str) -> String {
 pub fn to_json(info: &RunInfo, records: &[Record]) -> String {
     let verdict = judge(records);
     let optional = |value: Option<f64>| value.map_or("null".to_string(), |v| format!("{v}"));
+    let target = format!(
+        "{{\"figure\": \"ingest rate / bare subscriber rate, PostgreSQL, {TARGET_DEVICES} \
+         devices\", \"at_least\": {TARGET_RATIO}, \"measured\": {}, \"pass\": {}}}",
+        optional(verdict.ratio),
+        verdict.pass.map_or("null".to_string(), |pass| pass.to_string())
+    );
+    results_json("ingest", info, &target, "runs", records)
+}
+
+/// A benchmark's results document: the run (date, revision, machine, load), its `target`
+/// (a JSON object, written as given) and under `list` one object per record with every field
+/// the engine reported (numbers as numbers, the rest as strings).
+pub fn results_json(
+    benchmark: &str,
+    info: &RunInfo,
+    target: &str,
+    list: &str,
+    records: &[Record],
+) -> String {
     let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"benchmark\": \"ingest\",");
+    let _ = writeln!(out, "  \"benchmark\": {},", json_string(benchmark));
     let _ = writeln!(out, "  \"date\": {},", json_string(&info.date));
     let _ = writeln!(out, "  \"timestamp\": {},", json_string(&info.timestamp));
     let _ = writeln!(out, "  \"revision\": {},", json_string(&info.revision));
     let _ = writeln!(out, "  \"cpu\": {},", json_string(&info.cpu));
     let _ = writeln!(out, "  \"cores\": {},", info.cores);
     let _ = writeln!(out, "  \"load_average\": {},", json_string(&info.load_average));
-    let _ = writeln!(
-        out,
-        "  \"target\": {{\"figure\": \"ingest rate / bare subscriber rate, PostgreSQL, {TARGET_DEVICES} \
-         devices\", \"at_least\": {TARGET_RATIO}, \"measured\": {}, \"pass\": {}}},",
-        optional(verdict.ratio),
-        verdict.pass.map_or("null".to_string(), |pass| pass.to_string())
-    );
-    let _ = writeln!(out, "  \"runs\": [");
+    let _ = writeln!(out, "  \"target\": {target},");
+    let _ = writeln!(out, "  {}: [", json_string(list));
     for (index, record) in records.iter().enumerate() {
         let fields: Vec<String> = record
             .fields
@@ -303,8 +316,7 @@ pub fn to_json(info: &RunInfo, records: &[Record]) -> String {
         let comma = if index + 1 < records.len() { "," } else { "" };
         let _ = writeln!(out, "    {{{}}}{comma}", fields.join(", "));
     }
-    let _ = writeln!(out, "  ]");
-    out.push_str("}\n");
+    out.push_str("  ]\n}\n");
     out
 }
 
