@@ -108,6 +108,7 @@ pub async fn authorize(
         outcome: denial.status().as_u16().to_string(),
         reason: denial.to_string(),
         source: "api".into(),
+        ..Default::default()
     };
     if let Err(error) = state.store.record_audit_event(&event).await {
         tracing::error!(%error, "cannot record a denied request in the audit log");

@@ -313,6 +313,7 @@ pub async fn request_retrain(
             outcome: "requested".into(),
             reason: retrain.to_string(),
             source: "api".into(),
+            ..Default::default()
         })
         .await?;
     let event = json!({ "v": 1, "event": "retrain_requested", "request": retrain });

@@ -68,6 +68,7 @@ pub async fn assign(
         outcome,
         reason,
         source: "api".into(),
+        ..Default::default()
     };
     if let Err(error) = state.store.record_audit_event(&event).await {
         tracing::error!(%error, "cannot record an assignment in the audit log");

@@ -10,8 +10,9 @@ use sqlx::Row as _;
 
 use super::{Store, StoreError, now_ms};
 
-/// An event to record.
-#[derive(Debug, Clone)]
+/// An event to record. Build it with `..Default::default()` so new optional fields stay
+/// source-compatible.
+#[derive(Debug, Clone, Default)]
 pub struct NewAuditEvent {
     pub actor: String,
     pub action: String,
@@ -19,6 +20,10 @@ pub struct NewAuditEvent {
     pub outcome: String,
     pub reason: String,
     pub source: String,
+    /// The device the event concerns, if any (audit exports filter on it).
+    pub device: Option<String>,
+    /// The model the event concerns as `name@version`, if any (audit exports filter on it).
+    pub model: Option<String>,
 }
 
 /// A recorded event.

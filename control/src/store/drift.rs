@@ -384,6 +384,7 @@ impl Store {
                 outcome: "open".into(),
                 reason: reasons,
                 source: "drift monitor".into(),
+                ..Default::default()
             },
         )
         .await?;
@@ -415,6 +416,7 @@ impl Store {
                 outcome: "closed".into(),
                 reason: "clear for the configured number of evaluations".into(),
                 source: "drift monitor".into(),
+                ..Default::default()
             },
         )
         .await?;
@@ -504,6 +506,7 @@ impl Store {
                 outcome: "ok".into(),
                 reason: note.unwrap_or("").to_string(),
                 source: "api".into(),
+                ..Default::default()
             },
         )
         .await?;

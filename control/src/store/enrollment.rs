@@ -220,6 +220,7 @@ impl Store {
                     }
                 ),
                 source: "api".into(),
+                ..Default::default()
             },
         )
         .await?;
@@ -253,6 +254,7 @@ impl Store {
                 outcome: "ok".into(),
                 reason: format!("certificate {} ({})", issued.serial, issued.fingerprint),
                 source: "api".into(),
+                ..Default::default()
             },
         )
         .await?;
@@ -305,6 +307,7 @@ impl Store {
                 outcome: "ok".into(),
                 reason: format!("certificates revoked: {}", serials.join(", ")),
                 source: "api".into(),
+                ..Default::default()
             },
         )
         .await?;

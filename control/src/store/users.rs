@@ -137,6 +137,7 @@ impl Store {
                 outcome: "ok".into(),
                 reason: format!("role {role}"),
                 source: "api".into(),
+                ..Default::default()
             },
         )
         .await?;
