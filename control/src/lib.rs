@@ -5,6 +5,7 @@
 //!   `outpost-shared`; this crate adds files, passphrases and human output.
 //! - [`files`]: atomic writes and key file handling.
 //! - [`fleet_drift`]: merged windows compared with the baseline profile (fleet drift).
+//! - [`rollout`]: staged rollouts: spec, lifecycle state machine, gates, the driver task.
 //! - [`server`] (`outpost serve`), [`config`], [`store`] (SQLite / PostgreSQL), [`api`] (REST,
 //!   route table with roles, OpenAPI, and the client the CLI uses).
 #![forbid(unsafe_code)]
@@ -15,5 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod fleet_drift;
+pub mod rollout;
 pub mod server;
 pub mod store;

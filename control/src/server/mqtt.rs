@@ -8,9 +8,9 @@
 //!
 //! `hello` and `state` go to the fleet inventory, `stats` to ingest ([`super::ingest`]),
 //! `fetch` to artifact serving ([`super::artifacts`], answered from a task of its own so a
-//! slow database read never holds up the loop); `events` are counted and ignored until the
-//! audit trail lands. A malformed topic or payload is counted, logged and dropped; nothing
-//! stops the loop.
+//! slow database read never holds up the loop); `events` to `device_events` and the audit log
+//! (`crate::store::device_events`), where rollout gates read them. A malformed topic or
+//! payload is counted, logged and dropped; nothing stops the loop.
 //!
 //! Ingest path: a `stats` message is decoded in the loop and queued (bounded,
 //! [`WINDOW_QUEUE`]) to [`run_window_writer`], which takes what is queued (up to [`MAX_BATCH`])
@@ -116,7 +116,10 @@ pub async fn process_message(
         (device, FromDevice::Stats(window)) => {
             MessageOutcome::Window(ingest.ingest(&device, window).await?)
         }
-        (_, FromDevice::Event(_)) => MessageOutcome::Ignored(Channel::Events),
+        (device, FromDevice::Event(event)) => {
+            store.record_device_event(&device, &event, delivery.received_ms).await?;
+            MessageOutcome::Processed(Channel::Events)
+        }
         (device, FromDevice::Fetch(request)) => MessageOutcome::Fetch(device, request),
         (_, FromDevice::Cleared(channel)) => MessageOutcome::Ignored(channel),
     })

@@ -40,6 +40,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_aggregate_compression.sql"),
         include_str!("../../migrations/postgres/0005_aggregate_compression.sql"),
     ),
+    (
+        7,
+        "rollouts and device events",
+        include_str!("../../migrations/sqlite/0007_rollouts.sql"),
+        include_str!("../../migrations/postgres/0007_rollouts.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

@@ -16,15 +16,19 @@
 //! - [`ingest`]: statistics windows: dedupe, aggregates, downsampling.
 //! - [`artifacts`]: byte ranges of stored bundles, for artifact serving.
 //! - [`enrollment`]: the fleet CA's fingerprint, issued certificates and enrolled devices.
+//! - [`device_events`]: what devices report on `events`, each also in the audit log.
+//! - [`rollouts`]: staged rollouts, approvals, placed devices, transitions and leases.
 
 pub mod artifacts;
 pub mod audit;
+pub mod device_events;
 pub mod drift;
 pub mod enrollment;
 pub mod ingest;
 pub mod inventory;
 mod migrations;
 pub mod registry;
+pub mod rollouts;
 pub mod users;
 
 use std::path::Path;
