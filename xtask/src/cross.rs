@@ -134,6 +134,7 @@ pub fn run_cross(options: &CrossOptions) -> Result<()> {
         let binary = build_agent(*target, profile)?;
         if options.test {
             run_qemu_tests(*target, Profile::Debug)?;
+            run_qemu_crash_test(*target)?;
         }
         if let Some(version) = &version {
             let deb = package(*target, &binary, version)?;
@@ -211,6 +212,79 @@ pub fn run_qemu_tests(target: ArmTarget, profile: Profile) -> Result<()> {
         run(&format!("running {} tests under qemu", target.short), &mut command)?;
     }
     step!("{}: qemu tests passed in {}", target.short, seconds(started.elapsed()));
+    Ok(())
+}
+
+/// The agent's crash-safety test whose agents run under qemu: a kill at every named install
+/// step (`OUTPOST_FAULT=<step>`), then a restart that must serve a verified model and converge.
+pub const QEMU_CRASH_TEST: &str =
+    "update::a_kill_at_every_install_step_restarts_into_a_verified_model_and_converges";
+/// The variables `agent/tests/it/update.rs` reads to start an agent built for another
+/// architecture, and the emulator that runs it.
+const AGENT_BINARY_ENV: &str = "OUTPOST_AGENT_BINARY";
+const AGENT_RUNNER_ENV: &str = "OUTPOST_AGENT_RUNNER";
+/// The architecture the test expects the agent's `hello` to report.
+const AGENT_ARCH_ENV: &str = "OUTPOST_AGENT_ARCH";
+
+impl ArmTarget {
+    /// The qemu-user command line that runs the target's binaries (as in `.cargo/config.toml`).
+    pub fn qemu_runner(self) -> String {
+        let emulator =
+            if self.elf_machine == AARCH64.elf_machine { "qemu-aarch64" } else { "qemu-arm" };
+        format!("{emulator} -L /usr/{}", self.tool_prefix)
+    }
+
+    /// `std::env::consts::ARCH` of the target's builds: what its agents report in `hello`.
+    pub fn rust_arch(self) -> &'static str {
+        if self.elf_machine == AARCH64.elf_machine { "aarch64" } else { "arm" }
+    }
+}
+
+/// The host test run of [`QEMU_CRASH_TEST`] with its agents replaced by `agent` (built for
+/// `target`) under qemu; Mosquitto and the test's control side stay native.
+pub fn qemu_crash_test_command(target: ArmTarget, agent: &Path) -> Command {
+    let mut command = cargo();
+    command
+        .args(["test", "--package", AGENT, "--test", "it", "--", QEMU_CRASH_TEST, "--exact"])
+        .env(AGENT_BINARY_ENV, agent)
+        .env(AGENT_RUNNER_ENV, target.qemu_runner())
+        .env(AGENT_ARCH_ENV, target.rust_arch());
+    command
+}
+
+/// Builds the debug agent for `target`, checks it is a binary of that architecture, and runs
+/// the fixed-step crash-safety test with it under qemu.
+pub fn run_qemu_crash_test(target: ArmTarget) -> Result<()> {
+    let started = Instant::now();
+    let agent = build_agent(target, Profile::Debug)?;
+    let bytes =
+        std::fs::read(&agent).with_context(|| format!("could not read {}", agent.display()))?;
+    let elf = ElfSummary::parse(&bytes).with_context(|| format!("{}", agent.display()))?;
+    ensure!(
+        elf.machine == target.elf_machine,
+        "{} is for ELF machine {:#x}, not {} ({:#x})",
+        agent.display(),
+        elf.machine,
+        target.short,
+        target.elf_machine
+    );
+    run(
+        &format!("the crash-safety fault steps with the {} agent under qemu", target.short),
+        &mut qemu_crash_test_command(target, &agent),
+    )
+    .with_context(|| {
+        format!(
+            "the {} agent under qemu did not survive a kill at every install step (the test \
+             output above names the step; rerun it alone with `cargo xtask cross --target {} \
+             --test`)",
+            target.short, target.short
+        )
+    })?;
+    step!(
+        "{}: crash-safety fault steps passed under qemu in {}",
+        target.short,
+        seconds(started.elapsed())
+    );
     Ok(())
 }
 
@@ -814,6 +888,26 @@ mod tests {
             let documented = command.replace("aarch64-unknown-linux-gnu", "<triple>");
             assert!(readme.contains(&documented), "cross/README.md must show `{documented}`");
         }
+    }
+
+    #[test]
+    fn the_crash_test_runs_the_arm_agent_under_qemu() {
+        let agent = Path::new("/t/aarch64-unknown-linux-gnu/debug/outpost-agent");
+        let command = display(&qemu_crash_test_command(AARCH64, agent));
+        assert_eq!(
+            command,
+            format!(
+                "OUTPOST_AGENT_ARCH=aarch64 OUTPOST_AGENT_BINARY={} \
+                 OUTPOST_AGENT_RUNNER='qemu-aarch64 -L /usr/aarch64-linux-gnu' cargo test \
+                 --package outpost-agent --test it -- {QEMU_CRASH_TEST} --exact",
+                agent.display()
+            )
+        );
+        assert_eq!(ARMV7.qemu_runner(), "qemu-arm -L /usr/arm-linux-gnueabihf");
+        assert_eq!(ARMV7.rust_arch(), "arm");
+        let readme =
+            std::fs::read_to_string(repo_root().join("cross/README.md")).expect("cross/README.md");
+        assert!(readme.contains(QEMU_CRASH_TEST), "cross/README.md names the crash test");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! Checks, all run even when an earlier one fails, so one run shows every problem:
 //! the committed test models are reproducible, `cargo fmt --check`, `cargo clippy -D
 //! warnings`, the tests (cargo-nextest when installed, else `cargo test`) with
-//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, and the agent's aarch64 test subset
-//! under qemu-user (see `cross/README.md`; not with `--quick` or a test filter).
+//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, the agent's aarch64 test subset
+//! under qemu-user, and the crash-safety fault steps with the aarch64 agent under qemu (see
+//! `cross/README.md`; neither with `--quick` or a test filter).
 
 use std::path::Path;
 use std::process::Command;
@@ -116,6 +117,10 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
         checks.push(Check {
             name: "aarch64 tests under qemu",
             run: Box::new(|| cross::run_qemu_tests(cross::AARCH64, cross::Profile::Debug)),
+        });
+        checks.push(Check {
+            name: "aarch64 agent under qemu: a kill at every install step",
+            run: Box::new(|| cross::run_qemu_crash_test(cross::AARCH64)),
         });
     }
 

@@ -16,6 +16,8 @@ use outpost_shared::manifest::Task;
 use outpost_shared::model::InferError;
 use outpost_shared::oip::{InferenceRequest, InferenceResponse};
 use outpost_shared::plan::HealthPolicy;
+use outpost_shared::profile::{FeatureSource, Profile, TensorView};
+use outpost_shared::stats::Histogram;
 
 use crate::api::InferenceObserver;
 use crate::runtime::Runtime;
@@ -27,12 +29,48 @@ const WATCH_SAMPLES: usize = 4096;
 /// Requests waiting for the shadow model; more are skipped (and counted) rather than queued.
 const SHADOW_QUEUE: usize = 64;
 
-/// What the watched model's outputs are compared with: a classifier's baseline class counts
-/// (the bundle profile's) and the output tensor that holds its class probabilities.
+/// What the watched model's outputs are compared with, from the bundle's profile.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OutputBaseline {
-    pub output: String,
-    pub class_counts: Vec<u64>,
+pub enum OutputBaseline {
+    /// A classifier: the baseline class counts and the output tensor that holds its class
+    /// probabilities; the watch counts the top-1 classes.
+    Classes { output: String, class_counts: Vec<u64> },
+    /// A regressor (or any model without a classifier profile): each profiled output
+    /// feature with its baseline histogram; the watch bins the answered values over the same
+    /// edges.
+    Values { features: Vec<OutputFeature> },
+}
+
+/// One profiled output feature of a regressor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFeature {
+    pub name: String,
+    pub source: FeatureSource,
+    /// The profile's histogram: bin edges and reference counts.
+    pub baseline: Histogram,
+}
+
+impl OutputBaseline {
+    /// The baseline a bundle's profile gives: its classifier's class counts, else its output
+    /// features' histograms; `None` when the profile has neither.
+    pub fn of_profile(profile: &Profile) -> Option<Self> {
+        if let Some(classifier) = &profile.classifier {
+            return Some(Self::Classes {
+                output: classifier.output.clone(),
+                class_counts: classifier.class_counts.clone(),
+            });
+        }
+        let features: Vec<OutputFeature> = profile
+            .outputs
+            .iter()
+            .map(|feature| OutputFeature {
+                name: feature.name.clone(),
+                source: feature.source.clone(),
+                baseline: feature.histogram.clone(),
+            })
+            .collect();
+        (!features.is_empty()).then_some(Self::Values { features })
+    }
 }
 
 /// Counts of a health watch so far.
@@ -42,33 +80,89 @@ pub struct WatchStats {
     pub errors: u64,
     latencies: Vec<Duration>,
     baseline: Option<OutputBaseline>,
-    /// Top-1 classes of the answered samples, when a baseline is known.
+    /// Top-1 classes of the answered samples, with a classifier baseline.
     classes: Vec<u64>,
+    /// The answered values of each output feature over the baseline's edges, with a
+    /// regressor baseline (in the order of its features).
+    values: Vec<Histogram>,
 }
 
 impl WatchStats {
     fn new(baseline: Option<OutputBaseline>) -> Self {
-        let classes = baseline.as_ref().map_or_else(Vec::new, |b| vec![0; b.class_counts.len()]);
-        Self { baseline, classes, ..Self::default() }
-    }
-
-    /// PSI of the answered samples' top-1 classes against the baseline's class counts; `None`
-    /// without a classifier baseline or before any sample.
-    pub fn output_psi(&self) -> Option<f64> {
-        let baseline = self.baseline.as_ref()?;
-        outpost_shared::drift::psi(&baseline.class_counts, &self.classes)
-    }
-
-    fn count_classes(&mut self, response: &InferenceResponse) {
-        let Some(baseline) = &self.baseline else { return };
-        let Some(output) = response.outputs.iter().find(|o| o.name == baseline.output) else {
-            return;
-        };
-        let classes = self.classes.len().max(1);
-        for row in output.data.chunks(classes) {
-            if let Some(slot) = argmax(row).and_then(|class| self.classes.get_mut(class)) {
-                *slot += 1;
+        let (classes, values) = match &baseline {
+            Some(OutputBaseline::Classes { class_counts, .. }) => {
+                (vec![0; class_counts.len()], Vec::new())
             }
+            Some(OutputBaseline::Values { features }) => {
+                (Vec::new(), features.iter().map(|f| empty_like(&f.baseline)).collect())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Self { baseline, classes, values, ..Self::default() }
+    }
+
+    /// The largest output-distribution shift against the baseline: PSI of the answered
+    /// samples' top-1 classes against the class counts (classifiers), or the largest PSI of
+    /// an output feature's histogram against its baseline bins, under- and overflow and NaN
+    /// counted as bins (regressors). `None` without a baseline or before any sample.
+    pub fn output_psi(&self) -> Option<f64> {
+        self.output_shift().map(|(_, psi)| psi)
+    }
+
+    /// [`WatchStats::output_psi`] with what shifted most: `predicted classes` or the output
+    /// feature's name.
+    pub fn output_shift(&self) -> Option<(String, f64)> {
+        match self.baseline.as_ref()? {
+            OutputBaseline::Classes { class_counts, .. } => {
+                outpost_shared::drift::psi(class_counts, &self.classes)
+                    .map(|psi| ("the predicted classes".to_string(), psi))
+            }
+            OutputBaseline::Values { features } => features
+                .iter()
+                .zip(&self.values)
+                .filter_map(|(feature, current)| {
+                    let psi = outpost_shared::drift::psi(
+                        &feature.baseline.full_counts(),
+                        &current.full_counts(),
+                    )?;
+                    Some((format!("output `{}`", feature.name), psi))
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1)),
+        }
+    }
+
+    /// Counts an answer's outputs for the output-shift check.
+    fn count_outputs(&mut self, response: &InferenceResponse) {
+        match &self.baseline {
+            Some(OutputBaseline::Classes { output, .. }) => {
+                let Some(output) = response.outputs.iter().find(|o| &o.name == output) else {
+                    return;
+                };
+                let classes = self.classes.len().max(1);
+                for row in output.data.chunks(classes) {
+                    if let Some(slot) = argmax(row).and_then(|class| self.classes.get_mut(class)) {
+                        *slot += 1;
+                    }
+                }
+            }
+            Some(OutputBaseline::Values { features }) => {
+                for (feature, histogram) in features.iter().zip(self.values.iter_mut()) {
+                    let Some(tensor) =
+                        response.outputs.iter().find(|o| o.name == feature.source.tensor())
+                    else {
+                        continue;
+                    };
+                    // The runtime's outputs are f32 values widened for JSON: narrowing them
+                    // back is exact, and the feature is then derived as the profile derived it.
+                    let data: Vec<f32> = tensor.data.iter().map(|v| *v as f32).collect();
+                    let shape: Vec<usize> = tensor.shape.iter().map(|d| *d as usize).collect();
+                    let view = TensorView { name: &tensor.name, shape: &shape, data: &data };
+                    for sample in 0..view.samples() {
+                        histogram.observe(feature.source.value(&view, sample));
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -123,14 +217,13 @@ pub fn judge(
                 ),
             };
         }
-        if let (Some(max), Some(shift)) = (policy.max_output_psi, stats.output_psi())
+        if let (Some(max), Some((what, shift))) = (policy.max_output_psi, stats.output_shift())
             && shift > max
         {
             return Verdict::RollBack {
                 code: "output_shift",
                 reason: format!(
-                    "the predicted classes shifted from the baseline: PSI {shift:.3}, over the \
-                     policy's {max:.3}"
+                    "{what} shifted from the baseline: PSI {shift:.3}, over the policy's {max:.3}"
                 ),
             };
         }
@@ -181,6 +274,17 @@ pub fn agreement(
                         && a.data.iter().zip(&b.data).all(|(x, y)| (x - y).abs() <= tolerance)
                 })
         }
+    }
+}
+
+/// An empty histogram over `histogram`'s edges.
+fn empty_like(histogram: &Histogram) -> Histogram {
+    Histogram {
+        edges: histogram.edges.clone(),
+        counts: vec![0; histogram.counts.len()],
+        underflow: 0,
+        overflow: 0,
+        nan: 0,
     }
 }
 
@@ -317,7 +421,7 @@ impl UpdateObserver {
     }
 
     /// Starts watching the requests `runtime` serves; with `baseline`, its predicted classes
-    /// are counted for the output-shift check.
+    /// (classifiers) or output values (regressors) are counted for the output-shift check.
     pub fn start_watch(&self, runtime: Arc<Runtime>, baseline: Option<OutputBaseline>) {
         lock(&self.inner).watch = Some(Watch { runtime, stats: WatchStats::new(baseline) });
     }
@@ -350,7 +454,7 @@ impl InferenceObserver for UpdateObserver {
                     if watch.stats.latencies.len() < WATCH_SAMPLES {
                         watch.stats.latencies.push(latency);
                     }
-                    watch.stats.count_classes(response);
+                    watch.stats.count_outputs(response);
                 }
                 Err(_) => watch.stats.errors += 1,
             }
@@ -392,11 +496,11 @@ mod tests {
 
     #[test]
     fn a_shift_of_the_predicted_classes_rolls_back_when_the_policy_judges_it() {
-        let baseline = OutputBaseline { output: "y".into(), class_counts: vec![50, 50] };
+        let baseline = OutputBaseline::Classes { output: "y".into(), class_counts: vec![50, 50] };
         let mut stats = WatchStats::new(Some(baseline));
         for _ in 0..20 {
             stats.requests += 1;
-            stats.count_classes(&response(vec![1, 2], vec![0.9, 0.1]));
+            stats.count_outputs(&response(vec![1, 2], vec![0.9, 0.1]));
         }
         let shift = stats.output_psi().expect("psi");
         assert!(shift > 0.5, "all class 0 against an even baseline: {shift}");
@@ -406,6 +510,88 @@ mod tests {
             Verdict::RollBack { code: "output_shift", .. }
         ));
         assert_eq!(judge(&policy(), &stats, None, true), Verdict::Commit, "not judged");
+    }
+
+    fn regressor_baseline() -> OutputBaseline {
+        let mut baseline = Histogram::new(vec![0.0, 1.0, 2.0, 3.0]).expect("edges");
+        baseline.counts = vec![100, 100, 100];
+        OutputBaseline::Values {
+            features: vec![OutputFeature {
+                name: "y[0]".into(),
+                source: FeatureSource::Element { tensor: "y".into(), index: 0 },
+                baseline,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_shift_of_a_regressors_outputs_rolls_back_when_the_policy_judges_it() {
+        let judged = HealthPolicy { max_output_psi: Some(0.25), ..policy() };
+        // Answers spread like the baseline: no shift.
+        let mut steady = WatchStats::new(Some(regressor_baseline()));
+        for value in [0.5, 1.5, 2.5].repeat(10) {
+            steady.requests += 1;
+            steady.count_outputs(&response(vec![1, 1], vec![value]));
+        }
+        let psi = steady.output_psi().expect("psi");
+        assert!(psi < 1e-9, "the baseline's own spread: {psi}");
+        assert_eq!(judge(&judged, &steady, None, false), Verdict::KeepWatching);
+        // Every answer above the baseline's range (overflow), in a batch of two.
+        let mut shifted = WatchStats::new(Some(regressor_baseline()));
+        for _ in 0..15 {
+            shifted.requests += 1;
+            shifted.count_outputs(&response(vec![2, 1], vec![7.0, 2.5]));
+        }
+        let psi = shifted.output_psi().expect("psi");
+        assert!(psi > 1.0, "half the answers in overflow: {psi}");
+        match judge(&judged, &shifted, None, false) {
+            Verdict::RollBack { code: "output_shift", reason } => {
+                assert!(reason.contains("output `y[0]`"), "{reason}");
+            }
+            other => panic!("not rolled back for the output shift: {other:?}"),
+        }
+        assert_eq!(judge(&policy(), &shifted, None, true), Verdict::Commit, "not judged");
+        // An answer without the profiled output counts nothing.
+        let mut other = WatchStats::new(Some(regressor_baseline()));
+        other.count_outputs(&InferenceResponse {
+            outputs: vec![Tensor::new("z", "FP32", vec![1, 1], vec![7.0])],
+            ..response(vec![1, 1], vec![0.0])
+        });
+        assert_eq!(other.output_psi(), None, "no sample, no shift");
+    }
+
+    #[test]
+    fn the_profile_names_the_output_baseline() {
+        let mut histogram = Histogram::new(vec![0.0, 1.0]).expect("edges");
+        histogram.counts = vec![5];
+        let mut profile = Profile {
+            v: 1,
+            reference_count: 5,
+            inputs: Vec::new(),
+            outputs: vec![outpost_shared::profile::FeatureProfile {
+                name: "y[0]".into(),
+                source: FeatureSource::Element { tensor: "y".into(), index: 0 },
+                histogram,
+                moments: outpost_shared::stats::Moments::default(),
+            }],
+            classifier: None,
+        };
+        assert!(matches!(
+            OutputBaseline::of_profile(&profile),
+            Some(OutputBaseline::Values { features }) if features.len() == 1
+        ));
+        profile.classifier = Some(outpost_shared::profile::ClassifierProfile {
+            output: "probabilities".into(),
+            class_counts: vec![3, 2],
+            confidence: Histogram::new(vec![0.0, 1.0]).expect("edges"),
+        });
+        assert!(matches!(
+            OutputBaseline::of_profile(&profile),
+            Some(OutputBaseline::Classes { output, .. }) if output == "probabilities"
+        ));
+        profile.classifier = None;
+        profile.outputs.clear();
+        assert_eq!(OutputBaseline::of_profile(&profile), None);
     }
 
     fn policy() -> HealthPolicy {

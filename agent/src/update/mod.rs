@@ -576,10 +576,7 @@ impl Updater {
             None,
         )
         .await;
-        let outputs = bundle.profile.classifier.as_ref().map(|classifier| health::OutputBaseline {
-            output: classifier.output.clone(),
-            class_counts: classifier.class_counts.clone(),
-        });
+        let outputs = health::OutputBaseline::of_profile(&bundle.profile);
         self.observer.start_watch(Arc::clone(candidate), outputs);
         let deadline = Instant::now() + Duration::from_secs(policy.watch_seconds);
         loop {

@@ -37,6 +37,50 @@ fn topic(device: &DeviceId, channel: Channel) -> String {
 // ---------------------------------------------------------------------------------------
 // The agent
 
+/// An agent binary built for another architecture, run by the tests that start agents
+/// instead of this package's own build (`cargo xtask test` points it at the aarch64 build for
+/// the fault-step test); [`AGENT_RUNNER_ENV`] says how to start it.
+pub const AGENT_BINARY_ENV: &str = "OUTPOST_AGENT_BINARY";
+/// The emulator command line that runs [`AGENT_BINARY_ENV`], split at spaces
+/// (`qemu-aarch64 -L /usr/aarch64-linux-gnu`); without it the binary is started directly.
+pub const AGENT_RUNNER_ENV: &str = "OUTPOST_AGENT_RUNNER";
+
+/// The architecture the agent under test reports in `hello` (`std::env::consts::ARCH` of
+/// its build): this one's, unless [`AGENT_BINARY_ENV`] runs another build, whose architecture
+/// `OUTPOST_AGENT_ARCH` names.
+fn expected_agent_arch() -> String {
+    match std::env::var_os(AGENT_BINARY_ENV).filter(|value| !value.is_empty()) {
+        Some(_) => std::env::var("OUTPOST_AGENT_ARCH").unwrap_or_else(|_| {
+            panic!("{AGENT_BINARY_ENV} is set: OUTPOST_AGENT_ARCH must name its architecture")
+        }),
+        None => std::env::consts::ARCH.to_string(),
+    }
+}
+
+/// The command that starts the agent under test: this package's build, or
+/// [`AGENT_BINARY_ENV`] through [`AGENT_RUNNER_ENV`]. The control side (broker, fake or real
+/// control server) always runs natively.
+fn agent_command() -> Command {
+    let Some(binary) = std::env::var_os(AGENT_BINARY_ENV).filter(|value| !value.is_empty()) else {
+        return Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+    };
+    assert!(
+        Path::new(&binary).is_file(),
+        "{AGENT_BINARY_ENV}={} is not a file",
+        Path::new(&binary).display()
+    );
+    let runner = std::env::var(AGENT_RUNNER_ENV).unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.args(words).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}
+
 /// A provisioned device running `outpost-agent run`, its API on a Unix socket.
 struct Device {
     id: DeviceId,
@@ -81,8 +125,10 @@ impl Device {
             .append(true)
             .open(&self.log)
             .expect("agent log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_outpost-agent"));
+        let mut command = agent_command();
         command
+            // A process that aborts (fault injection) may leave a core file where it runs.
+            .current_dir(self.data_dir.parent().expect("parent"))
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info,outpost_agent=debug")
@@ -1001,6 +1047,9 @@ async fn a_kill_at_every_install_step_restarts_into_a_verified_model_and_converg
         };
         device.start(Some(step));
         device.assert_serves("1.0.0").await;
+        // The agent under test is the build it should be (under qemu: the ARM one).
+        let arch = expected_agent_arch();
+        observer.expect_hello(&format!("arch {arch}"), |hello| hello.arch == arch).await;
         let traffic = Traffic::start(device.socket.clone());
         control
             .assign(envelope(&fixture.signed_plan(&v2, &options)), AdmissionAction::Install)
