@@ -41,6 +41,7 @@ pub struct RawConfig {
     pub registry: RawRegistry,
     pub ingest: RawIngest,
     pub drift: RawDrift,
+    pub audit: RawAudit,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +106,13 @@ pub struct RawDrift {
     pub thresholds: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub retention_days: u64,
+    pub checkpoint_interval_seconds: f64,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -117,6 +125,49 @@ pub struct ServerConfig {
     pub max_bundle_bytes: u64,
     pub ingest: IngestConfig,
     pub drift: DriftConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log: retention of record bodies and how often checkpoints are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Record bodies older than this are pruned (leaf hashes stay); `None`: kept forever.
+    pub retention_ms: Option<i64>,
+    pub checkpoint_interval: std::time::Duration,
+}
+
+/// The shortest audit retention accepted, in days: six months (EU AI Act Art. 19, 26(6)).
+pub const MIN_AUDIT_RETENTION_DAYS: u64 = 183;
+
+fn audit(raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
+    let value = |key: &str, reason: String| ConfigError::Value { key: key.into(), reason };
+    let retention_ms = match raw.retention_days {
+        0 => None,
+        days if days < MIN_AUDIT_RETENTION_DAYS => {
+            return Err(value(
+                "audit.retention_days",
+                format!(
+                    "{days} is less than six months: use at least {MIN_AUDIT_RETENTION_DAYS} \
+                     (or 0 to keep records forever)"
+                ),
+            ));
+        }
+        days => Some(
+            i64::try_from(days.saturating_mul(86_400_000))
+                .map_err(|_| value("audit.retention_days", format!("{days} is too long")))?,
+        ),
+    };
+    let checkpoint_interval =
+        std::time::Duration::try_from_secs_f64(raw.checkpoint_interval_seconds)
+            .ok()
+            .filter(|d| *d >= std::time::Duration::from_millis(50))
+            .ok_or_else(|| {
+                value(
+                    "audit.checkpoint_interval_seconds",
+                    format!("{} must be at least 0.05", raw.checkpoint_interval_seconds),
+                )
+            })?;
+    Ok(AuditConfig { retention_ms, checkpoint_interval })
 }
 
 /// Drift evaluation and alerting.
@@ -463,6 +514,7 @@ fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
         max_bundle_bytes: raw.registry.max_bundle_bytes,
         ingest: ingest_config(&raw.ingest)?,
         drift: drift(&raw.drift)?,
+        audit: audit(&raw.audit)?,
     })
 }
 

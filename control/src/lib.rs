@@ -3,6 +3,8 @@
 //! - [`cli`]: argument definitions and one module per command family (`keys`, `trust`,
 //!   `bundle`, `plan`). Commands are thin: verification and document logic live in
 //!   `outpost-shared`; this crate adds files, passphrases and human output.
+//! - [`audit`]: the tamper-evident audit trail: Merkle log, signed checkpoints, exports and
+//!   their offline verification.
 //! - [`files`]: atomic writes and key file handling.
 //! - [`fleet_drift`]: merged windows compared with the baseline profile (fleet drift).
 //! - [`rollout`]: staged rollouts: spec, lifecycle state machine, gates, the driver task.
@@ -11,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;

@@ -41,6 +41,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/postgres/0005_aggregate_compression.sql"),
     ),
     (
+        6,
+        "audit log",
+        include_str!("../../migrations/sqlite/0006_audit_log.sql"),
+        include_str!("../../migrations/postgres/0006_audit_log.sql"),
+    ),
+    (
         7,
         "rollouts and device events",
         include_str!("../../migrations/sqlite/0007_rollouts.sql"),
