@@ -228,20 +228,3 @@ pub async fn show_device(
         None => Err(ApiError::NotFound(format!("no device {device} in the inventory"))),
     }
 }
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    pub action: Option<String>,
-    pub limit: Option<u32>,
-}
-
-pub async fn list_audit_events(
-    State(state): State<ApiState>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let events = state.store.audit_events(query.action.as_deref(), limit).await?;
-    Ok(Json(json!({ "events": events })))
-}

@@ -6,11 +6,14 @@
 //! - [`handlers`]: thin adapters to the store and to `outpost-shared` verification.
 //! - [`drift`]: fleet drift per device or cohort from the stored aggregates.
 //! - [`enroll`]: device enrollment and broker / control certificates from the fleet CA.
+//! - [`audit`]: audit records, exports with proofs, and the layer that records every
+//!   mutating request.
 //! - [`openapi`]: `/openapi.json`, generated from the route table.
 //! - [`error`]: [`ApiError`], each variant with its status; bodies are `{"error", "code"}`.
 //! - [`client`]: the blocking HTTP client of `outpost model|devices|users` (ureq, rustls).
 
 pub mod aggregates;
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod drift;
@@ -46,6 +49,8 @@ pub struct ApiState {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// The fleet CA in the data directory, loaded or created on first use.
     pub fleet_ca: Arc<crate::ca::FleetCaCell>,
+    /// The Merkle audit log: checkpoints, proofs, exports.
+    pub audit: Arc<crate::audit::log::AuditLog>,
 }
 
 /// The handler of each route. The match is exhaustive, so every [`RouteId`] has one; that
@@ -66,7 +71,8 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::ShowModelVersion => get(show_model_version),
         RouteId::ListDevices => get(list_devices),
         RouteId::ShowDevice => get(show_device),
-        RouteId::ListAuditEvents => get(list_audit_events),
+        RouteId::ListAuditEvents => get(audit::list),
+        RouteId::ExportAudit => post(audit::export),
         RouteId::Aggregates => get(aggregates::aggregates),
         RouteId::Drift => get(drift::drift),
         RouteId::DriftOverview => get(drift::overview),
@@ -89,6 +95,7 @@ pub fn router(state: ApiState) -> Router {
         router = router.route(route.path, handler(route.id));
     }
     router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audit::record_unaudited))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .with_state(state)
 }

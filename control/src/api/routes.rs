@@ -58,6 +58,7 @@ pub enum RouteId {
     ListDevices,
     ShowDevice,
     ListAuditEvents,
+    ExportAudit,
     Aggregates,
     Drift,
     DriftOverview,
@@ -289,11 +290,53 @@ pub const ROUTES: &[Route] = &[
                 description: "Only events of this action, e.g. `auth.denied`.",
             },
             QueryParameter {
+                name: "actor",
+                schema_type: "string",
+                description: "Only events of this actor (user name or device id).",
+            },
+            QueryParameter {
+                name: "device",
+                schema_type: "string",
+                description: "Only events concerning this device.",
+            },
+            QueryParameter {
+                name: "model",
+                schema_type: "string",
+                description: "Only events concerning this model (`name@version`).",
+            },
+            QueryParameter {
+                name: "from_ms",
+                schema_type: "integer",
+                description: "Events at or after this time (unix ms).",
+            },
+            QueryParameter {
+                name: "to_ms",
+                schema_type: "integer",
+                description: "Events before this time (unix ms).",
+            },
+            QueryParameter {
                 name: "limit",
                 schema_type: "integer",
                 description: "At most this many events (default 100, at most 1000).",
             },
         ],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ExportAudit,
+        method: HttpMethod::Post,
+        path: "/v1/audit/exports",
+        access: Access::Roles(ADMIN_AND_AUDITOR),
+        operation_id: "exportAudit",
+        summary: "Export audit records for offline verification: `{\"from_ms\", \"to_ms\", \
+                  \"actor\", \"device\", \"model\", \"previous\"}` (all optional; `previous` \
+                  a signed checkpoint seen before). The answer holds the records in log order \
+                  with inclusion proofs, a fresh signed checkpoint, a manifest signed by the log \
+                  key, the log key and, with `previous`, a consistency proof. Recorded as \
+                  `audit.export`.",
+        request_body: Some(JSON),
+        query: &[],
         success_status: 200,
         response_type: JSON,
     },

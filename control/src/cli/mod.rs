@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use outpost_shared::verify::Role;
 
 pub mod assign;
+pub mod audit;
 pub mod broker_config;
 mod bundle;
 pub mod devices;
@@ -61,6 +62,9 @@ pub enum Command {
     /// Drift between a reference and a current CSV: PSI, Jensen–Shannon, KS, Wasserstein and
     /// chi-square per feature, with verdicts.
     Drift(drift::DriftArgs),
+    /// The audit trail: list records, export them with proofs, verify an export offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// A key's role, as given on the command line.
@@ -336,6 +340,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Assign(args) => assign::run(args),
         Command::BrokerConfig(command) => broker_config::run(command),
         Command::Drift(args) => drift::run(args),
+        Command::Audit(command) => audit::run(command),
     }
 }
 

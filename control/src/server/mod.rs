@@ -156,6 +156,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         config.ingest.maintenance_interval,
         stop_receiver.clone(),
     )));
+    let audit_log = Arc::new(crate::audit::log::AuditLog::new(store.clone(), &config.data_dir));
+    tasks.push(tokio::spawn(crate::audit::log::run(
+        audit_log.clone(),
+        config.audit.clone(),
+        stop_receiver.clone(),
+    )));
     tasks.push(tokio::spawn(drift_monitor::run(
         store.clone(),
         Some(mqtt_client.clone()),
@@ -170,6 +176,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         max_bundle_bytes: config.max_bundle_bytes,
         mqtt: Some(mqtt_client),
         fleet_ca: Arc::new(crate::ca::FleetCaCell::new(&config.data_dir)),
+        audit: audit_log,
     };
     let listener = std::net::TcpListener::bind(config.api.listen)
         .map_err(|source| ServerError::Bind { what: "API", address: config.api.listen, source })?;
