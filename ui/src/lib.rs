@@ -1,17 +1,30 @@
 //! Outpost Console: the native side of the desktop app (Tauri 2).
 //!
-//! This crate owns the shell around the web frontend in `ui/frontend/`: it builds the Tauri
-//! application from `tauri.conf.json` (one window, the embedded frontend, the capabilities in
-//! `capabilities/`) and wires up the commands the frontend may invoke (defined in
-//! [`commands`]). Today that is one command, [`commands::app_info`]; the console views (fleet,
-//! rollouts, approvals, drift review, audit export) arrive together with the control server's
-//! HTTPS API and will be added as commands that talk to it.
+//! This crate owns the shell around the web frontend (Svelte + TypeScript + Vite in
+//! `frontend/`, built into `dist/`): it builds the Tauri application from `tauri.conf.json`
+//! (one window, the embedded frontend, the capabilities in `capabilities/`) and registers the
+//! commands the frontend may invoke ([`commands`]), thin wrappers over the control crate's API
+//! client. Their TypeScript bindings (`frontend/src/lib/bindings.ts`) are generated from the
+//! Rust signatures by tauri-specta ([`specta_builder`]); a test fails when the committed file
+//! is stale.
+//!
+//! - [`commands`]: connect (remote or local), fleet, models, drift, audit, rollouts.
+//! - [`error`]: [`ConsoleError`], the tagged error every command returns.
+//! - [`settings`]: the remembered URL, and the token in the OS keyring.
+//! - [`local`]: local mode, an embedded control server in the console process.
 
 pub mod commands;
+pub mod error;
+pub mod local;
+pub mod settings;
 
 pub use commands::AppInfo;
+pub use error::{ConsoleError, ErrorKind};
 
-use tauri::{Builder, Context, Runtime};
+use tauri::{Builder, Context, Manager, Runtime};
+
+/// Where the generated TypeScript bindings live, relative to the crate.
+pub const BINDINGS_PATH: &str = "frontend/src/lib/bindings.ts";
 
 /// The context generated from `tauri.conf.json` at compile time: config, embedded frontend,
 /// icon, capabilities and package info.
@@ -20,11 +33,84 @@ pub fn context<R: Runtime>() -> Context<R> {
     tauri::generate_context!()
 }
 
-/// Registers everything the console adds to a Tauri builder (today: its commands). Shared by
-/// [`run`] and the tests, so the tests exercise the same wiring the app runs with.
+/// Every command, registered once: the invoke handler and the TypeScript bindings come from
+/// this list, so a command cannot be callable without a binding or the other way round.
 #[must_use]
-pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
-    builder.invoke_handler(tauri::generate_handler![commands::app_info])
+pub fn specta_builder<R: Runtime>() -> tauri_specta::Builder<R> {
+    use commands::*;
+    tauri_specta::Builder::<R>::new()
+        // The server's JSON documents pass through as `serde_json::Value`; JSON numbers are
+        // JavaScript numbers on arrival anyway.
+        .dangerously_cast_bigints_to_number()
+        // One TypeScript type per Rust type (not separate serialize and deserialize shapes).
+        .disable_serde_phases()
+        .commands(tauri_specta::collect_commands![
+            app_info,
+            connection_info,
+            connect,
+            connect_local,
+            disconnect,
+            forget_token,
+            list_devices,
+            show_device,
+            list_models,
+            show_model,
+            show_model_version,
+            aggregates,
+            drift,
+            drift_overview,
+            drift_alerts,
+            review_drift_alert,
+            request_retrain,
+            audit_events,
+            export_audit,
+            verify_audit_export,
+            list_rollouts,
+            show_rollout,
+            create_rollout,
+            approve_rollout,
+            rollout_action,
+        ])
+}
+
+/// The TypeScript bindings as generated from the current Rust code.
+///
+/// # Errors
+///
+/// When specta cannot express a type in TypeScript.
+pub fn render_bindings() -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("outpost-console-bindings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("bindings.ts");
+    specta_builder::<tauri::Wry>()
+        .export(
+            specta_typescript::Typescript::default()
+                .header("// Generated from the Rust commands by tauri-specta: do not edit.\n// Regenerate: OUTPOST_UPDATE_BINDINGS=1 cargo test -p outpost-console bindings\n"),
+            &path,
+        )
+        .map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    text
+}
+
+/// Registers everything the console adds to a Tauri builder: its state and commands. Shared
+/// by [`run`] and the tests, so the tests exercise the same wiring the app runs with.
+#[must_use]
+pub fn configure<R: Runtime>(builder: Builder<R>, context: &Context<R>) -> Builder<R> {
+    let specta = specta_builder::<R>();
+    builder
+        .manage(commands::ConsoleState::new(AppInfo::from_package(context.package_info())))
+        .setup(|app| {
+            let paths = app.path();
+            let folders = commands::Folders {
+                config: paths.app_config_dir().ok(),
+                data: paths.app_data_dir().ok(),
+            };
+            app.state::<commands::ConsoleState>().set_folders(folders);
+            Ok(())
+        })
+        .invoke_handler(specta.invoke_handler())
 }
 
 /// Builds the console and runs its event loop until the last window closes.
@@ -34,7 +120,8 @@ pub fn configure<R: Runtime>(builder: Builder<R>) -> Builder<R> {
 /// Whatever Tauri reports when it cannot create the application or its window (for example
 /// no display to connect to).
 pub fn run() -> tauri::Result<()> {
-    configure(Builder::default()).run(context())
+    let context = context();
+    configure(Builder::default(), &context).run(context)
 }
 
 #[cfg(test)]
@@ -59,7 +146,7 @@ mod tests {
         let config = config();
         assert_eq!(config["productName"], "Outpost Console");
         assert_eq!(config["identifier"], "org.outpost.console");
-        assert_eq!(config["build"]["frontendDist"], "frontend");
+        assert_eq!(config["build"]["frontendDist"], "dist");
         assert_eq!(config["bundle"]["active"], false);
         assert!(
             config.get("version").is_none(),
@@ -74,16 +161,40 @@ mod tests {
     }
 
     #[test]
-    fn frontend_files_exist_and_the_page_is_honest() {
+    fn the_frontend_sources_and_its_build_are_where_the_config_says() {
         let config = config();
         let dist = config["build"]["frontendDist"].as_str().expect("frontendDist is a path");
         let dist: PathBuf = crate_dir().join(dist);
-        for file in ["index.html", "style.css", "main.js"] {
-            assert!(dist.join(file).is_file(), "{file} missing in {dist:?}");
-        }
         let html = std::fs::read_to_string(dist.join("index.html")).expect("index.html readable");
-        assert!(html.contains("<title>Outpost Console</title>"));
-        assert!(html.contains("control server API"));
+        assert!(html.contains("<title>Outpost Console</title>"), "{html}");
+        let source = crate_dir().join("frontend");
+        for file in ["index.html", "src/main.ts", "src/App.svelte", "src/lib/bindings.ts"] {
+            assert!(source.join(file).is_file(), "{file} missing in {source:?}");
+        }
+    }
+
+    /// The committed TypeScript bindings are what the Rust commands generate now. Run with
+    /// `OUTPOST_UPDATE_BINDINGS=1` to rewrite them after changing a command.
+    #[test]
+    fn bindings_are_current() {
+        let generated = render_bindings().expect("bindings generate");
+        let path = crate_dir().join(BINDINGS_PATH);
+        if std::env::var_os("OUTPOST_UPDATE_BINDINGS").is_some() {
+            std::fs::write(&path, &generated).expect("bindings written");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is stale: run `OUTPOST_UPDATE_BINDINGS=1 cargo test -p outpost-console \
+             bindings` and commit the result",
+            path.display()
+        );
+        for command in
+            ["connect", "connectLocal", "listDevices", "reviewDriftAlert", "approveRollout"]
+        {
+            assert!(generated.contains(&format!("\t{command}: (")), "{command} in bindings");
+        }
+        assert!(generated.contains("export type ConsoleError = {"), "the error type is exported");
     }
 
     #[test]
@@ -107,8 +218,9 @@ mod tests {
     /// Sends `cmd` with an empty body through the IPC layer of an app built from the real
     /// config and capabilities, as the frontend's `invoke(cmd)` would.
     fn invoke(cmd: &str) -> Result<tauri::ipc::InvokeResponseBody, serde_json::Value> {
-        let app = configure(mock_builder())
-            .build(context())
+        let context = context();
+        let app = configure(mock_builder(), &context)
+            .build(context)
             .expect("the console builds on the mock runtime");
         let webview = match app.get_webview_window("main") {
             Some(window) => window,

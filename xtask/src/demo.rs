@@ -707,6 +707,9 @@ pub fn run_demo() -> Result<()> {
         println!("\n{}", heading(chapter.title));
         println!("{}", wrap(&squeeze(chapter.story), 90));
         for step in chapter.steps {
+            if matches!(step.action, Action::Fleet(FleetAction::StopAgents)) {
+                open_console(&repo, &fleet);
+            }
             rows.push(perform(&outpost, &demo_dir, &mut fleet, step));
         }
     }
@@ -731,6 +734,19 @@ pub fn run_demo() -> Result<()> {
         demo_dir.display()
     );
     Ok(())
+}
+
+/// Opens the Outpost Console on the live demo fleet before it stops, when a display is
+/// present (else says it is skipped); waits until its window is closed.
+fn open_console(repo: &Path, fleet: &Fleet) {
+    let Some([(_, url), (_, token)]) = fleet.cli_env() else {
+        step!("the console is not opened: the demo fleet has no server or admin token");
+        return;
+    };
+    match crate::console::open_on(repo, &url, &token) {
+        Ok(outcome) => step!("console: {outcome}"),
+        Err(error) => eprintln!("==> the console could not be opened: {error:#}"),
+    }
 }
 
 /// Builds the CLI and the agent; returns their paths.

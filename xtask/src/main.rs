@@ -19,6 +19,8 @@
 //!   control's statistics ingest against a bare subscriber, same outputs.
 //! - `bench drift [--drift-devices N] [--drift-buckets B] [--drift-features F] [--check]`:
 //!   fleet drift from stored aggregates, same outputs.
+//! - `console-e2e [--no-install]`: the console driven end to end against a real fleet under
+//!   Xvfb (tauri-driver, WebKitWebDriver); screenshots into `docs/screenshots/`. See [`console`].
 //!
 //! Every step is announced on stderr as `==> …`. Exit code 0 means everything held, 1 that
 //! something failed (the last `error:` line says what).
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod console;
 mod cross;
 mod demo;
 mod install;
@@ -64,6 +67,13 @@ enum Task {
     Cross(cross::CrossOptions),
     /// Run the benchmarks and write docs/results/ and docs/benchmarks.md.
     Bench(bench::BenchOptions),
+    /// Drive the console end to end against a real fleet (Xvfb, tauri-driver) and write
+    /// docs/screenshots/.
+    ConsoleE2e {
+        /// Install nothing (apt, npm's packages, tauri-driver).
+        #[arg(long)]
+        no_install: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +102,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Cross(options) => cross::run_cross(&options),
         Task::Bench(options) => bench::run_bench(&options),
+        Task::ConsoleE2e { no_install } => console::run_e2e(&repo_root(), !no_install),
     }
 }
 

@@ -6,7 +6,8 @@
 //! set: CI runs on a fresh clone, maybe on a fresh machine.
 //!
 //! Checks, all run even when an earlier one fails, so one run shows every problem:
-//! the committed test models are reproducible, `cargo fmt --check`, `cargo clippy -D
+//! the committed test models are reproducible, the console frontend builds and its component
+//! tests pass (Vitest, svelte-check), `cargo fmt --check`, `cargo clippy -D
 //! warnings`, the tests (cargo-nextest when installed, else `cargo test`) with
 //! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, the agent's aarch64 test subset
 //! under qemu-user, and the crash-safety fault steps with the aarch64 agent under qemu (see
@@ -23,7 +24,7 @@ use crate::install::{
 };
 use crate::process::{cargo, repo_root, run, step, succeeds};
 use crate::python::Venv;
-use crate::{cross, models};
+use crate::{console, cross, models};
 
 /// The environment variable slow test suites check before they run.
 pub const SLOW_TESTS_ENV: &str = "OUTPOST_SLOW_TESTS";
@@ -66,6 +67,14 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
         name: "test models reproducible",
         run: Box::new(|| models::check_reproducible(&repo, &venv)),
     }];
+    // Before clippy and the tests: the console binary embeds the built frontend.
+    checks.push(Check {
+        name: "console frontend build and component tests",
+        run: Box::new(|| {
+            console::build_frontend(&repo)?;
+            console::frontend_checks(&repo)
+        }),
+    });
     if options.skip_lint {
         step!("--skip-lint: not running cargo fmt and cargo clippy");
     } else {
@@ -112,6 +121,14 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
         run: Box::new(|| run("running the tests", &mut test_command(options))),
     });
     if options.quick || !options.runner_args.is_empty() {
+        step!("--quick or a test filter: not running the console end-to-end suite");
+    } else {
+        checks.push(Check {
+            name: "console end to end",
+            run: Box::new(|| console::run_e2e(&repo, !options.no_install)),
+        });
+    }
+    if options.quick || !options.runner_args.is_empty() {
         step!("--quick or a test filter: not running the aarch64 tests under qemu");
     } else {
         checks.push(Check {
@@ -151,6 +168,11 @@ fn install(repo: &Path, venv: &Venv, lint: bool) -> Result<()> {
     if lint {
         ensure_lint_tools()?;
     }
+    // The console: Node.js and npm (the frontend build and its tests), tauri-driver (its
+    // end-to-end suite).
+    console::ensure_node()?;
+    console::ensure_npm_dependencies(repo)?;
+    console::ensure_tauri_driver()?;
     venv.ensure(repo)
 }
 
