@@ -41,6 +41,7 @@ pub struct RawConfig {
     pub registry: RawRegistry,
     pub ingest: RawIngest,
     pub drift: RawDrift,
+    pub rollouts: RawRollouts,
     pub audit: RawAudit,
 }
 
@@ -113,6 +114,13 @@ pub struct RawAudit {
     pub checkpoint_interval_seconds: f64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollouts {
+    pub tick_seconds: f64,
+    pub lease_seconds: f64,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -125,6 +133,7 @@ pub struct ServerConfig {
     pub max_bundle_bytes: u64,
     pub ingest: IngestConfig,
     pub drift: DriftConfig,
+    pub rollouts: RolloutsConfig,
     pub audit: AuditConfig,
 }
 
@@ -168,6 +177,47 @@ fn audit(raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
                 )
             })?;
     Ok(AuditConfig { retention_ms, checkpoint_interval })
+}
+
+/// The rollout driver: how often it steps rollouts and how long its lease on one lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutsConfig {
+    pub tick: std::time::Duration,
+    pub lease: std::time::Duration,
+}
+
+impl Default for RolloutsConfig {
+    fn default() -> Self {
+        RolloutsConfig {
+            tick: std::time::Duration::from_secs(2),
+            lease: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+fn rollouts(raw: &RawRollouts) -> Result<RolloutsConfig, ConfigError> {
+    let seconds = |key: &str, value: f64, min: f64| {
+        std::time::Duration::try_from_secs_f64(value)
+            .ok()
+            .filter(|d| d.as_secs_f64() >= min)
+            .ok_or_else(|| ConfigError::Value {
+                key: key.into(),
+                reason: format!("{value} must be at least {min}"),
+            })
+    };
+    let tick = seconds("rollouts.tick_seconds", raw.tick_seconds, 0.05)?;
+    let lease = seconds("rollouts.lease_seconds", raw.lease_seconds, 1.0)?;
+    if lease <= tick * 2 {
+        return Err(ConfigError::Value {
+            key: "rollouts.lease_seconds".into(),
+            reason: format!(
+                "{} must be more than twice rollouts.tick_seconds ({}) so a live driver renews \
+                 its lease in time",
+                raw.lease_seconds, raw.tick_seconds
+            ),
+        });
+    }
+    Ok(RolloutsConfig { tick, lease })
 }
 
 /// Drift evaluation and alerting.
@@ -514,6 +564,7 @@ fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
         max_bundle_bytes: raw.registry.max_bundle_bytes,
         ingest: ingest_config(&raw.ingest)?,
         drift: drift(&raw.drift)?,
+        rollouts: rollouts(&raw.rollouts)?,
         audit: audit(&raw.audit)?,
     })
 }

@@ -6,6 +6,7 @@
 //! - [`handlers`]: thin adapters to the store and to `outpost-shared` verification.
 //! - [`drift`]: fleet drift per device or cohort from the stored aggregates.
 //! - [`enroll`]: device enrollment and broker / control certificates from the fleet CA.
+//! - [`rollouts`]: staged rollouts: create, approve (signatures), start, control, show.
 //! - [`audit`]: audit records, exports with proofs, and the layer that records every
 //!   mutating request.
 //! - [`openapi`]: `/openapi.json`, generated from the route table.
@@ -21,6 +22,7 @@ pub mod enroll;
 pub mod error;
 pub mod handlers;
 pub mod openapi;
+pub mod rollouts;
 pub mod routes;
 
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct ApiState {
     pub fleet_ca: Arc<crate::ca::FleetCaCell>,
     /// The Merkle audit log: checkpoints, proofs, exports.
     pub audit: Arc<crate::audit::log::AuditLog>,
+    /// Wakes the rollout driver after a command changed a rollout.
+    pub rollout_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The handler of each route. The match is exhaustive, so every [`RouteId`] has one; that
@@ -85,6 +89,16 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::RevokeDevice => post(enroll::revoke_device),
         RouteId::RevocationList => get(enroll::revocation_list),
         RouteId::IssueBrokerCertificate => post(enroll::issue_broker_certificate),
+        RouteId::CreateRollout => post(rollouts::create),
+        RouteId::ListRollouts => get(rollouts::list),
+        RouteId::ShowRollout => get(rollouts::show),
+        RouteId::ApproveRollout => post(rollouts::approve),
+        RouteId::StartRollout => post(rollouts::start),
+        RouteId::PauseRollout => post(rollouts::pause),
+        RouteId::ResumeRollout => post(rollouts::resume),
+        RouteId::AbortRollout => post(rollouts::abort),
+        RouteId::RollbackRollout => post(rollouts::rollback),
+        RouteId::AdvanceRollout => post(rollouts::advance),
     }
 }
 

@@ -17,6 +17,7 @@ mod keys;
 pub mod model;
 mod plan;
 pub mod remote;
+pub mod rollout;
 pub mod serve;
 mod trust;
 pub mod users;
@@ -56,6 +57,10 @@ pub enum Command {
     Users(users::UsersCommand),
     /// Publish a signed rollout plan to one device (verified by the server first).
     Assign(assign::AssignArgs),
+    /// Staged rollouts: create, approve (sign the plan with your key), start, pause, resume,
+    /// abort, roll back, advance, show.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Broker configurations with certificates from the fleet CA (`mosquitto`).
     #[command(subcommand)]
     BrokerConfig(broker_config::BrokerConfigCommand),
@@ -338,6 +343,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices(command) => devices::run(command),
         Command::Users(command) => users::run(command),
         Command::Assign(args) => assign::run(args),
+        Command::Rollout(command) => rollout::run(command),
         Command::BrokerConfig(command) => broker_config::run(command),
         Command::Drift(args) => drift::run(args),
         Command::Audit(command) => audit::run(command),

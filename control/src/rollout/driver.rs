@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use outpost_shared::dsse::Envelope;
 use outpost_shared::selector::Selector;
-use outpost_shared::wire::{Admission, AdmissionAction, Assign, DeviceId, ProtocolVersion, Publish};
+use outpost_shared::wire::{
+    Admission, AdmissionAction, Assign, DeviceId, ProtocolVersion, Publish,
+};
 use tokio::sync::{Notify, watch};
 
 use super::gates::{self, Evaluation, WaveFigures};
@@ -117,7 +119,10 @@ impl Driver {
         };
         for id in ids {
             let lease_ms = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
-            match self.store.acquire_rollout_lease(&id, &self.config.owner, now_ms(), lease_ms).await
+            match self
+                .store
+                .acquire_rollout_lease(&id, &self.config.owner, now_ms(), lease_ms)
+                .await
             {
                 Ok(true) => {}
                 Ok(false) => {
@@ -233,8 +238,7 @@ impl Driver {
         } else {
             None
         };
-        let Some(transition) =
-            progress.tick(shape, now, evaluation.as_ref().map(|e| &e.judgement))
+        let Some(transition) = progress.tick(shape, now, evaluation.as_ref().map(|e| &e.judgement))
         else {
             return Ok(false);
         };
@@ -327,15 +331,8 @@ impl Driver {
             .await?;
         tracing::info!(rollout = %rollout.id, wave, devices = ?admitted, "devices admitted");
         for device in &admitted {
-            self.publish(
-                rollout,
-                envelope,
-                device,
-                wave,
-                admitted_ms,
-                AdmissionAction::Install,
-            )
-            .await?;
+            self.publish(rollout, envelope, device, wave, admitted_ms, AdmissionAction::Install)
+                .await?;
         }
         Ok(())
     }
@@ -409,8 +406,15 @@ impl Driver {
                 Some(reverted) => (reverted, AdmissionAction::Revert),
                 None => (admitted_ms, AdmissionAction::Install),
             };
-            self.publish(rollout, envelope, &device.device_id, device.wave.unwrap_or(0), at, action)
-                .await?;
+            self.publish(
+                rollout,
+                envelope,
+                &device.device_id,
+                device.wave.unwrap_or(0),
+                at,
+                action,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -425,7 +429,10 @@ impl Driver {
         action: AdmissionAction,
     ) -> Result<(), DriveError> {
         let Some(client) = &self.mqtt else {
-            return Err(DriveError::Publish(device.into(), "this server has no MQTT client".into()));
+            return Err(DriveError::Publish(
+                device.into(),
+                "this server has no MQTT client".into(),
+            ));
         };
         let id = DeviceId::new(device.to_string())
             .map_err(|error| DriveError::Publish(device.into(), error.to_string()))?;
@@ -475,7 +482,8 @@ enum InstallStatus {
 }
 
 /// Event kinds that end an install without the new model.
-const FAILED_KINDS: [&str; 4] = ["acceptance_failed", "rolled_back", "rejected", "message_rejected"];
+const FAILED_KINDS: [&str; 4] =
+    ["acceptance_failed", "rolled_back", "rejected", "message_rejected"];
 
 /// The figures of `rollout`'s admitted devices (holdout excluded) for the gates.
 pub async fn gather(
@@ -493,7 +501,9 @@ pub async fn gather(
     for event in events.iter().filter(|e| e.plan_seq.is_none_or(|s| s == seq)) {
         let kind = event.kind.as_str();
         let is_failure = FAILED_KINDS.contains(&kind)
-            || (kind == "error" && event.outcome == "failed" && event.code.as_deref() != Some("superseded"));
+            || (kind == "error"
+                && event.outcome == "failed"
+                && event.code.as_deref() != Some("superseded"));
         let entry = status.entry(event.device_id.as_str()).or_insert(InstallStatus::Installing);
         if is_failure {
             *entry = InstallStatus::Failed;
@@ -583,8 +593,8 @@ pub async fn gather(
         }
     }
     figures.shadow_agreement = shadow;
-    let timeout_ms = i64::try_from(rollout.spec.device_timeout_seconds.saturating_mul(1000))
-        .unwrap_or(i64::MAX);
+    let timeout_ms =
+        i64::try_from(rollout.spec.device_timeout_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let soak_ms = rollout
         .spec
         .waves

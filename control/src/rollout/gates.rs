@@ -107,14 +107,7 @@ fn at_most(gate: &str, value: Option<f64>, threshold: f64, detail: String) -> Ga
         Some(v) if v <= threshold + 1e-12 => GateStatus::Pass,
         Some(_) => GateStatus::Fail,
     };
-    GateResult {
-        gate: gate.into(),
-        value,
-        comparison: "<=".into(),
-        threshold,
-        status,
-        detail,
-    }
+    GateResult { gate: gate.into(), value, comparison: "<=".into(), threshold, status, detail }
 }
 
 fn at_least(gate: &str, value: Option<f64>, threshold: f64, detail: String) -> GateResult {
@@ -123,14 +116,7 @@ fn at_least(gate: &str, value: Option<f64>, threshold: f64, detail: String) -> G
         Some(v) if v + 1e-12 >= threshold => GateStatus::Pass,
         Some(_) => GateStatus::Fail,
     };
-    GateResult {
-        gate: gate.into(),
-        value,
-        comparison: ">=".into(),
-        threshold,
-        status,
-        detail,
-    }
+    GateResult { gate: gate.into(), value, comparison: ">=".into(), threshold, status, detail }
 }
 
 /// Judges the wave from `figures` against `thresholds`.
@@ -339,7 +325,8 @@ mod tests {
         };
         assert!(reasons[0].starts_with("max_p95_latency_ratio 10 not <= 2"), "{reasons:?}");
         // A device that rolled back on its own fails the wave even while another installs.
-        let rolled = WaveFigures { installed: 0, failed: 1, installing: 1, reporting: 0, ..healthy() };
+        let rolled =
+            WaveFigures { installed: 0, failed: 1, installing: 1, reporting: 0, ..healthy() };
         let Judgement::Fail(reasons) = evaluate(&rolled, &thresholds).judgement else {
             panic!("install failure must fail");
         };
@@ -393,7 +380,8 @@ mod tests {
         };
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert!(reasons[0].contains("max_drift_psi 1.7000") && reasons[0].contains("f2"));
-        let disagreeing = WaveFigures { drift_psi: Some(0.01), shadow_agreement: Some(0.5), ..drifting };
+        let disagreeing =
+            WaveFigures { drift_psi: Some(0.01), shadow_agreement: Some(0.5), ..drifting };
         let Judgement::Fail(reasons) = evaluate(&disagreeing, &thresholds).judgement else {
             panic!("shadow must fail");
         };

@@ -99,9 +99,15 @@ impl WavePhase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// An approval was recorded; the rollout now has `valid` of the `required` approvals.
-    Approved { valid: usize, required: usize },
+    Approved {
+        valid: usize,
+        required: usize,
+    },
     /// Start; `valid` approvals of the `required` are on the plan.
-    Start { valid: usize, required: usize },
+    Start {
+        valid: usize,
+        required: usize,
+    },
     Pause,
     Resume,
     Abort,
@@ -235,11 +241,9 @@ impl Progress {
                 S::Paused => {
                     // A wave that was admitted soaks again from now before it is judged.
                     let next = match self.phase {
-                        WavePhase::Soaking => Progress {
-                            state: S::Running,
-                            wave_started_ms: Some(now_ms),
-                            ..self
-                        },
+                        WavePhase::Soaking => {
+                            Progress { state: S::Running, wave_started_ms: Some(now_ms), ..self }
+                        }
                         _ => self.to(S::Running),
                     };
                     done(next, "resumed by an operator".into(), vec![])
@@ -329,11 +333,7 @@ impl Progress {
         }
         match self.phase {
             WavePhase::Pending => Some(Transition {
-                next: Progress {
-                    phase: WavePhase::Soaking,
-                    wave_started_ms: Some(now_ms),
-                    ..self
-                },
+                next: Progress { phase: WavePhase::Soaking, wave_started_ms: Some(now_ms), ..self },
                 action: "rollout.wave.admit",
                 reason: format!("wave {} admitted", self.wave),
                 effects: vec![Effect::AdmitWave(self.wave)],
@@ -439,7 +439,12 @@ mod tests {
         }
         assert_eq!(
             admitted,
-            [Effect::AdmitWave(0), Effect::AdmitWave(1), Effect::AdmitWave(2), Effect::ReleaseHoldout]
+            [
+                Effect::AdmitWave(0),
+                Effect::AdmitWave(1),
+                Effect::AdmitWave(2),
+                Effect::ReleaseHoldout
+            ]
         );
     }
 

@@ -41,9 +41,7 @@ pub fn joiner_held_out(rollout: &str, device: &str, share: f64) -> bool {
 /// `devices` in admission order.
 pub fn admission_order(rollout: &str, devices: &mut [String]) {
     devices.sort_by(|a, b| {
-        fraction(rollout, a, "wave")
-            .total_cmp(&fraction(rollout, b, "wave"))
-            .then_with(|| a.cmp(b))
+        fraction(rollout, a, "wave").total_cmp(&fraction(rollout, b, "wave")).then_with(|| a.cmp(b))
     });
 }
 

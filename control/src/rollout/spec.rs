@@ -244,9 +244,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
         || id.len() > 64
         || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
-        return Err(format!(
-            "rollout id {id:?} must be 1 to 64 letters, digits, `.`, `_` or `-`"
-        ));
+        return Err(format!("rollout id {id:?} must be 1 to 64 letters, digits, `.`, `_` or `-`"));
     }
     Ok(())
 }
@@ -267,8 +265,7 @@ impl RolloutSpec {
         for (index, wave) in self.waves.iter().enumerate() {
             wave.gates.validate(index)?;
         }
-        if !matches!(self.waves.last().map(|w| w.size), Some(WaveSize::Percent(p)) if p >= 100.0)
-        {
+        if !matches!(self.waves.last().map(|w| w.size), Some(WaveSize::Percent(p)) if p >= 100.0) {
             return Err("the last wave must be `100%` so the whole cohort is reached".into());
         }
         if !(0.0..=50.0).contains(&self.holdout_percent) {

@@ -1,7 +1,7 @@
 //! `outpost serve`: the control server's shell. It wires the parts together and owns their
 //! lifetimes: the database ([`crate::store`]), the broker (embedded or external,
-//! [`broker`]), the MQTT subscriber ([`mqtt`]), the REST API ([`crate::api`]) and the drift
-//! monitor ([`drift_monitor`]).
+//! [`broker`]), the MQTT subscriber ([`mqtt`]), the REST API ([`crate::api`]), the drift
+//! monitor ([`drift_monitor`]) and the rollout driver ([`crate::rollout::driver`]).
 //!
 //! [`start`] returns a [`RunningServer`] once everything accepts work (the tests start servers
 //! this way, on port 0); [`run`] is the command: start, wait for Ctrl-C or SIGTERM, shut down.
@@ -156,6 +156,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         config.ingest.maintenance_interval,
         stop_receiver.clone(),
     )));
+    let rollout_wake = Arc::new(tokio::sync::Notify::new());
+    let driver = crate::rollout::driver::Driver::new(
+        store.clone(),
+        Some(mqtt_client.clone()),
+        crate::rollout::driver::DriverConfig {
+            tick: config.rollouts.tick,
+            lease: config.rollouts.lease,
+            owner: instance::instance_id(&config.data_dir)?,
+        },
+    );
+    tasks.push(tokio::spawn(driver.run(rollout_wake.clone(), stop_receiver.clone())));
     let audit_log = Arc::new(crate::audit::log::AuditLog::new(store.clone(), &config.data_dir));
     tasks.push(tokio::spawn(crate::audit::log::run(
         audit_log.clone(),
@@ -177,6 +188,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         mqtt: Some(mqtt_client),
         fleet_ca: Arc::new(crate::ca::FleetCaCell::new(&config.data_dir)),
         audit: audit_log,
+        rollout_wake,
     };
     let listener = std::net::TcpListener::bind(config.api.listen)
         .map_err(|source| ServerError::Bind { what: "API", address: config.api.listen, source })?;

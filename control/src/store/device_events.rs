@@ -109,18 +109,16 @@ impl Store {
             return Ok(EventOutcome::Duplicate);
         }
         let model = match &digest {
-            Some(digest) => sqlx::query(
-                "SELECT name, version FROM bundles WHERE digest = $1",
-            )
-            .bind(digest.clone())
-            .fetch_optional(&mut *transaction)
-            .await?
-            .map(|row| -> Result<String, StoreError> {
-                let name: String = row.try_get("name")?;
-                let version: String = row.try_get("version")?;
-                Ok(format!("{name}@{version}"))
-            })
-            .transpose()?,
+            Some(digest) => sqlx::query("SELECT name, version FROM bundles WHERE digest = $1")
+                .bind(digest.clone())
+                .fetch_optional(&mut *transaction)
+                .await?
+                .map(|row| -> Result<String, StoreError> {
+                    let name: String = row.try_get("name")?;
+                    let version: String = row.try_get("version")?;
+                    Ok(format!("{name}@{version}"))
+                })
+                .transpose()?,
             None => None,
         };
         let mut subject = format!("device {device}");

@@ -168,7 +168,12 @@ async fn insert_transition(
             action: change.action.to_string(),
             subject: format!("rollout {id} wave {}", change.next.wave),
             outcome: "ok".into(),
-            reason: format!("{} → {}: {}", from.as_str(), change.next.state.as_str(), change.reason),
+            reason: format!(
+                "{} → {}: {}",
+                from.as_str(),
+                change.next.state.as_str(),
+                change.reason
+            ),
             source: change.source.to_string(),
             device: None,
             model,
@@ -206,8 +211,8 @@ impl Store {
         actor: &str,
         build_plan: impl FnOnce(u64) -> Result<String, String>,
     ) -> Result<RolloutRecord, StoreError> {
-        let spec_json = serde_json::to_string(spec)
-            .map_err(|error| corrupt(id, format!("spec: {error}")))?;
+        let spec_json =
+            serde_json::to_string(spec).map_err(|error| corrupt(id, format!("spec: {error}")))?;
         let mut transaction = self.pool().begin().await?;
         let taken: Option<String> = sqlx::query_scalar("SELECT id FROM rollouts WHERE id = $1")
             .bind(id.to_string())
@@ -298,9 +303,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut transaction = self.pool().begin().await?;
         let gates_text = match change.gates {
-            Some(Some(value)) => Some(
-                serde_json::to_string(value).map_err(|e| corrupt(id, format!("gates: {e}")))?,
-            ),
+            Some(Some(value)) => {
+                Some(serde_json::to_string(value).map_err(|e| corrupt(id, format!("gates: {e}")))?)
+            }
             _ => None,
         };
         let updated = sqlx::query(
@@ -546,10 +551,7 @@ impl Store {
     }
 
     /// Every transition of a rollout, oldest first.
-    pub async fn rollout_transitions(
-        &self,
-        id: &str,
-    ) -> Result<Vec<TransitionRecord>, StoreError> {
+    pub async fn rollout_transitions(&self, id: &str) -> Result<Vec<TransitionRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, ts_ms, action, from_state, to_state, wave, actor, reason \
              FROM rollout_transitions WHERE rollout_id = $1 ORDER BY id",

@@ -13,4 +13,6 @@ mod ingest;
 mod inventory;
 mod multi_instance;
 mod registry;
+mod rollout;
+mod rollout_restart;
 mod server;

@@ -1,0 +1,76 @@
+//! A rollout survives its server: `outpost serve` is SIGKILLed while a wave soaks and started
+//! again on the same database; the rollout continues from the stored state to completion, each
+//! wave is admitted once, and no device receives two plans (or two admissions) for it.
+
+use std::collections::BTreeMap;
+
+use crate::rollout::{Lab, TIMEOUT, Traffic, placed};
+
+#[test]
+fn a_server_killed_mid_wave_resumes_and_no_device_gets_two_plans() {
+    let mut lab = Lab::new();
+    lab.start_agents(12);
+    let _traffic = Traffic::start(&lab.agent_ports(), false);
+    let id = lab.create(
+        "restart",
+        "fraud@2.0.0",
+        &[
+            "--wave",
+            "2",
+            "--wave",
+            "50%",
+            "--wave",
+            "100%",
+            "--holdout",
+            "10",
+            "--soak",
+            "4",
+            "--device-timeout",
+            "60",
+            "--gate",
+            "min_devices_reporting=2",
+            "--gate",
+            "max_p95_latency_ratio=4",
+        ],
+    );
+    lab.approve(&id, &["alice", "bob"]);
+    lab.cli_ok(&["rollout", "start", &id]);
+    let before = lab.wait_rollout(&id, "wave 1 admitted and soaking", |v| {
+        v["wave"] == 1 && v["wave_phase"] == "soaking"
+    });
+    let admitted_before = before["devices_admitted"].as_u64().expect("admitted");
+    assert_eq!(admitted_before, 6, "2 + 4 devices admitted before the kill: {before:#}");
+    lab.kill_server();
+    lab.start_server();
+    let done = lab.wait_rollout(&id, "the rollout completes after the restart", |v| {
+        v["state"] == "completed"
+    });
+    let devices = placed(&done);
+    let mut per_wave: BTreeMap<Option<u64>, usize> = BTreeMap::new();
+    for device in &devices {
+        *per_wave.entry(device.2).or_default() += 1;
+    }
+    assert_eq!(
+        per_wave,
+        BTreeMap::from([(Some(0), 2), (Some(1), 4), (Some(2), 5), (Some(3), 1)]),
+        "{done:#}"
+    );
+    let admits = done["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter(|t| t["action"] == "rollout.wave.admit")
+        .count();
+    assert_eq!(admits, 3, "each wave admitted once: {done:#}");
+    outpost_tests::wait::until(TIMEOUT, "every device on 2.0.0", || {
+        lab.versions().values().filter(|v| *v == "2.0.0").count() == 12
+    });
+    for (device, plans) in lab.assigns().plans_of(&id) {
+        assert_eq!(plans.len(), 1, "{device} received {} different plans", plans.len());
+    }
+    let audit = lab
+        .api(&lab.admin_token)
+        .get_json("/v1/audit/events", &[("action", "rollout.device.admit".into())])
+        .expect("audit");
+    assert_eq!(audit["events"].as_array().map(Vec::len), Some(12), "one admission per device");
+}
