@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use outpost_shared::wire::{
     self, Assign, Channel, ChunkFrame, ChunkHeader, Event, FetchError, FetchRequest, Hello,
-    LAST_WILL_PAYLOAD, State, StatsWindow, WireMessage,
+    LAST_WILL_PAYLOAD, SampleChunk, SamplingControl, State, StatsWindow, WireMessage,
 };
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ const DOCUMENTED: &[&str] = &[
     "FetchRequest",
     "ChunkHeader",
     "FetchError",
+    "SamplingControl",
+    "SampleChunk",
 ];
 
 /// A fenced block announced by an HTML comment marker.
@@ -132,6 +134,8 @@ fn check_example(name: &str, block: &Block) {
         "FetchRequest" => drop(round_trip::<FetchRequest>(block)),
         "ChunkHeader" => drop(round_trip::<ChunkHeader>(block)),
         "FetchError" => drop(round_trip::<FetchError>(block)),
+        "SamplingControl" => drop(round_trip::<SamplingControl>(block)),
+        "SampleChunk" => drop(round_trip::<SampleChunk>(block)),
         other => panic!("docs/protocol.md:{}: no message type named `{other}`", block.line),
     }
 }

@@ -672,6 +672,7 @@ mod tests {
                 Action::Forward(ToDevice::Assign(_)) => "fwd assign".into(),
                 Action::Forward(ToDevice::AssignCleared) => "fwd assign cleared".into(),
                 Action::Forward(ToDevice::Chunk(_)) => "fwd chunk".into(),
+                Action::Forward(ToDevice::Sampling(_)) => "fwd sampling".into(),
                 Action::Disconnect => "disconnect".into(),
                 Action::Finish => "finish".into(),
             })

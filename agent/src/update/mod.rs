@@ -182,6 +182,8 @@ impl Updater {
                     tracing::info!("the control withdrew the assignment; nothing to undo");
                 }
                 ToDevice::Chunk(_) => tracing::debug!("chunk with no download in progress"),
+                // Sampling is telemetry's business (`crate::sampling`), never the updater's.
+                ToDevice::Sampling(_) => {}
             }
         }
     }
@@ -806,7 +808,7 @@ impl Updater {
                             )
                             .await;
                     }
-                    ToDevice::Chunk(_) => {}
+                    ToDevice::Chunk(_) | ToDevice::Sampling(_) => {}
                     ToDevice::AssignCleared => {}
                     ToDevice::Assign(assign) => match self.decide(&assign) {
                         Decision::Refuse(refusal) => self.report_refusal(&refusal).await,

@@ -5,8 +5,8 @@
 //! CSRs (`POST /v1/broker/certificates`). Written into `--out`:
 //! - `mosquitto.conf`: a TLS listener that requires a client certificate from the fleet CA and
 //!   takes its CN as the user name (and client id), no anonymous clients, the ACL file;
-//! - `acl`: per-device patterns (a device publishes only its own hello/state/stats/events/fetch
-//!   and reads only its own assign/chunk) and one block per control instance;
+//! - `acl`: per-device patterns (a device publishes only its own hello/state/stats/events/fetch/
+//!   samples and reads only its own assign/chunk/sampling) and one block per control instance;
 //! - `ca.pem`, `broker.pem`, `broker.key` (0600), `crl.pem` (the CA's revocation list, renewed
 //!   with `outpost broker-config crl` after `outpost devices revoke`);
 //! - per control instance: `control-<name>.pem`, `control-<name>.key` (0600) and
@@ -340,6 +340,11 @@ mod tests {
             "pattern write outpost/v1/%u/fetch",
             "pattern read outpost/v1/%u/assign",
             "pattern read outpost/v1/%u/chunk",
+            // Sampled inputs: a device uploads only its own, and reads only its own requests.
+            "pattern write outpost/v1/%u/samples",
+            "pattern read outpost/v1/%u/sampling",
+            "topic read outpost/v1/+/samples",
+            "topic write outpost/v1/+/sampling",
             "user outpost-control:main",
             "topic read outpost/v1/+/stats",
             "topic write outpost/v1/+/assign",
@@ -350,6 +355,8 @@ mod tests {
             assert!(acl.lines().any(|l| l == line), "{line} missing from\n{acl}");
         }
         assert!(!acl.contains("pattern write outpost/v1/%u/assign"));
+        assert!(!acl.contains("pattern write outpost/v1/%u/sampling"));
+        assert!(!acl.contains("pattern read outpost/v1/%u/samples"));
         assert!(!acl.contains("readwrite"));
         assert!(
             !acl.lines().any(|line| !line.starts_with('#') && line.contains('#')),

@@ -122,6 +122,7 @@ pub async fn process_message(
         }
         (device, FromDevice::Fetch(request)) => MessageOutcome::Fetch(device, request),
         (_, FromDevice::Cleared(channel)) => MessageOutcome::Ignored(channel),
+        (_, FromDevice::Samples(_)) => MessageOutcome::Ignored(Channel::Samples),
     })
 }
 

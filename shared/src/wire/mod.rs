@@ -9,7 +9,7 @@
 //!   direction, QoS and retain flag, and the subscription filters ([`control_subscriptions`],
 //!   [`device_subscriptions`]).
 //! - JSON messages: [`Hello`], [`State`], [`StatsWindow`], [`Event`], [`Assign`],
-//!   [`FetchRequest`]; binary chunk frames: [`ChunkFrame`] / [`FetchError`] ([`ChunkReply`]).
+//!   [`FetchRequest`], [`SamplingControl`], [`SampleChunk`]; binary chunk frames: [`ChunkFrame`] / [`FetchError`] ([`ChunkReply`]).
 //! - Decoding: [`FromDevice::decode`] for the control, [`ToDevice::decode`] for a device, or
 //!   [`decode_on`] / [`decode`] for one known type; [`encode`] and [`Publish`] for sending.
 //!
@@ -21,6 +21,7 @@
 
 mod fields;
 mod messages;
+mod samples;
 mod topic;
 mod transfer;
 mod window;
@@ -35,6 +36,10 @@ pub use fields::{
 pub use messages::{
     Admission, AdmissionAction, Assign, Event, EventKind, Hello, LAST_WILL_PAYLOAD, ModelRef,
     Outcome, Presence, SlotName, Slots, State,
+};
+pub use samples::{
+    MAX_SAMPLE_CHUNK_VALUES, MAX_SAMPLE_PARTS, MAX_SAMPLE_ROW_VALUES, MAX_SAMPLE_ROWS_PER_CHUNK,
+    SampleChunk, SamplingControl, rows_per_chunk,
 };
 pub use topic::{
     CONTROL_SHARE_GROUP, Channel, DeviceId, DeviceIdError, Direction, MAX_DEVICE_ID_BYTES, QoS,
@@ -64,6 +69,8 @@ pub const MESSAGE_TYPES: &[&str] = &[
     FetchRequest::NAME,
     ChunkHeader::NAME,
     FetchError::NAME,
+    SamplingControl::NAME,
+    SampleChunk::NAME,
 ];
 
 /// A JSON document of the protocol.
@@ -242,6 +249,7 @@ pub enum FromDevice {
     Stats(StatsWindow),
     Event(Event),
     Fetch(FetchRequest),
+    Samples(SampleChunk),
     /// An empty retained payload on `hello` or `state`: the retained message was cleared.
     Cleared(Channel),
 }
@@ -262,7 +270,8 @@ impl FromDevice {
             Channel::Stats => FromDevice::Stats(decode_on(&topic, payload)?),
             Channel::Events => FromDevice::Event(decode_on(&topic, payload)?),
             Channel::Fetch => FromDevice::Fetch(decode_on(&topic, payload)?),
-            channel @ (Channel::Assign | Channel::Chunk) => {
+            Channel::Samples => FromDevice::Samples(decode_on(&topic, payload)?),
+            channel @ (Channel::Assign | Channel::Chunk | Channel::Sampling) => {
                 return Err(WireError::WrongDirection {
                     channel,
                     expected_direction: Direction::ControlToDevice,
@@ -280,6 +289,9 @@ pub enum ToDevice {
     /// An empty retained payload on `assign`: the control withdrew the assignment.
     AssignCleared,
     Chunk(ChunkReply),
+    /// Drift-alert state and upload request for input sampling; an empty retained payload
+    /// reads as "not in alert, no request".
+    Sampling(SamplingControl),
 }
 
 impl ToDevice {
@@ -301,6 +313,12 @@ impl ToDevice {
             Channel::Assign if payload.is_empty() => Ok(ToDevice::AssignCleared),
             Channel::Assign => Ok(ToDevice::Assign(decode_on(&topic, payload)?)),
             Channel::Chunk => Ok(ToDevice::Chunk(ChunkReply::decode(payload)?)),
+            Channel::Sampling if payload.is_empty() => Ok(ToDevice::Sampling(SamplingControl {
+                v: ProtocolVersion,
+                alert: false,
+                upload_request: None,
+            })),
+            Channel::Sampling => Ok(ToDevice::Sampling(decode_on(&topic, payload)?)),
             channel => Err(WireError::WrongDirection {
                 channel,
                 expected_direction: Direction::DeviceToControl,

@@ -150,10 +150,15 @@ pub enum Channel {
     Fetch,
     /// Artifact data or a refusal, binary ([`super::ChunkReply`]).
     Chunk,
+    /// Drift-alert state and upload requests for input sampling ([`super::SamplingControl`]),
+    /// retained.
+    Sampling,
+    /// Sampled input rows, one part of an upload each ([`super::SampleChunk`]).
+    Samples,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 7] = [
+    pub const ALL: [Channel; 9] = [
         Channel::Hello,
         Channel::State,
         Channel::Stats,
@@ -161,6 +166,8 @@ impl Channel {
         Channel::Assign,
         Channel::Fetch,
         Channel::Chunk,
+        Channel::Sampling,
+        Channel::Samples,
     ];
 
     /// The topic level, e.g. `hello`.
@@ -173,6 +180,8 @@ impl Channel {
             Channel::Assign => "assign",
             Channel::Fetch => "fetch",
             Channel::Chunk => "chunk",
+            Channel::Sampling => "sampling",
+            Channel::Samples => "samples",
         }
     }
 
@@ -183,10 +192,13 @@ impl Channel {
 
     pub fn direction(self) -> Direction {
         match self {
-            Channel::Hello | Channel::State | Channel::Stats | Channel::Events | Channel::Fetch => {
-                Direction::DeviceToControl
-            }
-            Channel::Assign | Channel::Chunk => Direction::ControlToDevice,
+            Channel::Hello
+            | Channel::State
+            | Channel::Stats
+            | Channel::Events
+            | Channel::Fetch
+            | Channel::Samples => Direction::DeviceToControl,
+            Channel::Assign | Channel::Chunk | Channel::Sampling => Direction::ControlToDevice,
         }
     }
 
@@ -195,9 +207,10 @@ impl Channel {
     }
 
     /// Whether publications on this channel set the MQTT retain flag: the broker keeps the
-    /// last device description, presence and assignment for whoever subscribes later.
+    /// last device description, presence, assignment and sampling state for whoever
+    /// subscribes later.
     pub fn retained(self) -> bool {
-        matches!(self, Channel::Hello | Channel::State | Channel::Assign)
+        matches!(self, Channel::Hello | Channel::State | Channel::Assign | Channel::Sampling)
     }
 
     /// The name of the payload type in `docs/protocol.md`.
@@ -210,6 +223,8 @@ impl Channel {
             Channel::Assign => "Assign",
             Channel::Fetch => "FetchRequest",
             Channel::Chunk => "ChunkFrame",
+            Channel::Sampling => "SamplingControl",
+            Channel::Samples => "SampleChunk",
         }
     }
 
@@ -371,7 +386,9 @@ mod tests {
             events device → control qos=1 retained=false Event
             assign control → device qos=1 retained=true Assign
             fetch device → control qos=1 retained=false FetchRequest
-            chunk control → device qos=1 retained=false ChunkFrame"#]]
+            chunk control → device qos=1 retained=false ChunkFrame
+            sampling control → device qos=1 retained=true SamplingControl
+            samples device → control qos=1 retained=false SampleChunk"#]]
         .assert_eq(&table.join("\n"));
     }
 
@@ -382,11 +399,12 @@ mod tests {
             $share/outpost-control/outpost/v1/+/state
             $share/outpost-control/outpost/v1/+/stats
             $share/outpost-control/outpost/v1/+/events
-            $share/outpost-control/outpost/v1/+/fetch"#]]
+            $share/outpost-control/outpost/v1/+/fetch
+            $share/outpost-control/outpost/v1/+/samples"#]]
         .assert_eq(&control_subscriptions().join("\n"));
         let own: Vec<String> =
             device_subscriptions(&device("d1")).iter().map(Topic::to_string).collect();
-        assert_eq!(own, ["outpost/v1/d1/assign", "outpost/v1/d1/chunk"]);
+        assert_eq!(own, ["outpost/v1/d1/assign", "outpost/v1/d1/chunk", "outpost/v1/d1/sampling"]);
         assert_eq!(device_acl_pattern(&device("d1")), "outpost/v1/d1/#");
         assert_eq!(Channel::Assign.control_subscription(), None);
     }
