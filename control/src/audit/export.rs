@@ -508,3 +508,113 @@ pub fn verify_directory(
         consistent_with,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::merkle::MemoryTree;
+    use crate::audit::note::NoteSigner;
+
+    fn record(id: i64, device: &str) -> AuditRecord {
+        AuditRecord {
+            id,
+            ts_ms: 1_700_000_000_000 + id,
+            actor: device.into(),
+            action: "device.install".into(),
+            subject: format!("device {device}"),
+            outcome: "ok".into(),
+            reason: String::new(),
+            source: "mqtt".into(),
+            device: Some(device.into()),
+            model: None,
+        }
+    }
+
+    /// A log of 10 records (even ids on `a`, odd on `b`) and an export of `device`'s records.
+    fn export(device: Option<&str>) -> (ExportAnswer, Vec<ExportedRecord>) {
+        let signer = NoteSigner::from_seed("test/audit", &[3u8; 32]).expect("signer");
+        let records: Vec<AuditRecord> =
+            (0..10).map(|id| record(id, if id % 2 == 0 { "a" } else { "b" })).collect();
+        let mut tree = MemoryTree::default();
+        for record in &records {
+            tree.push(record.leaf_hash());
+        }
+        let size = tree.size();
+        let root = tree.root_at(size).expect("root");
+        let exported: Vec<ExportedRecord> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| ExportedRecord {
+                leaf_index: index as u64,
+                record: record.clone(),
+                inclusion_proof: hex_hashes(
+                    &tree.inclusion_proof(index as u64, size).expect("proof"),
+                ),
+            })
+            .collect();
+        let filters = ExportFilters { device: device.map(str::to_string), ..Default::default() };
+        let selected: Vec<ExportedRecord> =
+            exported.iter().filter(|r| filters.selects(&r.record)).cloned().collect();
+        let manifest = Manifest {
+            tree_size: size,
+            root,
+            filters,
+            leaves: selected.iter().map(|r| r.leaf_index).collect(),
+        };
+        let checkpoint = Checkpoint { origin: "test/audit".into(), size, root };
+        let answer = ExportAnswer {
+            checkpoint: signer.sign(&checkpoint.to_text()).expect("sign"),
+            vkey: signer.verifier().to_vkey(),
+            manifest: signer.sign(&manifest.to_text()).expect("sign"),
+            records: selected,
+            previous: None,
+            consistency: None,
+        };
+        (answer, exported)
+    }
+
+    #[test]
+    fn a_genuine_record_smuggled_into_a_filtered_export_is_refused_by_the_manifest() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let (mut answer, all) = export(Some("a"));
+        let good = directory.path().join("good");
+        write_directory(&good, &answer).expect("write");
+        let verified = verify_directory(&good, None, None).expect("verifies");
+        assert_eq!(verified.records, 5);
+        // Record 3 (device b) has a valid inclusion proof, but the manifest does not list it.
+        answer.records.insert(2, all[3].clone());
+        let smuggled = directory.path().join("smuggled");
+        write_directory(&smuggled, &answer).expect("write");
+        let failure = verify_directory(&smuggled, None, None).expect_err("refused");
+        assert!(
+            failure.0.contains("line 3 (leaf index 3)") && failure.0.contains("inserted"),
+            "{failure}"
+        );
+        // Moved to where its index fits, it is still not in the manifest.
+        answer.records.remove(2);
+        answer.records.insert(1, all[1].clone());
+        let moved = directory.path().join("moved");
+        write_directory(&moved, &answer).expect("write");
+        let failure = verify_directory(&moved, None, None).expect_err("refused");
+        assert!(failure.0.contains("leaf index 1") && failure.0.contains("inserted"), "{failure}");
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_extra_lines() {
+        let manifest = Manifest {
+            tree_size: 12,
+            root: [1u8; 32],
+            filters: ExportFilters {
+                from_ms: Some(5),
+                actor: Some("name with spaces\nand a newline".into()),
+                ..Default::default()
+            },
+            leaves: vec![1, 5, 11],
+        };
+        let text = manifest.to_text();
+        assert_eq!(Manifest::parse(&text).expect("parse"), manifest);
+        assert!(Manifest::parse(&format!("{text}leaf 12\n")).is_err());
+        assert!(Manifest::parse(&text.replace("records 3", "records 4")).is_err());
+        assert!(Manifest::parse(&text.replacen("outpost", "other", 1)).is_err());
+    }
+}

@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod assign;
+mod audit;
 mod authz;
 mod broker_security;
 mod cli;
