@@ -171,7 +171,8 @@ mod tests {
         assert_eq!(decode::<SampleChunk>(&bytes).expect("decode"), good);
         let mut ragged = chunk();
         ragged.rows[1].pop();
-        assert!(encode(&ragged).unwrap_err().to_string().contains("row 1 has 1 values"));
+        let refused = encode(&ragged).expect_err("ragged row");
+        assert!(refused.to_string().contains("row 1 has 1 values"), "{refused}");
         let mut part = chunk();
         part.part = 1;
         assert!(encode(&part).is_err(), "part beyond parts");
