@@ -217,6 +217,7 @@ impl Store {
                 outcome: "ok".into(),
                 reason: format!("signed by {}", bundle.signers().join(", ")),
                 source: "api".into(),
+                model: Some(manifest.id()),
                 ..Default::default()
             },
         )

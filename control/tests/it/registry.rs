@@ -70,7 +70,13 @@ fn round_trip(backend: Backend) {
 
     let published: Vec<AuditEvent> =
         site.runtime.block_on(site.store().audit_events(Some("model.publish"), 10)).expect("audit");
-    assert_eq!(published.len(), 2, "one event per stored bundle, none for the re-push");
+    let stored: Vec<&AuditEvent> = published.iter().filter(|e| e.outcome == "ok").collect();
+    assert_eq!(stored.len(), 2, "one event per stored bundle");
+    assert!(stored.iter().all(|e| e.model.as_deref().is_some_and(|m| m.starts_with("fraud@"))));
+    // The idempotent re-push (200) and the refused one (409) are recorded as well.
+    let mut outcomes: Vec<&str> = published.iter().map(|e| e.outcome.as_str()).collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["200", "409", "ok", "ok"]);
 }
 
 #[test]
