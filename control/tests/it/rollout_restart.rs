@@ -43,7 +43,7 @@ fn a_server_killed_mid_wave_resumes_and_no_device_gets_two_plans() {
     lab.kill_server();
     lab.start_server();
     let done = lab.wait_rollout(&id, "the rollout completes after the restart", |v| {
-        v["state"] == "completed"
+        v["state"] == "completed" && v["holdout"]["released"] == 1
     });
     let devices = placed(&done);
     let mut per_wave: BTreeMap<Option<u64>, usize> = BTreeMap::new();
