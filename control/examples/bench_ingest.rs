@@ -15,7 +15,9 @@
 //! receives the same messages. From the first window published, the bare rate is windows over
 //! the time until the subscriber had them all; the ingest rate is windows over the time until
 //! the server's `outpost_windows_ingested_total` reached them all (checked every 20 ms). The
-//! ratio of the two is the figure. Results are printed as `bench kind=ingest key=value …`
+//! ratio of the two is the figure. Then the fleet aggregate of every model is read once through
+//! the API (`first_read_seconds`: that read folds whatever ingest left pending) and its windows
+//! must add up to every window published. Results are printed as `bench kind=ingest key=value …`
 //! lines for xtask to collect; progress goes to stderr.
 //!
 //! For looking into a run: `OUTPOST_BENCH_SERVER_LOG` is the server's `RUST_LOG` (default
@@ -396,12 +398,28 @@ fn run_backend(
         metric(&api, "outpost_windows_ingested_total ") >= total
     })?;
     let ingest_seconds = (ingest_done - t0).as_secs_f64();
+    // The first exact read after the burst: the fleet aggregate of every model, which folds
+    // whatever ingest left pending; its windows must add up to every window published.
+    let read_started = Instant::now();
+    let mut windows_read = 0;
+    for (_, model, _) in models {
+        let fleet = api
+            .get_json("/v1/aggregates", &[("model", model.digest.as_str().to_string())])
+            .map_err(|error| anyhow::anyhow!("reading the fleet aggregate: {error}"))?;
+        windows_read += fleet["total"]["windows"].as_u64().unwrap_or(0);
+    }
+    let read_seconds = read_started.elapsed().as_secs_f64();
+    ensure!(
+        windows_read == total,
+        "the fleet aggregates hold {windows_read} windows, {total} were published"
+    );
     let duplicates = metric(&api, "outpost_windows_duplicate_total ");
     let rejected = metric(&api, "outpost_windows_rejected_total ");
     let ingested = metric(&api, "outpost_windows_ingested_total ");
     eprintln!(
         "{backend}: published in {publish_seconds:.2} s, bare subscriber {bare_seconds:.2} s, \
-         ingested {ingested} in {ingest_seconds:.2} s, {duplicates} duplicates, {rejected} rejected"
+         ingested {ingested} in {ingest_seconds:.2} s, {duplicates} duplicates, {rejected} rejected, \
+         first exact read {read_seconds:.2} s"
     );
     ensure!(rejected == 0, "the server refused {rejected} windows; see {}", dir.display());
     let bare_rate = total as f64 / bare_seconds;
@@ -412,7 +430,8 @@ fn run_backend(
          hello_seconds={hello_seconds:.3} publish_seconds={publish_seconds:.3} \
          publish_rate={:.1} bare_seconds={bare_seconds:.3} bare_rate={bare_rate:.1} \
          ingest_seconds={ingest_seconds:.3} ingest_rate={ingest_rate:.1} ratio={:.3} \
-         ingested={ingested} duplicates={duplicates} rejected={rejected}",
+         ingested={ingested} duplicates={duplicates} rejected={rejected} \
+         first_read_seconds={read_seconds:.3}",
         options.connections,
         plan.window_bytes as f64 / total as f64,
         models.len(),

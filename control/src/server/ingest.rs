@@ -20,6 +20,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use outpost_shared::profile::{FeatureProfile, Profile};
 use outpost_shared::wire::{DeviceId, FeatureStats, StatsWindow};
@@ -27,6 +29,7 @@ use tokio::sync::Mutex;
 
 use crate::config::IngestConfig;
 use crate::store::ingest::{BatchOutcome, IngestOutcome, WindowToIngest};
+use crate::store::pending::FoldScope;
 use crate::store::{Store, StoreError, now_ms};
 
 /// What happened to one window.
@@ -47,11 +50,100 @@ pub struct Ingest {
     store: Store,
     config: Arc<IngestConfig>,
     profiles: Arc<Mutex<HashMap<String, Arc<Profile>>>>,
+    activity: Arc<Activity>,
 }
+
+/// What the fold schedule ([`Ingest::run_folder`]) knows of ingest in this instance.
+#[derive(Debug, Default)]
+struct Activity {
+    /// When a batch last appended pending windows, unix milliseconds.
+    last_append_ms: AtomicI64,
+    /// Windows this instance appended since its last fold.
+    appended_since_fold: AtomicU64,
+}
+
+/// How often the folder looks whether to fold.
+const FOLD_TICK: Duration = Duration::from_millis(200);
+/// Ingest counts as quiet, and the folder folds, when no batch appended for this long.
+const FOLD_WHEN_QUIET_FOR_MS: i64 = 500;
+/// The folder folds anyway once this many windows are pending, or …
+const FOLD_BACKLOG: u64 = 50_000;
+/// … once the oldest of them waited this long (and at least this often, for windows another
+/// instance appended before it stopped).
+const FOLD_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
+/// Most pending windows merged in one fold transaction.
+const FOLD_BATCH: usize = 20_000;
 
 impl Ingest {
     pub fn new(store: Store, config: IngestConfig) -> Ingest {
-        Ingest { store, config: Arc::new(config), profiles: Arc::default() }
+        let activity = Activity::default();
+        // Windows an earlier run left pending are folded at the first quiet moment.
+        activity.appended_since_fold.store(1, Ordering::Relaxed);
+        Ingest {
+            store,
+            config: Arc::new(config),
+            profiles: Arc::default(),
+            activity: Arc::new(activity),
+        }
+    }
+
+    /// Folds pending windows into the aggregates until `shutdown` turns true: in bulk when
+    /// ingest is quiet, when many are pending, or when the oldest waited long enough (readers
+    /// fold what is left before they read, so this schedule only keeps the backlog small).
+    /// `on_refused` is told how many windows a fold refused (see [`crate::store::pending`]).
+    pub async fn run_folder(
+        self,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        on_refused: impl Fn(u64) + Send,
+    ) {
+        let mut last_fold = tokio::time::Instant::now();
+        let mut failures: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FOLD_TICK) => {}
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+            let appended = self.activity.appended_since_fold.load(Ordering::Relaxed);
+            let quiet = now_ms() - self.activity.last_append_ms.load(Ordering::Relaxed)
+                >= FOLD_WHEN_QUIET_FOR_MS;
+            let due = last_fold.elapsed() >= FOLD_AT_LEAST_EVERY;
+            if !(due || (appended > 0 && quiet) || appended >= FOLD_BACKLOG) {
+                continue;
+            }
+            self.activity.appended_since_fold.store(0, Ordering::Relaxed);
+            last_fold = tokio::time::Instant::now();
+            loop {
+                let started = std::time::Instant::now();
+                match self.store.fold_pending(FoldScope::Some(FOLD_BATCH)).await {
+                    Ok(report) => {
+                        failures = 0;
+                        if report.windows_folded + report.windows_refused > 0 {
+                            tracing::debug!(folded = report.windows_folded,
+                                rows = report.rows_written, elapsed = ?started.elapsed(),
+                                "folded pending statistics windows");
+                        }
+                        crate::store::pending::log_refused(&report);
+                        if report.windows_refused > 0 {
+                            on_refused(report.windows_refused);
+                        }
+                        if report.windows_folded + report.windows_refused < FOLD_BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(%error, "cannot fold pending statistics windows; \
+                            retrying later (readers fold before reading)");
+                        // Try again at the next tick.
+                        self.activity.appended_since_fold.fetch_add(1, Ordering::Relaxed);
+                        if failures > 3 {
+                            last_fold = tokio::time::Instant::now();
+                        }
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Counts and merges `window` of `device` (already decoded and validated on its topic).
@@ -72,6 +164,8 @@ impl Ingest {
             bucket_ms: self.config.bucket_ms,
             cohorts,
             received_ms,
+            // One window at a time is the slow path: merged at once.
+            profiled: false,
         };
         let outcome = self.store.ingest_window(&item).await?;
         Ok(window_outcome(outcome, &window, received_ms))
@@ -90,13 +184,16 @@ impl Ingest {
         let mut accepted = Vec::with_capacity(windows.len());
         for (index, window) in windows.iter().enumerate() {
             match self.prepare(window, received_ms).await? {
-                Ok((window, bucket_start_ms)) => accepted.push((index, window, bucket_start_ms)),
+                Ok((window, bucket_start_ms)) => {
+                    let profiled = self.profile(window.model.digest.as_str()).await?.is_some();
+                    accepted.push((index, window, bucket_start_ms, profiled));
+                }
                 Err(refused) => outcomes[index] = Some(refused),
             }
         }
         let devices: Vec<&str> = {
             let mut devices: Vec<&str> =
-                accepted.iter().map(|(_, window, _)| window.device.as_str()).collect();
+                accepted.iter().map(|(_, window, ..)| window.device.as_str()).collect();
             devices.sort_unstable();
             devices.dedup();
             devices
@@ -104,22 +201,29 @@ impl Ingest {
         let tags = crate::store::ingest::device_tags(&self.store, &devices).await?;
         let items: Vec<WindowToIngest<'_>> = accepted
             .iter()
-            .map(|(_, window, bucket_start_ms)| WindowToIngest {
+            .map(|(_, window, bucket_start_ms, profiled)| WindowToIngest {
                 window,
                 bucket_start_ms: *bucket_start_ms,
                 bucket_ms: self.config.bucket_ms,
                 cohorts: self.cohorts_of(tags.get(window.device.as_str())),
                 received_ms,
+                profiled: *profiled,
             })
             .collect();
         match self.store.ingest_batch(&items).await? {
             BatchOutcome::Committed(results) => {
-                for ((index, window, _), result) in accepted.iter().zip(results) {
+                let mut appended = 0;
+                for ((index, window, _, profiled), result) in accepted.iter().zip(results) {
+                    appended += u64::from(*profiled && result == IngestOutcome::Ingested);
                     outcomes[*index] = Some(window_outcome(result, window, received_ms));
+                }
+                if appended > 0 {
+                    self.activity.appended_since_fold.fetch_add(appended, Ordering::Relaxed);
+                    self.activity.last_append_ms.store(now_ms(), Ordering::Relaxed);
                 }
             }
             BatchOutcome::NotMergeable => {
-                for (index, window, _) in &accepted {
+                for (index, window, ..) in &accepted {
                     let device = window.device.clone();
                     let window = window.clone().into_owned();
                     outcomes[*index] = Some(self.ingest(&device, window).await?);

@@ -15,7 +15,9 @@
 //! Ingest path: a `stats` message is decoded in the loop and queued (bounded,
 //! [`WINDOW_QUEUE`]) to [`run_window_writer`], which takes what is queued (up to [`MAX_BATCH`])
 //! and stores it in one transaction ([`Ingest::ingest_batch`]) while the loop goes on reading.
-//! When the queue is full the loop waits and the broker holds the rest.
+//! When the queue is full the loop waits and the broker holds the rest. Windows of profiled
+//! models are appended to the pending windows there; [`Ingest::run_folder`], started here
+//! too, folds them into the aggregates in bulk.
 //!
 //! Delivery: every message is acknowledged (manual acks) after it was processed or dropped,
 //! never before: a window after the transaction that counted it committed. Acknowledgements go
@@ -246,12 +248,18 @@ pub async fn run_subscriber(
         windows.push(sender);
         writers.spawn(run_window_writer(client.clone(), queue, handlers.clone()));
     }
+    let metrics = handlers.metrics.clone();
+    let folder =
+        tokio::spawn(handlers.ingest.clone().run_folder(shutdown.clone(), move |refused| {
+            metrics.windows_rejected.fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+        }));
     let mut failures: u32 = 0;
     loop {
         let event = tokio::select! {
             event = event_loop.poll() => event,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
+        handlers.acks.flush(&client);
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
@@ -282,7 +290,10 @@ pub async fn run_subscriber(
         loop {
             tokio::select! {
                 done = writers.join_next() => if done.is_none() { break },
-                event = event_loop.poll() => if event.is_err() { break },
+                event = event_loop.poll() => {
+                    handlers.acks.flush(&client);
+                    if event.is_err() { break }
+                }
             }
         }
     };
@@ -294,6 +305,8 @@ pub async fn run_subscriber(
     }
     let _ = client.disconnect().await;
     drain(&mut event_loop).await;
+    // The folder stops on the same signal; readers fold whatever it leaves.
+    let _ = folder.await;
 }
 
 /// Acknowledges messages in the order they were received, whatever order their processing ends
@@ -302,6 +315,10 @@ pub async fn run_subscriber(
 /// arrives; [`AckOrder::complete`] acknowledges every completed message up to the first one
 /// still being processed. A message completed without a publish (its window could not be
 /// stored) is skipped: it stays unacknowledged for the broker to redeliver after a reconnect.
+///
+/// An acknowledgement that does not fit the client's request queue (the event loop drains it
+/// only between incoming messages, so a long stream of them can fill it) waits, in order, for
+/// [`AckOrder::flush`], which the loop calls after every event. None is dropped.
 #[derive(Debug, Default)]
 pub struct AckOrder {
     state: std::sync::Mutex<AckState>,
@@ -312,6 +329,20 @@ struct AckState {
     next_ticket: u64,
     next_to_ack: u64,
     completed: std::collections::BTreeMap<u64, Option<rumqttc::Publish>>,
+    /// In order, acknowledgements that did not fit the client's request queue yet.
+    unsent: std::collections::VecDeque<rumqttc::Publish>,
+}
+
+impl AckState {
+    /// Sends waiting acknowledgements, in order, until the request queue is full.
+    fn send_unsent(&mut self, client: &AsyncClient) {
+        while let Some(publish) = self.unsent.front() {
+            if client.try_ack(publish).is_err() {
+                break;
+            }
+            self.unsent.pop_front();
+        }
+    }
 }
 
 impl AckOrder {
@@ -324,8 +355,8 @@ impl AckOrder {
     }
 
     /// Marks `ticket` done (`publish` to acknowledge, or `None` to leave unacknowledged) and
-    /// sends the acknowledgements that are now in order. Never waits: the requests queue holds
-    /// more than the messages a control can have unacknowledged.
+    /// sends the acknowledgements that are now in order, or keeps them for
+    /// [`AckOrder::flush`]. Never waits.
     pub fn complete(&self, client: &AsyncClient, ticket: u64, publish: Option<&rumqttc::Publish>) {
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.completed.insert(ticket, publish.cloned());
@@ -333,12 +364,18 @@ impl AckOrder {
             let next = state.next_to_ack;
             let Some(done) = state.completed.remove(&next) else { break };
             state.next_to_ack += 1;
-            if let Some(publish) = done
-                && let Err(error) = client.try_ack(&publish)
-            {
-                tracing::warn!(%error, topic = %publish.topic, "cannot acknowledge a message; \
-                    the broker redelivers it after a reconnect");
+            if let Some(publish) = done {
+                state.unsent.push_back(publish);
             }
+        }
+        state.send_unsent(client);
+    }
+
+    /// Sends the acknowledgements that did not fit the request queue before.
+    pub fn flush(&self, client: &AsyncClient) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !state.unsent.is_empty() {
+            state.send_unsent(client);
         }
     }
 }

@@ -201,6 +201,7 @@ impl Store {
 
     /// The model digests with any stored statistics (every device reports into cohort `*`).
     pub async fn models_with_statistics(&self) -> Result<Vec<String>, StoreError> {
+        self.fold_before_reading().await?;
         let digests: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT model_digest FROM cohort_aggregates WHERE cohort = '*' ORDER BY 1",
         )
@@ -218,6 +219,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<KeyedAggregate>, StoreError> {
+        self.fold_before_reading().await?;
         let query = match kind {
             AggregateKind::Device => {
                 "SELECT device_id AS aggregate_key, bucket_start_ms, window_json \

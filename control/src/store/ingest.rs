@@ -69,7 +69,7 @@ impl AggregateWindow {
 
     /// [`AggregateWindow::merge`] of an aggregate of `other_windows` windows already in its
     /// window form ([`AggregateWindow::as_window`]), so one conversion serves many merges.
-    fn merge_window(
+    pub(crate) fn merge_window(
         &mut self,
         other: &StatsWindow,
         other_windows: u64,
@@ -157,7 +157,7 @@ impl AggregateWindow {
     }
 }
 
-fn placeholder_device() -> Result<DeviceId, StatsWindowError> {
+pub(crate) fn placeholder_device() -> Result<DeviceId, StatsWindowError> {
     DeviceId::new("aggregate")
         .map_err(|error| StatsWindowError::NotMergeable { reason: error.to_string() })
 }
@@ -171,6 +171,10 @@ pub struct WindowToIngest<'a> {
     /// `*` and the device's `key=value` tags; one cohort aggregate row each.
     pub cohorts: Vec<String>,
     pub received_ms: i64,
+    /// The window matches the profile of a bundle the registry holds: [`Store::ingest_batch`]
+    /// appends it to the pending windows, folded into the aggregates later
+    /// ([`super::pending`]); otherwise it is merged into them at once.
+    pub profiled: bool,
 }
 
 /// What [`Store::ingest_window`] did.
@@ -302,6 +306,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<AggregateRecord>, StoreError> {
+        self.fold_before_reading().await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT model_digest, {key_column} AS aggregate_key, bucket_start_ms, bucket_ms, \
              windows, request_count, window_json FROM {table} \
@@ -340,6 +345,7 @@ impl Store {
         kind: AggregateKind,
         key: &str,
     ) -> Result<Vec<String>, StoreError> {
+        self.fold_before_reading().await?;
         let digests: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT DISTINCT model_digest FROM {table} WHERE {key_column} = $1 ORDER BY 1",
             table = kind.table(),
@@ -369,6 +375,7 @@ impl Store {
         downsample_before_ms: i64,
         expire_before_ms: Option<i64>,
     ) -> Result<MaintenanceReport, StoreError> {
+        self.fold_before_reading().await?;
         let mut report = MaintenanceReport::default();
         for kind in [AggregateKind::Device, AggregateKind::Cohort] {
             let groups: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -393,7 +400,9 @@ impl Store {
         }
         if let Some(before) = expire_before_ms {
             let mut transaction = self.pool().begin().await?;
-            for table in ["device_aggregates", "cohort_aggregates", "windows_seen"] {
+            for table in
+                ["device_aggregates", "cohort_aggregates", "pending_windows", "windows_seen"]
+            {
                 report.rows_expired += sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} WHERE bucket_start_ms < $1"
                 )))
@@ -539,10 +548,10 @@ async fn merge_into(
 
 /// Most parameters one batched statement binds (below SQLite's limit of 32,766 and
 /// PostgreSQL's of 65,535).
-const MAX_PARAMETERS: usize = 16_000;
+pub(crate) const MAX_PARAMETERS: usize = 16_000;
 
 /// `($1, $2, …), (…)` for `rows` rows of `columns` parameters each.
-fn placeholders(rows: usize, columns: usize) -> String {
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
     let mut text = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -565,7 +574,7 @@ fn placeholders(rows: usize, columns: usize) -> String {
 /// rows, then by model, key and bucket. Every batch locks in this one order, so two instances
 /// merging into the same rows wait for each other instead of deadlocking.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct AggregateKey {
+pub(crate) struct AggregateKey {
     kind: u8,
     digest: String,
     key: String,
@@ -576,7 +585,35 @@ impl AggregateKey {
     fn kind(&self) -> AggregateKind {
         if self.kind == 0 { AggregateKind::Device } else { AggregateKind::Cohort }
     }
+
+    /// The row of `device`'s aggregate of model `digest` (bucket set with [`AggregateKey::at`]).
+    pub(crate) fn device(digest: &str, device: &str) -> AggregateKey {
+        AggregateKey {
+            kind: 0,
+            digest: digest.to_string(),
+            key: device.to_string(),
+            bucket_start_ms: 0,
+        }
+    }
+
+    /// The row of `cohort`'s aggregate of model `digest`.
+    pub(crate) fn cohort(digest: &str, cohort: &str) -> AggregateKey {
+        AggregateKey {
+            kind: 1,
+            digest: digest.to_string(),
+            key: cohort.to_string(),
+            bucket_start_ms: 0,
+        }
+    }
+
+    pub(crate) fn at(mut self, bucket_start_ms: i64) -> AggregateKey {
+        self.bucket_start_ms = bucket_start_ms;
+        self
+    }
 }
+
+/// Aggregates to merge into their rows, with each bucket's length.
+pub(crate) type Targets = BTreeMap<AggregateKey, (i64, AggregateWindow)>;
 
 /// What [`Store::ingest_batch`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -641,8 +678,10 @@ impl Store {
                 inserted.insert((device, seq));
             }
         }
-        // The new windows merged in memory, per aggregate row.
-        let mut targets: BTreeMap<AggregateKey, (i64, AggregateWindow)> = BTreeMap::new();
+        // New windows of profiled models are appended as they are; the others are merged in
+        // memory per aggregate row and written at once.
+        let mut targets = Targets::new();
+        let mut pending = Vec::new();
         for &index in &fresh {
             let item = &items[index];
             let window = item.window;
@@ -651,27 +690,31 @@ impl Store {
                 continue;
             }
             outcomes[index] = IngestOutcome::Ingested;
-            let aggregate = AggregateWindow::of(window);
-            let Ok(as_window) = aggregate.as_window() else {
+            let digest = window.model.digest.as_str();
+            if item.profiled {
+                pending.push(super::pending::NewPending {
+                    device: window.device.as_str(),
+                    seq,
+                    digest,
+                    bucket_start_ms: item.bucket_start_ms,
+                    bucket_ms: item.bucket_ms,
+                    stats: super::pending::encode(window, &item.cohorts),
+                });
+                continue;
+            }
+            let Ok(as_window) = AggregateWindow::of(window).as_window() else {
                 transaction.rollback().await?;
                 return Ok(BatchOutcome::NotMergeable);
             };
-            let digest = window.model.digest.as_str();
             let mut cohorts: Vec<&String> = item.cohorts.iter().collect();
             cohorts.sort();
             cohorts.dedup();
-            let keys = std::iter::once((0, window.device.as_str().to_string()))
-                .chain(cohorts.into_iter().map(|cohort| (1, cohort.clone())));
-            for (kind, key) in keys {
-                let key = AggregateKey {
-                    kind,
-                    digest: digest.to_string(),
-                    key,
-                    bucket_start_ms: item.bucket_start_ms,
-                };
-                match targets.entry(key) {
+            let keys = std::iter::once(AggregateKey::device(digest, window.device.as_str()))
+                .chain(cohorts.into_iter().map(|cohort| AggregateKey::cohort(digest, cohort)));
+            for key in keys {
+                match targets.entry(key.at(item.bucket_start_ms)) {
                     std::collections::btree_map::Entry::Vacant(entry) => {
-                        entry.insert((item.bucket_ms, aggregate.clone()));
+                        entry.insert((item.bucket_ms, AggregateWindow::of(window)));
                     }
                     std::collections::btree_map::Entry::Occupied(mut entry) => {
                         let (length, merged) = entry.get_mut();
@@ -684,45 +727,59 @@ impl Store {
                 }
             }
         }
-        let now = now_ms();
-        for kind in [AggregateKind::Device, AggregateKind::Cohort] {
-            let rows: Vec<(&AggregateKey, &(i64, AggregateWindow))> =
-                targets.iter().filter(|(key, _)| key.kind() == kind).collect();
-            if rows.is_empty() {
-                continue;
-            }
-            // The rows there already, locked; then the others inserted. A row another instance
-            // inserted meanwhile (its insert commits first, this one then does nothing) is
-            // read and locked in a second round.
-            let mut stored = StoredRows::new();
-            for chunk in rows.chunks(MAX_PARAMETERS / 3) {
-                lock_rows(&mut transaction, self.backend(), kind, chunk, &mut stored).await?;
-            }
-            let absent: Vec<_> = rows
-                .iter()
-                .filter(|(key, _)| !stored.contains_key(&key.tuple()))
-                .copied()
-                .collect();
-            let mut raced = Vec::new();
-            for chunk in absent.chunks(MAX_PARAMETERS / 8) {
-                let created = insert_new_rows(&mut transaction, kind, chunk, now).await?;
-                raced.extend(chunk.iter().filter(|(key, _)| !created.contains(key)).copied());
-            }
-            for chunk in raced.chunks(MAX_PARAMETERS / 3) {
-                lock_rows(&mut transaction, self.backend(), kind, chunk, &mut stored).await?;
-            }
-            let existing: Vec<_> =
-                rows.iter().filter(|(key, _)| stored.contains_key(&key.tuple())).copied().collect();
-            for chunk in existing.chunks(MAX_PARAMETERS / 8) {
-                if !write_merged_rows(&mut transaction, kind, chunk, &stored, now).await? {
-                    transaction.rollback().await?;
-                    return Ok(BatchOutcome::NotMergeable);
-                }
-            }
+        if write_targets(&mut transaction, self.backend(), &targets, now_ms()).await?.is_none() {
+            transaction.rollback().await?;
+            return Ok(BatchOutcome::NotMergeable);
         }
+        super::pending::append(&mut transaction, &pending).await?;
         transaction.commit().await?;
         Ok(BatchOutcome::Committed(outcomes))
     }
+}
+
+/// Merges every target into its row: inserted when new, otherwise read (locked on PostgreSQL),
+/// merged and written back, in the one lock order. The number of rows written, or `None` when
+/// some target does not merge with its stored row (the caller rolls back).
+pub(crate) async fn write_targets(
+    transaction: &mut Transaction<'_>,
+    backend: Backend,
+    targets: &Targets,
+    now: i64,
+) -> Result<Option<u64>, StoreError> {
+    let mut written = 0;
+    for kind in [AggregateKind::Device, AggregateKind::Cohort] {
+        let rows: Vec<(&AggregateKey, &(i64, AggregateWindow))> =
+            targets.iter().filter(|(key, _)| key.kind() == kind).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        // The rows there already, locked; then the others inserted. A row another instance
+        // inserted meanwhile (its insert commits first, this one then does nothing) is
+        // read and locked in a second round.
+        let mut stored = StoredRows::new();
+        for chunk in rows.chunks(MAX_PARAMETERS / 3) {
+            lock_rows(transaction, backend, kind, chunk, &mut stored).await?;
+        }
+        let absent: Vec<_> =
+            rows.iter().filter(|(key, _)| !stored.contains_key(&key.tuple())).copied().collect();
+        let mut raced = Vec::new();
+        for chunk in absent.chunks(MAX_PARAMETERS / 8) {
+            let created = insert_new_rows(transaction, kind, chunk, now).await?;
+            raced.extend(chunk.iter().filter(|(key, _)| !created.contains(key)).copied());
+        }
+        for chunk in raced.chunks(MAX_PARAMETERS / 3) {
+            lock_rows(transaction, backend, kind, chunk, &mut stored).await?;
+        }
+        let existing: Vec<_> =
+            rows.iter().filter(|(key, _)| stored.contains_key(&key.tuple())).copied().collect();
+        for chunk in existing.chunks(MAX_PARAMETERS / 8) {
+            if !write_merged_rows(transaction, kind, chunk, &stored, now).await? {
+                return Ok(None);
+            }
+        }
+        written += rows.len() as u64;
+    }
+    Ok(Some(written))
 }
 
 /// Inserts the rows that do not exist yet (each holding just this batch's aggregate) and

@@ -52,6 +52,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_rollouts.sql"),
         include_str!("../../migrations/postgres/0007_rollouts.sql"),
     ),
+    (
+        8,
+        "ingest pending windows",
+        include_str!("../../migrations/sqlite/0008_ingest_pending.sql"),
+        include_str!("../../migrations/postgres/0008_ingest_pending.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

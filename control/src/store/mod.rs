@@ -14,6 +14,7 @@
 //! - [`users`]: API users and token hashes.
 //! - [`audit`]: the `audit_events` table (denied requests and actions).
 //! - [`ingest`]: statistics windows: dedupe, aggregates, downsampling.
+//! - [`pending`]: windows counted but not yet folded into the aggregates, and the fold.
 //! - [`artifacts`]: byte ranges of stored bundles, for artifact serving.
 //! - [`enrollment`]: the fleet CA's fingerprint, issued certificates and enrolled devices.
 //! - [`device_events`]: what devices report on `events`, each also in the audit log.
@@ -27,6 +28,7 @@ pub mod enrollment;
 pub mod ingest;
 pub mod inventory;
 mod migrations;
+pub mod pending;
 pub mod registry;
 pub mod rollouts;
 pub mod users;

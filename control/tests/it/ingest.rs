@@ -403,15 +403,18 @@ fn kill_and_restart(backend: Backend) {
         .expect("free port")
         .port();
     let config = directory.path().join("control.toml");
+    let fleet = Fleet::new();
     // A configured client id: a persistent session the broker keeps while the server is down.
     std::fs::write(
         &config,
         format!(
             "data_dir = \"{}\"\n{database}[api]\nlisten = \"127.0.0.1:{api_port}\"\n\
-             [broker]\nurl = \"mqtt://{}:{}\"\nclient_id = \"control-restart-test\"\n",
+             [broker]\nurl = \"mqtt://{}:{}\"\nclient_id = \"control-restart-test\"\n\
+             [trust]\nroot = \"{}\"\n",
             directory.path().join("state").display(),
             mosquitto.host(),
-            mosquitto.port()
+            mosquitto.port(),
+            fleet.path_text("root.json"),
         ),
     )
     .expect("config");
@@ -426,13 +429,20 @@ fn kill_and_restart(backend: Backend) {
     let token = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let api = outpost_control::api::client::ApiClient::new(
         &format!("http://127.0.0.1:{api_port}"),
-        Some(token),
+        Some(token.clone()),
         None,
     )
     .expect("client");
     let mut server = ServeProcess::start(&config, &api);
+    let pushed = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["model", "push", &fleet.path_text("good.bundle")])
+        .env("OUTPOST_SERVER", format!("http://127.0.0.1:{api_port}"))
+        .env("OUTPOST_TOKEN", &token)
+        .output()
+        .expect("model push");
+    assert!(pushed.status.success(), "{}", show(&pushed));
 
-    // A model the registry does not know: aggregated over the windows' own edges.
+    // A model the registry does not know: aggregated over the windows' own edges at once.
     let profile = Profile {
         v: 1,
         reference_count: 0,
@@ -453,27 +463,45 @@ fn kill_and_restart(backend: Backend) {
         version: "1".into(),
         digest: Digest::of(b"a model the registry does not have"),
     };
-    let digest = model.digest.as_str().to_string();
+    // And the pushed model: its windows wait in the pending windows until a fold.
+    let bundle = std::fs::read(fleet.path("good.bundle")).expect("bundle");
+    let pushed_model = ModelRef {
+        name: "fraud".into(),
+        version: "1.0.0".into(),
+        digest: Digest::parse(&outpost_shared::sha256_digest(&bundle)).expect("digest"),
+    };
+    let raw = outpost_shared::bundle::read(&bundle).unwrap_or_else(|error| panic!("{error}"));
+    let pushed_profile: Profile = serde_json::from_slice(&raw.profile).expect("profile");
     let id = DeviceId::new("restart-1").expect("id");
     let hour = yesterday_midnight_ms();
-    let window_of = |seq: u64| window(&id, &model, &profile, seq, hour + seq * 1000, 10 + seq, 0.1);
+    let windows_of = |seq: u64| {
+        [
+            window(&id, &model, &profile, seq, hour + seq * 1000, 10 + seq, 0.1),
+            window(&id, &pushed_model, &pushed_profile, seq, hour + seq * 1000, 10 + seq, 0.1),
+        ]
+    };
+    // (windows, requests) of one model, the smaller of the two.
     let counted = || -> (u64, u64) {
-        let answer = api
-            .get_json(
-                "/v1/aggregates",
-                &[("model", digest.clone()), ("device", "restart-1".to_string())],
-            )
-            .expect("aggregates");
-        (
-            answer["total"]["windows"].as_u64().unwrap_or(0),
-            answer["total"]["count"].as_u64().unwrap_or(0),
-        )
+        let mut least = (u64::MAX, u64::MAX);
+        for digest in [model.digest.as_str(), pushed_model.digest.as_str()] {
+            let answer = api
+                .get_json(
+                    "/v1/aggregates",
+                    &[("model", digest.to_string()), ("device", "restart-1".to_string())],
+                )
+                .expect("aggregates");
+            least.0 = least.0.min(answer["total"]["windows"].as_u64().unwrap_or(0));
+            least.1 = least.1.min(answer["total"]["count"].as_u64().unwrap_or(0));
+        }
+        least
     };
     let options = ClientOptions::local(mosquitto.port(), "restart-device");
     let mut device = runtime.block_on(TestClient::connect(options, TIMEOUT)).expect("device");
     let mut publish = |seq: u64| {
-        let message = Publish::message(&id, &window_of(seq)).expect("window");
-        runtime.block_on(device.publish(&message.topic, message.payload, false));
+        for window in windows_of(seq) {
+            let message = Publish::message(&id, &window).expect("window");
+            runtime.block_on(device.publish(&message.topic, message.payload, false));
+        }
     };
 
     for seq in 1..=10 {
@@ -493,4 +521,73 @@ fn kill_and_restart(backend: Backend) {
     let (windows, requests) = counted();
     assert_eq!(windows, 21, "each window counted exactly once");
     assert_eq!(requests, (1..=21).map(|seq| 10 + seq).sum::<u64>());
+}
+
+/// A bucket aggregated over other edges before the model's bundle was pushed cannot take the
+/// model's windows afterwards: such a window is counted and left pending at first, then
+/// refused when a fold finds it does not merge (no longer counted, the bucket unchanged),
+/// while the windows around it are folded as usual.
+#[test]
+fn a_pending_window_that_does_not_merge_with_its_bucket_is_refused_when_folded() {
+    let fleet = Fleet::new();
+    let site = Site::start(
+        Backend::Sqlite,
+        SiteOptions { trust_root: Some(fleet.path("root.json")), ..SiteOptions::default() },
+    );
+    let bundle = std::fs::read(fleet.path("good.bundle")).expect("bundle");
+    let raw = outpost_shared::bundle::read(&bundle).unwrap_or_else(|error| panic!("{error}"));
+    let profile: Profile = serde_json::from_slice(&raw.profile).expect("profile");
+    let model = ModelRef {
+        name: "fraud".into(),
+        version: "1.0.0".into(),
+        digest: Digest::parse(&outpost_shared::sha256_digest(&bundle)).expect("digest"),
+    };
+    let digest = model.digest.as_str().to_string();
+    let early = DeviceId::new("early-1").expect("id");
+    let later = DeviceId::new("later-1").expect("id");
+    let mut client = device_client(&site, "fold-refusal");
+    let hour = yesterday_midnight_ms();
+    let ingested = |n: u64| {
+        wait_until(&format!("{n} windows ingested"), TIMEOUT, || {
+            counter(&site, |m| load(&m.windows_ingested)) == n
+        })
+    };
+
+    // Before the push: over other edges, merged at once as it comes.
+    let mut other_edges_profile = profile.clone();
+    for edge in &mut other_edges_profile.inputs[0].histogram.edges {
+        *edge -= 1.0;
+    }
+    let first = window(&early, &model, &other_edges_profile, 1, hour, 10, 0.1);
+    send(&site, &mut client, Publish::message(&early, &first).expect("window"));
+    ingested(1);
+
+    site.outpost_ok(&["model", "push", &fleet.path_text("good.bundle")]);
+    // Over the profile's edges: counted, pending. The first does not merge with the hour's
+    // cohort `*` bucket; the second is in the next hour.
+    let refused = window(&later, &model, &profile, 1, hour + 60_000, 20, 0.2);
+    let folded = window(&later, &model, &profile, 2, hour + HOUR_MS, 30, 0.3);
+    for w in [&refused, &folded] {
+        send(&site, &mut client, Publish::message(&later, w).expect("window"));
+    }
+    ingested(3);
+
+    let answer = aggregates(&site, &digest, ("cohort", "*"));
+    let buckets = answer["buckets"].as_array().expect("buckets");
+    assert_eq!(buckets.len(), 2, "{answer}");
+    assert_eq!(
+        (buckets[0]["windows"].as_u64(), buckets[0]["request_count"].as_u64()),
+        (Some(1), Some(10))
+    );
+    assert_eq!(
+        (buckets[1]["windows"].as_u64(), buckets[1]["request_count"].as_u64()),
+        (Some(1), Some(30))
+    );
+    let later_total = aggregates(&site, &digest, ("device", "later-1"));
+    assert_eq!(later_total["total"]["windows"], 1, "{later_total}");
+    assert_eq!(later_total["total"]["count"], 30);
+    let store = site.store();
+    assert_eq!(site.runtime.block_on(store.windows_seen("later-1")).expect("seen"), 1);
+    assert_eq!(site.runtime.block_on(store.windows_seen("early-1")).expect("seen"), 1);
+    assert_eq!(site.runtime.block_on(store.pending_windows()).expect("pending"), 0);
 }
