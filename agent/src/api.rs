@@ -68,11 +68,17 @@ pub trait InferenceObserver: Send + Sync + std::fmt::Debug {
 pub struct ActiveRuntime {
     current: RwLock<Option<Arc<Runtime>>>,
     observer: RwLock<Option<Arc<dyn InferenceObserver>>>,
+    /// A second observer, for the input sampler ([`crate::sampling`]).
+    inputs: RwLock<Option<Arc<dyn InferenceObserver>>>,
 }
 
 impl ActiveRuntime {
     pub fn new(runtime: Option<Arc<Runtime>>) -> Self {
-        Self { current: RwLock::new(runtime), observer: RwLock::new(None) }
+        Self {
+            current: RwLock::new(runtime),
+            observer: RwLock::new(None),
+            inputs: RwLock::new(None),
+        }
     }
 
     /// Installs (or with `None` removes) the observer of every inference.
@@ -82,6 +88,15 @@ impl ActiveRuntime {
 
     fn observer(&self) -> Option<Arc<dyn InferenceObserver>> {
         self.observer.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Installs (or with `None` removes) the input sampler, which sees every inference too.
+    pub fn set_input_observer(&self, observer: Option<Arc<dyn InferenceObserver>>) {
+        *self.inputs.write().unwrap_or_else(PoisonError::into_inner) = observer;
+    }
+
+    fn input_observer(&self) -> Option<Arc<dyn InferenceObserver>> {
+        self.inputs.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The runtime serving now, if any.
@@ -415,12 +430,17 @@ async fn run_inference(
     })?;
     let worker = Arc::clone(&runtime);
     let observer = state.active.observer();
+    let inputs = state.active.input_observer();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let started = Instant::now();
         let result = worker.infer(&request);
+        let latency = started.elapsed();
         if let Some(observer) = observer {
-            observer.observe(&worker, &request, result.as_ref(), started.elapsed());
+            observer.observe(&worker, &request, result.as_ref(), latency);
+        }
+        if let Some(inputs) = inputs {
+            inputs.observe(&worker, &request, result.as_ref(), latency);
         }
         result
     })

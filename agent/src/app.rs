@@ -340,6 +340,21 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
         )
         .run(updates),
     );
+    let sampler = crate::sampling::Sampler::open(
+        config.sampling.clone(),
+        &config.data_dir,
+        &config.device.id,
+    );
+    if config.sampling.enabled {
+        tracing::info!("input sampling enabled: collected only while in drift alert");
+        active.set_input_observer(Some(Arc::clone(&sampler) as Arc<dyn api::InferenceObserver>));
+    }
+    let sampling = tokio::spawn(crate::sampling::run(
+        Arc::clone(&sampler),
+        telemetry.clone(),
+        config.device.id.clone(),
+        telemetry.sampling(),
+    ));
     for event in boot_events {
         if let Err(error) = telemetry.send_event(event).await {
             tracing::warn!(%error, "could not report a start-up event");
@@ -406,6 +421,8 @@ pub async fn run(config: AgentConfig) -> Result<(), Failure> {
         tracing::warn!(%error, "telemetry task failed");
     }
     updater.abort();
+    sampling.abort();
+    sampler.flush(unix_millis());
     watchdog.abort();
     match served {
         Err(_) => {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 use crate::fsutil;
 use crate::mqtt::MqttConfig;
 use crate::queue::QueueConfig;
+use crate::sampling::SamplingConfig;
 use crate::update::UpdateConfig;
 
 /// The documented default configuration, embedded in the binary.
@@ -121,6 +122,7 @@ pub struct AgentConfig {
     pub mqtt: MqttConfig,
     pub queue: QueueConfig,
     pub update: UpdateConfig,
+    pub sampling: SamplingConfig,
 }
 
 /// The file's shape, before the checks serde cannot make.
@@ -138,6 +140,8 @@ struct RawConfig {
     queue: QueueConfig,
     #[serde(default)]
     update: UpdateConfig,
+    #[serde(default)]
+    sampling: SamplingConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,6 +278,7 @@ impl RawConfig {
         self.queue.validate().map_err(|e| invalid("queue", e.to_string()))?;
         self.mqtt.validate().map_err(|e| invalid("mqtt", e.to_string()))?;
         self.update.validate().map_err(|e| invalid("update", e))?;
+        self.sampling.validate().map_err(|e| invalid("sampling", e))?;
         Ok(AgentConfig {
             device: DeviceConfig { id: self.device.id, tags: self.device.tags },
             data_dir: self.data_dir,
@@ -283,6 +288,7 @@ impl RawConfig {
             mqtt: self.mqtt,
             queue: self.queue,
             update: self.update,
+            sampling: self.sampling,
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod fsutil;
 pub mod mqtt;
 pub mod queue;
 pub mod runtime;
+pub mod sampling;
 pub mod store;
 pub mod systemd;
 pub mod update;

@@ -19,7 +19,8 @@
 //!   by (device, seq) (`outpost_shared::dedupe`).
 //! - MQTT client id = device id. Every connection registers the Last Will
 //!   `{"v":1,"state":"offline"}` (retained, QoS 1) on `outpost/v1/<dev>/state`, then publishes
-//!   `state` online and `hello` (both retained) and subscribes to `assign` and `chunk`.
+//!   `state` online and `hello` (both retained) and subscribes to `assign`, `chunk` and
+//!   `sampling`. `sampling` messages go to [`TelemetryHandle::sampling`], not the updater.
 //! - The MQTT session is clean: the disk queue, not the broker, is what makes delivery
 //!   reliable, and a fresh session means no request from a lost connection can leak into the
 //!   next one (which keeps the pairing of packet ids with publications exact).
@@ -72,6 +73,9 @@ const MAX_FORWARD_BACKLOG: usize = 64;
 const FORWARD_CHANNEL_CAPACITY: usize = 16;
 const COMMAND_CHANNEL_CAPACITY: usize = 64;
 const NET_CHANNEL_CAPACITY: usize = 64;
+/// Sample chunks the uploader may have handed to the client at once
+/// ([`crate::sampling`] paces its upload to stay below it).
+pub const MAX_SAMPLE_CHUNKS_QUEUED: usize = 16;
 
 /// `[mqtt]` of the agent config: where the broker is and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +242,7 @@ enum Command {
     Hello(Box<Hello>),
     Fetch(Box<wire::Publish>),
     Shutdown(oneshot::Sender<()>),
+    Samples { publish: Box<wire::Publish>, done: oneshot::Sender<bool> },
 }
 
 /// The agent's side of telemetry. Cheap to clone; every clone talks to the same task.
@@ -246,6 +251,7 @@ pub struct TelemetryHandle {
     device: DeviceId,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<TelemetryStatus>,
+    sampling: watch::Receiver<wire::SamplingControl>,
 }
 
 impl TelemetryHandle {
@@ -283,6 +289,23 @@ impl TelemetryHandle {
         let publish = wire::Publish::message(&self.device, request)
             .map_err(|source| TelemetryError::InvalidMessage { what: "fetch request", source })?;
         self.command(Command::Fetch(Box::new(publish))).await
+    }
+
+    /// Publishes one part of an input-sample upload (`samples`) now if connected; returns
+    /// whether it went out (offline, nothing is kept: the retained request retries the upload
+    /// after the next connect).
+    pub async fn send_samples(&self, chunk: &wire::SampleChunk) -> Result<bool, TelemetryError> {
+        let publish = wire::Publish::message(&self.device, chunk)
+            .map_err(|source| TelemetryError::InvalidMessage { what: "sample chunk", source })?;
+        let (done, sent) = oneshot::channel();
+        self.command(Command::Samples { publish: Box::new(publish), done }).await?;
+        sent.await.map_err(|_| TelemetryError::Stopped)
+    }
+
+    /// The control's latest sampling message (`sampling`, retained; "not in alert" until one
+    /// arrives).
+    pub fn sampling(&self) -> watch::Receiver<wire::SamplingControl> {
+        self.sampling.clone()
     }
 
     /// Whether the broker connection is up.
@@ -380,7 +403,10 @@ impl Telemetry {
 
         // Everything the session can have unacknowledged at once, plus subscribe and disconnect:
         // the request channel never fills, and rumqttc's packet ids never collide.
-        let requests = usize::from(config.max_windows_in_flight) + MAX_EVENTS_IN_FLIGHT + 4;
+        let requests = usize::from(config.max_windows_in_flight)
+            + MAX_EVENTS_IN_FLIGHT
+            + MAX_SAMPLE_CHUNKS_QUEUED
+            + 4;
         let (client, mut eventloop) = AsyncClient::new(options, requests);
         let mut network = eventloop.network_options();
         network.set_connection_timeout(config.connect_timeout_seconds);
@@ -399,6 +425,11 @@ impl Telemetry {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_CHANNEL_CAPACITY);
         let (status_tx, status_rx) = watch::channel(TelemetryStatus::default());
+        let (sampling_tx, sampling_rx) = watch::channel(wire::SamplingControl {
+            v: wire::ProtocolVersion,
+            alert: false,
+            upload_request: None,
+        });
         let shell = Shell {
             device: device.clone(),
             session,
@@ -409,6 +440,7 @@ impl Telemetry {
             forward_tx,
             forward: VecDeque::new(),
             forward_open: true,
+            sampling: sampling_tx,
             status: status_tx,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
             shutdown_deadline: None,
@@ -417,7 +449,12 @@ impl Telemetry {
             poller,
         };
         let task = tokio::spawn(shell.run());
-        let handle = TelemetryHandle { device, commands: commands_tx, status: status_rx };
+        let handle = TelemetryHandle {
+            device,
+            commands: commands_tx,
+            status: status_rx,
+            sampling: sampling_rx,
+        };
         Ok((handle, forward_rx, task))
     }
 }
@@ -638,6 +675,8 @@ struct Shell {
     /// Valid messages the updater has not taken yet.
     forward: VecDeque<ToDevice>,
     forward_open: bool,
+    /// The control's latest sampling message, for [`crate::sampling`].
+    sampling: watch::Sender<wire::SamplingControl>,
     status: watch::Sender<TelemetryStatus>,
     shutdown_timeout: Duration,
     shutdown_deadline: Option<Instant>,
@@ -757,6 +796,10 @@ impl Shell {
                 self.shutdown_waiters.push(done);
                 self.begin_shutdown();
             }
+            // Sent like a fetch request: at once when connected, never kept offline.
+            Command::Samples { publish, done } => {
+                let _ = done.send(self.session.send_fetch(*publish));
+            }
         }
     }
 
@@ -834,6 +877,10 @@ impl Shell {
     }
 
     fn enqueue_forward(&mut self, message: ToDevice) {
+        if let ToDevice::Sampling(control) = message {
+            self.sampling.send_replace(control);
+            return;
+        }
         if !self.forward_open {
             return;
         }

@@ -704,7 +704,7 @@ mod tests {
             &[
                 "pub state online",
                 "pub hello 1",
-                "sub outpost/v1/dev-1/assign outpost/v1/dev-1/chunk",
+                "sub outpost/v1/dev-1/assign outpost/v1/dev-1/chunk outpost/v1/dev-1/sampling",
                 "window 5",
                 "window 6",
             ],
@@ -755,7 +755,7 @@ mod tests {
             &[
                 "pub state online",
                 "pub hello 1",
-                "sub outpost/v1/dev-1/assign outpost/v1/dev-1/chunk",
+                "sub outpost/v1/dev-1/assign outpost/v1/dev-1/chunk outpost/v1/dev-1/sampling",
                 "window 2",
                 "window 3",
             ],
