@@ -22,6 +22,7 @@ use super::auth::Caller;
 use super::routes::{self, Route};
 use super::{ApiError, ApiState};
 use crate::audit::export::{ExportAnswer, ExportFilters};
+use crate::audit::key::LogKeyError;
 use crate::audit::log::AuditError;
 use crate::store::audit::{AuditFilter, NewAuditEvent, in_scope};
 
@@ -176,6 +177,10 @@ pub async fn export(
                     ApiError::BadRequest(reason)
                 }
                 AuditError::Conflict(reason) => ApiError::Conflict(reason),
+                // The instance's key is not the log's: say what to copy where.
+                AuditError::Key(error @ LogKeyError::Mismatch(_)) => {
+                    ApiError::Conflict(error.to_string())
+                }
                 AuditError::Store(error) => ApiError::from(error),
                 other => ApiError::Internal(other.to_string()),
             }

@@ -218,4 +218,36 @@ mod tests {
             .expect("chmod");
         assert!(matches!(file.load(), Err(LogKeyError::Permissions { .. })));
     }
+
+    #[tokio::test]
+    async fn every_instance_on_one_database_signs_with_the_recorded_key() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        let url = crate::store::Store::sqlite_url_in(&directory.path().join("db")).expect("url");
+        let store = crate::store::Store::connect(&crate::store::StoreOptions {
+            url,
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("store");
+        let first = LogKeyCell::new(&directory.path().join("first"));
+        let key = first.get(&store).await.expect("created");
+        assert_eq!(store.audit_log_key().await.expect("recorded"), Some(key.verifier().to_vkey()));
+        assert_eq!(first.get(&store).await.expect("again").verifier(), key.verifier());
+        // A second instance with its own data directory: no key there, so it refuses.
+        let second_dir = directory.path().join("second");
+        let second = LogKeyCell::new(&second_dir);
+        let error = second.get(&store).await.expect_err("no key file");
+        assert!(matches!(error, LogKeyError::Mismatch(_)), "{error}");
+        assert!(error.to_string().contains("copy the audit-log directory"), "{error}");
+        // Another key there: refused as well.
+        let other = new_signer().expect("other");
+        LogKeyFile::in_data_dir(&second_dir).store(&other).expect("store");
+        assert!(matches!(second.get(&store).await, Err(LogKeyError::Mismatch(_))));
+        // The first instance's directory copied: the same key.
+        std::fs::remove_file(LogKeyFile::in_data_dir(&second_dir).path()).expect("rm");
+        LogKeyFile::in_data_dir(&second_dir).store(&key).expect("copy");
+        let third = LogKeyCell::new(&second_dir);
+        assert_eq!(third.get(&store).await.expect("same key").verifier(), key.verifier());
+    }
 }

@@ -323,6 +323,14 @@ fn only_auditors_and_admins_export_and_a_refused_export_is_audited() {
     assert_eq!(exports[0].outcome, "400");
     let denied = site.runtime.block_on(site.store().audit_events(Some("auth.denied"), 10));
     assert!(denied.expect("audit").iter().any(|e| e.actor == "otto"));
+    // `outpost audit list` filters through the API.
+    let listed =
+        site.outpost_json(&["audit", "list", "--action", "auth.denied", "--actor", "otto"]);
+    let events = listed["events"].as_array().expect("events");
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["action"] == "auth.denied" && e["actor"] == "otto"));
+    let table = site.outpost_ok(&["audit", "list", "--action", "audit.export"]);
+    assert!(table.contains("audit.export") && table.contains("400"), "{table}");
 }
 
 /// Walks the route table: every route that changes something leaves an audit record for a
