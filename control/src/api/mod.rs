@@ -24,6 +24,7 @@ pub mod handlers;
 pub mod openapi;
 pub mod rollouts;
 pub mod routes;
+pub mod samples;
 
 use std::sync::Arc;
 
@@ -83,6 +84,9 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::DriftAlerts => get(drift::alerts),
         RouteId::ReviewDriftAlert => post(drift::review),
         RouteId::RequestRetrain => post(drift::request_retrain),
+        RouteId::RequestDeviceSamples => post(samples::request),
+        RouteId::ListDeviceSamples => get(samples::list),
+        RouteId::DeviceSamplesCsv => get(samples::csv),
         RouteId::Assign => post(crate::server::assign::assign),
         RouteId::Enroll => post(enroll::enroll),
         RouteId::ListEnrollments => get(enroll::list_enrollments),

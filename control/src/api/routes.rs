@@ -65,6 +65,9 @@ pub enum RouteId {
     DriftAlerts,
     ReviewDriftAlert,
     RequestRetrain,
+    RequestDeviceSamples,
+    ListDeviceSamples,
+    DeviceSamplesCsv,
     Assign,
     Enroll,
     ListEnrollments,
@@ -530,6 +533,52 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         success_status: 200,
         response_type: JSON,
+    },
+    Route {
+        id: RouteId::RequestDeviceSamples,
+        method: HttpMethod::Post,
+        path: "/v1/devices/{device}/samples",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "requestDeviceSamples",
+        summary: "Ask a device to upload its sample of raw inputs (kept only while it is in \
+                  drift alert and sampling is enabled in its config). Recorded as \
+                  `drift.samples.request`; published on the device's retained `sampling` \
+                  topic. The rows are personal-data-bearing (docs/drift.md).",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::ListDeviceSamples,
+        method: HttpMethod::Get,
+        path: "/v1/devices/{device}/samples",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "listDeviceSamples",
+        summary: "A device's input-sample upload requests, newest first: who asked, when, \
+                  state (`requested`, `complete`), parts received, columns and model.",
+        request_body: None,
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::DeviceSamplesCsv,
+        method: HttpMethod::Get,
+        path: "/v1/devices/{device}/samples/csv",
+        access: Access::Roles(PUBLISHERS),
+        operation_id: "deviceSamplesCsv",
+        summary: "One complete input-sample upload as CSV (the newest unless `request` names \
+                  one); 409 while parts are missing. Each read is recorded as \
+                  `drift.samples.read`.",
+        request_body: None,
+        query: &[QueryParameter {
+            name: "request",
+            schema_type: "string",
+            description: "A sample request id (default: the newest complete upload).",
+        }],
+        success_status: 200,
+        response_type: "text/csv",
     },
     Route {
         id: RouteId::Assign,

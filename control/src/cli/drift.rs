@@ -71,6 +71,9 @@ pub enum DriftCommand {
     /// Write a drift report (JSON and a self-contained HTML page) for a model version and
     /// period; optionally request retraining.
     Report(crate::cli::drift_report::ReportArgs),
+    /// On-device samples of raw inputs (personal-data-bearing): request, list, get as CSV.
+    #[command(subcommand)]
+    Samples(crate::cli::drift_samples::SamplesCommand),
     /// Add a note to a drift alert.
     Annotate {
         #[command(flatten)]
@@ -273,6 +276,7 @@ pub fn run(args: DriftArgs) -> Result<()> {
         Some(DriftCommand::Annotate { server, id, note }) => {
             return run_review(&server, id, "annotate", Some(&note));
         }
+        Some(DriftCommand::Samples(command)) => return crate::cli::drift_samples::run(command),
         None => {}
     }
     let thresholds = read_thresholds(args.thresholds.as_deref())?;

@@ -13,6 +13,7 @@ mod bundle;
 pub mod devices;
 pub mod drift;
 pub mod drift_report;
+pub mod drift_samples;
 mod keys;
 pub mod model;
 mod plan;

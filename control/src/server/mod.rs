@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod instance;
 pub mod metrics;
 pub mod mqtt;
+pub mod samples;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -171,6 +172,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tasks.push(tokio::spawn(crate::audit::log::run(
         audit_log.clone(),
         config.audit.clone(),
+        stop_receiver.clone(),
+    )));
+    tasks.push(tokio::spawn(samples::run(
+        store.clone(),
+        Some(mqtt_client.clone()),
+        config.drift.evaluate_interval,
         stop_receiver.clone(),
     )));
     tasks.push(tokio::spawn(drift_monitor::run(

@@ -124,7 +124,9 @@ pub async fn process_message(
         }
         (device, FromDevice::Fetch(request)) => MessageOutcome::Fetch(device, request),
         (_, FromDevice::Cleared(channel)) => MessageOutcome::Ignored(channel),
-        (_, FromDevice::Samples(_)) => MessageOutcome::Ignored(Channel::Samples),
+        (device, FromDevice::Samples(chunk)) => {
+            super::samples::record_chunk(store, &device, &chunk).await?
+        }
     })
 }
 

@@ -58,6 +58,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_ingest_pending.sql"),
         include_str!("../../migrations/postgres/0008_ingest_pending.sql"),
     ),
+    (
+        9,
+        "device samples",
+        include_str!("../../migrations/sqlite/0009_device_samples.sql"),
+        include_str!("../../migrations/postgres/0009_device_samples.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

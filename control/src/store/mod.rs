@@ -31,6 +31,7 @@ mod migrations;
 pub mod pending;
 pub mod registry;
 pub mod rollouts;
+pub mod samples;
 pub mod users;
 
 use std::path::Path;
