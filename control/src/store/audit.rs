@@ -459,32 +459,48 @@ async fn nodes_in(
     connection: &mut sqlx::AnyConnection,
     ids: &[NodeId],
 ) -> Result<HashMap<NodeId, Hash>, StoreError> {
-    let mut unique: Vec<NodeId> = ids.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    let mut nodes = HashMap::with_capacity(unique.len());
-    for chunk in unique.chunks(NODE_CHUNK) {
-        let conditions: Vec<String> = (0..chunk.len())
-            .map(|i| format!("(level = ${} AND position = ${})", 2 * i + 1, 2 * i + 2))
-            .collect();
-        let sql = format!(
-            "SELECT level, position, hash FROM audit_tree WHERE {}",
-            conditions.join(" OR ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            query = query.bind(i64::from(id.level)).bind(to_i64(id.index, "node position")?);
-        }
-        for row in query.fetch_all(&mut *connection).await? {
-            let level: i64 = row.try_get("level")?;
+    let mut by_level: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    for id in ids {
+        by_level.entry(id.level).or_default().push(id.index);
+    }
+    let mut nodes = HashMap::with_capacity(ids.len());
+    for (level, mut positions) in by_level {
+        positions.sort_unstable();
+        positions.dedup();
+        let (Some(&first), Some(&last)) = (positions.first(), positions.last()) else {
+            continue;
+        };
+        // Dense (a large export): one range scan; sparse: lists of positions.
+        let rows = if last - first < 2 * positions.len() as u64 + NODE_CHUNK as u64 {
+            sqlx::query(
+                "SELECT level, position, hash FROM audit_tree \
+                 WHERE level = $1 AND position >= $2 AND position <= $3",
+            )
+            .bind(i64::from(level))
+            .bind(to_i64(first, "node position")?)
+            .bind(to_i64(last, "node position")?)
+            .fetch_all(&mut *connection)
+            .await?
+        } else {
+            let mut rows = Vec::new();
+            for chunk in positions.chunks(NODE_CHUNK) {
+                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT level, position, hash FROM audit_tree \
+                     WHERE level = $1 AND position IN ({})",
+                    list.join(", ")
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(level));
+                for position in chunk {
+                    query = query.bind(to_i64(*position, "node position")?);
+                }
+                rows.extend(query.fetch_all(&mut *connection).await?);
+            }
+            rows
+        };
+        for row in rows {
             let position: i64 = row.try_get("position")?;
-            let id = NodeId {
-                level: u8::try_from(level).map_err(|_| StoreError::Corrupt {
-                    what: "audit tree".into(),
-                    reason: format!("level {level}"),
-                })?,
-                index: to_u64(position, "node position")?,
-            };
+            let id = NodeId { level, index: to_u64(position, "node position")? };
             nodes.insert(id, hash_of(row.try_get("hash")?, "audit tree node")?);
         }
     }
