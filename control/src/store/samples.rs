@@ -267,7 +267,6 @@ impl Store {
                     source: "mqtt".into(),
                     device: Some(device.to_string()),
                     model: chunk.model.as_ref().map(|m| format!("{}@{}", m.name, m.version)),
-                    ..Default::default()
                 },
             )
             .await?;
