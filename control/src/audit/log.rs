@@ -191,9 +191,23 @@ impl AuditLog {
 /// older than the retention period once an hour.
 pub async fn run(log: Arc<AuditLog>, config: AuditConfig, mut shutdown: watch::Receiver<bool>) {
     let mut last_prune_ms = 0i64;
+    let mut last_error = String::new();
     loop {
-        if let Err(error) = log.checkpoint().await {
-            tracing::warn!(%error, "audit log checkpoint failed; retried later");
+        // Sequencing needs no key: an instance that cannot sign still appends records.
+        let result = match log.store.sequence_audit_log().await {
+            Ok(_) => log.checkpoint().await.map(|_| ()),
+            Err(error) => Err(error.into()),
+        };
+        match result {
+            Ok(()) => last_error.clear(),
+            Err(error) => {
+                // Said once per distinct error, not every interval.
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::warn!(error = %text, "audit log checkpoint failed; retried");
+                    last_error = text;
+                }
+            }
         }
         if let Some(retention_ms) = config.retention_ms
             && now_ms() - last_prune_ms >= 3_600_000
