@@ -235,7 +235,11 @@ impl Drop for AssignLog {
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub mosquitto: Mosquitto,
-    server: Option<Child>,
+    /// `outpost serve` instances (several share one PostgreSQL database), by index.
+    servers: Vec<Option<Child>>,
+    /// The API port of each instance; `api_port` is the first's.
+    api_ports: Vec<u16>,
+    database_url: Option<String>,
     pub api_port: u16,
     pub admin_token: String,
     pub agents: Vec<Agent>,
@@ -244,13 +248,21 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
+        Lab::with_database(None)
+    }
+
+    /// A lab whose server instances use `database_url` (PostgreSQL) instead of SQLite files.
+    pub fn with_database(database_url: Option<String>) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let mosquitto = Mosquitto::start().expect("start Mosquitto");
+        let api_port = free_port();
         let lab = Lab {
             dir,
             mosquitto,
-            server: None,
-            api_port: free_port(),
+            servers: Vec::new(),
+            api_ports: vec![api_port],
+            database_url,
+            api_port,
             admin_token: String::new(),
             agents: Vec::new(),
             assigns: None,
@@ -312,20 +324,7 @@ impl Lab {
                 out,
             ]);
         }
-        std::fs::write(
-            lab.path("control.toml"),
-            format!(
-                "data_dir = \"{data}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n[broker]\n\
-                 url = \"mqtt://127.0.0.1:{broker}\"\n[trust]\nroot = \"{root}\"\n\
-                 [ingest]\nmaintenance_interval_seconds = 3600\n\
-                 [rollouts]\ntick_seconds = 0.2\nlease_seconds = 2.0\n",
-                data = lab.path("data").display(),
-                api = lab.api_port,
-                broker = lab.mosquitto.port(),
-                root = lab.path("root.json").display(),
-            ),
-        )
-        .expect("control.toml");
+        lab.write_config(0);
         let mut lab = lab;
         let output = lab.outpost(&[
             "users",
@@ -334,7 +333,7 @@ impl Lab {
             "--role",
             "admin",
             "--config",
-            "control.toml",
+            "control-0.toml",
         ]);
         assert!(output.status.success(), "first admin: {}", show(&output));
         lab.admin_token = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -420,19 +419,66 @@ impl Lab {
 
     pub fn server_log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.path("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // Per-message lines drown what matters.
+        let lines: Vec<&str> = text.lines().filter(|line| !line.contains(" DEBUG ")).collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
-    /// Starts `outpost serve` and waits for its API.
+    /// Writes `control-<index>.toml`: its own data directory and API port, the shared broker,
+    /// trust root and database.
+    fn write_config(&self, index: usize) {
+        let database = match &self.database_url {
+            Some(url) => format!("[database]\nurl = \"{url}\"\n"),
+            None => String::new(),
+        };
+        std::fs::write(
+            self.path(&format!("control-{index}.toml")),
+            format!(
+                "data_dir = \"{data}\"\n{database}[api]\nlisten = \"127.0.0.1:{api}\"\n\
+                 [broker]\nurl = \"mqtt://127.0.0.1:{broker}\"\n[trust]\nroot = \"{root}\"\n\
+                 [ingest]\nmaintenance_interval_seconds = 3600\n\
+                 [rollouts]\ntick_seconds = 0.2\nlease_seconds = 2.0\n",
+                data = self.path(&format!("data-{index}")).display(),
+                api = self.api_ports[index],
+                broker = self.mosquitto.port(),
+                root = self.path("root.json").display(),
+            ),
+        )
+        .expect("control config");
+    }
+
+    /// Starts instance 0 of `outpost serve` and waits for its API.
     pub fn start_server(&mut self) {
+        self.start_instance(0);
+    }
+
+    /// Adds another `outpost serve` instance on the same database; returns its index.
+    pub fn add_instance(&mut self) -> usize {
+        self.api_ports.push(free_port());
+        let index = self.api_ports.len() - 1;
+        self.write_config(index);
+        self.start_instance(index);
+        index
+    }
+
+    /// The instance id `outpost serve` number `index` keeps in its data directory.
+    pub fn instance_id(&self, index: usize) -> String {
+        std::fs::read_to_string(self.path(&format!("data-{index}/instance-id")))
+            .expect("instance id")
+            .trim()
+            .to_string()
+    }
+
+    /// Starts instance `index` of `outpost serve` and waits for its API.
+    pub fn start_instance(&mut self, index: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("server.log"))
             .expect("server log");
+        let config = format!("control-{index}.toml");
         let child = Command::new(env!("CARGO_BIN_EXE_outpost"))
-            .args(["serve", "--config", "control.toml"])
+            .args(["serve", "--config", &config])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,outpost_control=debug")
             .stdin(Stdio::null())
@@ -440,20 +486,39 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("spawn outpost serve");
-        self.server = Some(child);
-        let client = ApiClient::new(&format!("http://127.0.0.1:{}", self.api_port), None, None)
-            .expect("client");
+        if self.servers.len() <= index {
+            self.servers.resize_with(index + 1, || None);
+        }
+        self.servers[index] = Some(child);
+        let client =
+            ApiClient::new(&format!("http://127.0.0.1:{}", self.api_ports[index]), None, None)
+                .expect("client");
         outpost_tests::wait::until(TIMEOUT, "the server's API", || {
             client.get_json("/health", &[]).is_ok()
         });
     }
 
-    /// SIGKILLs `outpost serve`.
+    /// SIGKILLs instance 0 of `outpost serve`.
     pub fn kill_server(&mut self) {
-        if let Some(mut child) = self.server.take() {
+        self.kill_instance(0);
+    }
+
+    /// SIGKILLs instance `index` of `outpost serve`.
+    pub fn kill_instance(&mut self, index: usize) {
+        if let Some(mut child) = self.servers.get_mut(index).and_then(Option::take) {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// A client of instance `index`'s API as the admin.
+    pub fn api_of(&self, index: usize) -> ApiClient {
+        ApiClient::new(
+            &format!("http://127.0.0.1:{}", self.api_ports[index]),
+            Some(self.admin_token.clone()),
+            None,
+        )
+        .expect("client")
     }
 
     /// Provisions and starts `count` agents `dev-00..` on fraud@1.0.0 with tag `site=berlin`,
@@ -520,9 +585,21 @@ impl Lab {
 
     /// Waits until rollout `id` satisfies `condition`; the last view on success.
     pub fn wait_rollout(&self, id: &str, what: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        self.wait_rollout_on(0, id, what, condition)
+    }
+
+    /// As [`Lab::wait_rollout`], through instance `index`'s API.
+    pub fn wait_rollout_on(
+        &self,
+        index: usize,
+        id: &str,
+        what: &str,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let client = self.api_of(index);
         let mut last = Value::Null;
         let result = outpost_tests::wait::try_until_some(TIMEOUT, what, || {
-            last = self.rollout(id);
+            last = client.get_json(&format!("/v1/rollouts/{id}"), &[]).unwrap_or(Value::Null);
             condition(&last).then(|| last.clone())
         });
         result.unwrap_or_else(|error| {
@@ -586,7 +663,9 @@ impl Drop for Lab {
             eprintln!("server log:\n{}", self.server_log_tail());
         }
         self.agents.clear();
-        self.kill_server();
+        for index in 0..self.servers.len() {
+            self.kill_instance(index);
+        }
     }
 }
 
