@@ -413,3 +413,86 @@ fn concurrent_writers_and_sequencers_keep_the_log_dense_on_postgres() {
     assert!(output.status.success(), "{}", show(&output));
     assert!(lines(&out).len() as u64 >= size);
 }
+
+/// Two control instances on one PostgreSQL database: the first makes the log key; the second,
+/// without it, refuses to sign (409, saying what to copy) until the first's `audit-log`
+/// directory is copied to it, and then extends the same log under the same key.
+#[test]
+fn instances_on_one_database_sign_with_the_one_recorded_key() {
+    use outpost_control::{config, server};
+    let postgres = outpost_tests::postgres::Postgres::start().expect("start PostgreSQL");
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let start = |name: &str| {
+        let environment = vec![
+            ("OUTPOST__DATA_DIR".to_string(), root.path().join(name).display().to_string()),
+            ("OUTPOST__API__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            ("OUTPOST__BROKER__EMBEDDED_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            ("OUTPOST__DATABASE__URL".to_string(), postgres.url()),
+        ];
+        let config = config::load_from(None, &environment).expect("config");
+        runtime.block_on(server::start(config)).expect("server starts")
+    };
+    let first = start("first");
+    let token = runtime
+        .block_on(first.store().create_user("boss", UserRole::Admin, "test"))
+        .expect("admin");
+    let second = start("second");
+    let outpost = |url: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost"))
+            .args(args)
+            .env("OUTPOST_SERVER", url)
+            .env("OUTPOST_TOKEN", &token)
+            .output()
+            .expect("run outpost")
+    };
+    let work = root.path().join("exports");
+    let from_first = work.join("from-first");
+    let output = outpost(&first.api_url, &["audit", "export", "--out", path(&from_first)]);
+    assert!(output.status.success(), "{}", show(&output));
+
+    let refused = outpost(&second.api_url, &["audit", "export", "--out", path(&work.join("x"))]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{}", show(&refused));
+    assert!(stderr.contains("409") && stderr.contains("copy the audit-log directory"), "{stderr}");
+
+    let key_dir = root.path().join("second").join("audit-log");
+    std::fs::create_dir_all(&key_dir).expect("mkdir");
+    let key_file = key_dir.join("log.key");
+    std::fs::copy(root.path().join("first").join("audit-log").join("log.key"), &key_file)
+        .expect("copy the key");
+    let from_second = work.join("from-second");
+    let previous = from_first.join("checkpoint");
+    let output = outpost(
+        &second.api_url,
+        &["audit", "export", "--previous", path(&previous), "--out", path(&from_second)],
+    );
+    assert!(output.status.success(), "{}", show(&output));
+    let trusted = from_first.join("log.vkey");
+    let output = outpost(
+        "http://unused.invalid",
+        &[
+            "audit",
+            "verify",
+            path(&from_second),
+            "--key",
+            path(&trusted),
+            "--previous",
+            path(&previous),
+        ],
+    );
+    assert!(output.status.success(), "{}", show(&output));
+    // Both instances' records (the refused export included) are in the one log.
+    let records = lines(&from_second);
+    assert!(records.iter().any(|line| line.contains("\"outcome\":\"409\"")), "{records:?}");
+    runtime.block_on(second.shutdown());
+    runtime.block_on(first.shutdown());
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
