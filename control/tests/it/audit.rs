@@ -496,3 +496,18 @@ fn instances_on_one_database_sign_with_the_one_recorded_key() {
 fn path(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// Retention is at least six months, or forever; anything shorter is refused with the key.
+#[test]
+fn audit_retention_is_at_least_six_months() {
+    use outpost_control::config;
+    let with = |days: &str| {
+        config::load_from(None, &[("OUTPOST__AUDIT__RETENTION_DAYS".to_string(), days.to_string())])
+    };
+    let default = config::load_from(None, &[]).expect("default");
+    assert!(default.audit.retention_ms >= Some(183 * 86_400_000), "{:?}", default.audit);
+    assert_eq!(with("183").expect("six months").audit.retention_ms, Some(183 * 86_400_000));
+    assert_eq!(with("0").expect("forever").audit.retention_ms, None);
+    let error = with("30").expect_err("a month is too short").to_string();
+    assert!(error.contains("audit.retention_days") && error.contains("six months"), "{error}");
+}
