@@ -16,4 +16,5 @@ mod multi_instance;
 mod registry;
 mod rollout;
 mod rollout_restart;
+mod samples;
 mod server;
