@@ -3,9 +3,16 @@
 import { defineConfig } from "vitest/config";
 import { svelte } from "@sveltejs/vite-plugin-svelte";
 
+// The assets are same-origin (Tauri's custom scheme): the `crossorigin` attribute Vite adds
+// would only turn their loads into CORS requests.
+const sameOriginAssets = {
+  name: "outpost-same-origin-assets",
+  transformIndexHtml: (html: string) => html.replace(/ crossorigin(="[^"]*")?/g, ""),
+};
+
 export default defineConfig(({ mode }) => ({
   root: "frontend",
-  plugins: [svelte()],
+  plugins: [svelte(), sameOriginAssets],
   clearScreen: false,
   server: { port: 1420, strictPort: true },
   build: {
@@ -20,5 +27,6 @@ export default defineConfig(({ mode }) => ({
     root: "frontend",
     include: ["src/**/*.test.ts"],
     environment: "jsdom",
+    setupFiles: ["src/test-setup.ts"],
   },
 }));
