@@ -139,6 +139,19 @@ pub async fn list(
     Ok(Json(json!({ "events": events })))
 }
 
+/// `GET /v1/audit/checkpoint`: a fresh signed checkpoint of the whole log and the log's
+/// verifier key, for auditors who keep checkpoints (to pass as `--previous` later) and pin the
+/// key.
+pub async fn checkpoint(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (checkpoint, note) = state.audit.checkpoint().await.map_err(|error| match error {
+        AuditError::Key(error @ LogKeyError::Mismatch(_)) => ApiError::Conflict(error.to_string()),
+        AuditError::Store(error) => ApiError::from(error),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    let vkey = state.audit.vkey().await.map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(Json(json!({ "checkpoint": note, "tree_size": checkpoint.size, "vkey": vkey })))
+}
+
 /// The body of `POST /v1/audit/exports`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -78,6 +78,7 @@ fn handler(id: RouteId) -> MethodRouter<ApiState> {
         RouteId::ShowDevice => get(show_device),
         RouteId::ListAuditEvents => get(audit::list),
         RouteId::ExportAudit => post(audit::export),
+        RouteId::AuditCheckpoint => get(audit::checkpoint),
         RouteId::Aggregates => get(aggregates::aggregates),
         RouteId::Drift => get(drift::drift),
         RouteId::DriftOverview => get(drift::overview),

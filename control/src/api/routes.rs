@@ -59,6 +59,7 @@ pub enum RouteId {
     ShowDevice,
     ListAuditEvents,
     ExportAudit,
+    AuditCheckpoint,
     Aggregates,
     Drift,
     DriftOverview,
@@ -353,6 +354,19 @@ pub const ROUTES: &[Route] = &[
                   key, the log key and, with `previous`, a consistency proof. Recorded as \
                   `audit.export`.",
         request_body: Some(JSON),
+        query: &[],
+        success_status: 200,
+        response_type: JSON,
+    },
+    Route {
+        id: RouteId::AuditCheckpoint,
+        method: HttpMethod::Get,
+        path: "/v1/audit/checkpoint",
+        access: Access::Roles(ADMIN_AND_AUDITOR),
+        operation_id: "auditCheckpoint",
+        summary: "A fresh signed checkpoint of the whole audit log (C2SP tlog-checkpoint in a \
+                  signed note) and the log's verifier key.",
+        request_body: None,
         query: &[],
         success_status: 200,
         response_type: JSON,

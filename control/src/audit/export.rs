@@ -464,8 +464,11 @@ pub fn verify_directory(
         if old.size > checkpoint.size {
             return fail(format!(
                 "the log was truncated: the previous checkpoint has {} records, this export's \
-                 checkpoint only {}",
-                old.size, checkpoint.size
+                 checkpoint only {}: the records at leaf indices {} to {} are gone",
+                old.size,
+                checkpoint.size,
+                checkpoint.size,
+                old.size - 1
             ));
         }
         let proof = if old.size == checkpoint.size || old.size == 0 {

@@ -66,6 +66,18 @@ pub enum AuditCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A fresh signed checkpoint of the whole log (keep it to pass as `--previous` later) and
+    /// the log's verifier key.
+    Checkpoint {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Write the checkpoint to this file (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the log's verifier key to this file (for `verify --key`).
+        #[arg(long)]
+        key_out: Option<PathBuf>,
+    },
     /// Verify an export directory offline: exit 0 when intact, 1 with the first problem.
     Verify {
         directory: PathBuf,
@@ -148,6 +160,31 @@ pub fn run(command: AuditCommand) -> Result<()> {
                 verified.tree_size,
                 verified.vkey
             );
+            Ok(())
+        }
+        AuditCommand::Checkpoint { server, out, key_out } => {
+            let answer = server.client()?.get_json("/v1/audit/checkpoint", &[])?;
+            let note = answer["checkpoint"].as_str().context("the answer has no checkpoint")?;
+            let vkey = answer["vkey"].as_str().context("the answer has no key")?;
+            let checkpoint = crate::audit::note::Checkpoint::open(
+                note,
+                &crate::audit::note::NoteVerifier::parse(vkey)?,
+            )
+            .context("the server's checkpoint does not verify with its key")?;
+            if let Some(path) = &key_out {
+                crate::files::write_atomic(path, format!("{vkey}\n").as_bytes(), false)?;
+            }
+            match &out {
+                Some(path) => {
+                    crate::files::write_atomic(path, note.as_bytes(), false)?;
+                    println!(
+                        "checkpoint of tree size {} written to {} (log key {vkey})",
+                        checkpoint.size,
+                        path.display()
+                    );
+                }
+                None => print!("{note}"),
+            }
             Ok(())
         }
         AuditCommand::Verify { directory, previous, key } => {

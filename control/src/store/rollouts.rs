@@ -214,6 +214,14 @@ impl Store {
         let spec_json =
             serde_json::to_string(spec).map_err(|error| corrupt(id, format!("spec: {error}")))?;
         let mut transaction = self.pool().begin().await?;
+        // Take the write lock before reading the sequence numbers: on SQLite a transaction that
+        // read first cannot upgrade once another writer committed ("database is locked"); on
+        // PostgreSQL two creations would otherwise read the same maximum.
+        let lock = match self.backend() {
+            super::Backend::Sqlite => "UPDATE rollouts SET revision = revision WHERE 1 = 0",
+            super::Backend::Postgres => "LOCK TABLE rollouts IN SHARE ROW EXCLUSIVE MODE",
+        };
+        sqlx::query(lock).execute(&mut *transaction).await?;
         let taken: Option<String> = sqlx::query_scalar("SELECT id FROM rollouts WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&mut *transaction)

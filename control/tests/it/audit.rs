@@ -248,6 +248,19 @@ fn full_scenario(backend: Backend) {
     assert!(exports.len() >= 2 && exports.iter().all(|e| e.actor == "audrey" && e.outcome == "ok"));
     assert!(exports.iter().any(|e| e.device.as_deref() == Some("pump-1")));
 
+    // A checkpoint kept on its own (`outpost audit checkpoint`) serves as --previous too.
+    let kept = work.path().join("kept-checkpoint");
+    let kept_key = work.path().join("kept.vkey");
+    let output = site.outpost_as(
+        &auditor,
+        &["audit", "checkpoint", "--out", path(&kept), "--key-out", path(&kept_key)],
+    );
+    assert!(output.status.success(), "checkpoint: {}", show(&output));
+    assert_eq!(
+        std::fs::read_to_string(&kept_key).expect("key"),
+        std::fs::read_to_string(first.join("log.vkey")).expect("key")
+    );
+
     // Consistency: a later export proves it extends the first one's checkpoint.
     site.runtime
         .block_on(site.store().record_audit_event(&device_event("pump-3", "rollback", 9)))
@@ -261,9 +274,22 @@ fn full_scenario(backend: Backend) {
     let output = verify(&site, &second, &["--previous", previous]);
     assert!(output.status.success(), "consistent: {}", show(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("consistent with the previous"));
+    let after_kept = work.path().join("after-kept");
+    let output = export(&site, &auditor, &after_kept, &["--previous", path(&kept)]);
+    assert!(output.status.success(), "export after the kept checkpoint: {}", show(&output));
+    let output = verify(&site, &after_kept, &["--previous", path(&kept), "--key", path(&kept_key)]);
+    assert!(output.status.success(), "consistent with the kept checkpoint: {}", show(&output));
+    // An export proving consistency from another size does not stand in for it.
+    verify_fails(&site, &second, &["--previous", path(&kept)], &["consistency.json", "--previous"]);
     // The first export against the later checkpoint: the log would have shrunk.
     let later = second.join("checkpoint");
-    verify_fails(&site, &first, &["--previous", later.to_str().expect("utf-8")], &["truncated"]);
+    let gone = format!("leaf indices {} to", all.len());
+    verify_fails(
+        &site,
+        &first,
+        &["--previous", later.to_str().expect("utf-8")],
+        &["truncated", &gone],
+    );
     // A consistency proof that does not hold: the log was rewritten.
     let rewritten = copy_export(&second, &work.path().join("rewritten"));
     let consistency = std::fs::read_to_string(second.join("consistency.json")).expect("proof");

@@ -838,7 +838,8 @@ fn a_model_bad_in_live_traffic_is_stopped_at_the_canary_and_rolled_back() {
     lab.approve(&id, &["bob", "carol"]);
     lab.cli_ok(&["rollout", "start", &id]);
     let stopped = lab.wait_rollout(&id, "the canary gate stops the rollout", |v| {
-        v["state"] == "rolled_back" || v["state"] == "completed"
+        (v["state"] == "rolled_back" && v["devices_reverted"] == v["devices_admitted"])
+            || v["state"] == "completed"
     });
     assert_eq!(stopped["state"], "rolled_back", "{stopped:#}");
     assert_eq!(stopped["wave"], 0, "stopped at the canary: {stopped:#}");
