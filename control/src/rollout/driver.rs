@@ -224,6 +224,24 @@ impl Driver {
     ) -> Result<bool, DriveError> {
         let now = now_ms();
         let progress = rollout.progress();
+        let expires_ms = rollout
+            .created_ms
+            .saturating_add(i64::from(rollout.spec.expires_in_hours).saturating_mul(3_600_000));
+        if let Some(transition) = progress.expire(now, expires_ms) {
+            let change = Change {
+                next: transition.next,
+                action: transition.action,
+                actor: "control",
+                reason: &transition.reason,
+                signed_envelope: None,
+                gates: None,
+                source: "control",
+            };
+            self.store
+                .change_rollout(&rollout.id, rollout.revision, rollout.state, &change)
+                .await?;
+            return Ok(false);
+        }
         if progress.phase != WavePhase::Pending {
             // Devices that joined the cohort, or an admission a crash interrupted.
             self.top_up(rollout, envelope, devices, progress.wave).await?;

@@ -312,6 +312,17 @@ impl Progress {
         }
     }
 
+    /// A running rollout whose plan expired at `expires_ms` pauses: devices refuse an expired
+    /// plan, so admitting more would only produce refusals.
+    pub fn expire(self, now_ms: i64, expires_ms: i64) -> Option<Transition> {
+        (self.state == RolloutState::Running && now_ms >= expires_ms).then(|| Transition {
+            next: self.to(RolloutState::Paused),
+            action: "rollout.expire",
+            reason: "the plan expired; create a new rollout to continue".into(),
+            effects: vec![],
+        })
+    }
+
     /// Whether the current wave's soak is over at `now_ms` (so its gates should be judged).
     pub fn soak_over(&self, shape: &Shape, now_ms: i64) -> bool {
         let soak = shape.soak_ms.get(self.wave as usize).copied().unwrap_or(0);
@@ -488,6 +499,15 @@ mod tests {
             .expect("step");
         assert_eq!(rolled.next.state, RolloutState::RolledBack);
         assert_eq!(rolled.effects, [Effect::RevertAdmitted]);
+    }
+
+    #[test]
+    fn an_expired_plan_pauses_a_running_rollout() {
+        let soaking = running(1, WavePhase::Soaking, Some(0));
+        assert_eq!(soaking.expire(999, 1000), None);
+        let expired = soaking.expire(1000, 1000).expect("expired");
+        assert_eq!((expired.next.state, expired.action), (RolloutState::Paused, "rollout.expire"));
+        assert_eq!(Progress::new().expire(5000, 1000), None, "only running rollouts");
     }
 
     #[test]
