@@ -5,7 +5,7 @@
 //! vocabulary of [`crate::audit::record::ACTIONS`]), on what (`subject`, `device`, `model`),
 //! with what outcome and why, and from where (`source`).
 //!
-//! Writers insert records inside the transaction of their action ([`insert_in`]) or on their
+//! Writers insert records inside the transaction of their action (`insert_in`) or on their
 //! own ([`Store::record_audit_event`]); a record has no leaf index yet. The sequencer
 //! ([`Store::sequence_audit_log`]) then appends every committed, unsequenced record to the
 //! tree in one serialised step (it locks the `audit_log` row, so with several instances on one
