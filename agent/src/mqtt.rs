@@ -642,8 +642,8 @@ mod poller {
                 if ack.return_codes.iter().any(|code| matches!(code, SubscribeReasonCode::Failure))
                 {
                     tracing::warn!(
-                        "the broker refused a subscription to the device's assign or chunk topic; \
-                         check its ACL"
+                        "the broker refused a subscription to the device's assign, chunk or \
+                         sampling topic; check its ACL"
                     );
                 }
                 None
