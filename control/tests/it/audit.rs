@@ -42,6 +42,16 @@ fn site_with_history(backend: Backend) -> (Site, String) {
                 .expect("device event");
         }
     }
+    // A device event as the MQTT path stores it: its audit record joins the log as well.
+    let event: outpost_shared::wire::Event = serde_json::from_value(serde_json::json!({
+        "v": 1, "device": "pump-9", "seq": 1, "ts_ms": 1_700_000_000_000u64,
+        "kind": "rolled_back", "outcome": "ok", "message": "health watch failed",
+    }))
+    .expect("event");
+    let device = outpost_shared::wire::DeviceId::new("pump-9").expect("id");
+    site.runtime
+        .block_on(site.store().record_device_event(&device, &event, 1_700_000_000_500))
+        .expect("device event stored");
     (site, auditor)
 }
 
@@ -216,6 +226,11 @@ fn full_scenario(backend: Backend) {
             value["record"]["action"].as_str().expect("action").to_string()
         })
         .collect();
+    assert!(
+        all.iter().any(|line| line.contains("\"action\":\"device.rolled_back\"")
+            && line.contains("\"device\":\"pump-9\"")),
+        "the device event is in the log"
+    );
     for action in ["user.create", "auth.denied", "device.install"] {
         assert!(actions.iter().any(|a| a == action), "{action} in {actions:?}");
     }
