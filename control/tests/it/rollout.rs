@@ -10,6 +10,8 @@
 //! - Fewer than k approvals: the server refuses to start, and the same plan pushed around the
 //!   server straight onto a device's assign topic is refused by the device itself.
 //! - A canary whose inputs drift beyond the drift gate pauses the rollout.
+//! - Manual advance: a passed wave waits for the operator; devices that join the cohort are
+//!   admitted, and an offline device times out instead of holding the wave.
 //!
 //! The shared support ([`Lab`]) also serves `rollout_restart.rs`.
 
@@ -243,6 +245,8 @@ pub struct Lab {
     pub api_port: u16,
     pub admin_token: String,
     pub agents: Vec<Agent>,
+    /// Agents started so far (ids are numbered from it).
+    started_agents: usize,
     pub assigns: Option<AssignLog>,
 }
 
@@ -265,6 +269,7 @@ impl Lab {
             api_port,
             admin_token: String::new(),
             agents: Vec::new(),
+            started_agents: 0,
             assigns: None,
         };
         for (name, role) in [
@@ -524,7 +529,9 @@ impl Lab {
     /// Provisions and starts `count` agents `dev-00..` on fraud@1.0.0 with tag `site=berlin`,
     /// and waits until the inventory lists them online.
     pub fn start_agents(&mut self, count: usize) {
-        for index in 0..count {
+        let first = self.started_agents;
+        self.started_agents += count;
+        for index in first..first + count {
             let id = format!("dev-{index:02}");
             let dir = self.path(&id);
             std::fs::create_dir_all(&dir).expect("agent dir");
@@ -566,10 +573,11 @@ impl Lab {
             self.agents.push(Agent { id, port, child: Some(child) });
         }
         let admin = self.api(&self.admin_token);
+        let running = self.agents.len();
         outpost_tests::wait::until(TIMEOUT, "every agent online in the inventory", || {
             admin.get_json("/v1/devices", &[]).is_ok_and(|answer| {
                 answer["devices"].as_array().is_some_and(|devices| {
-                    devices.iter().filter(|d| d["presence"] == "online").count() >= count
+                    devices.iter().filter(|d| d["presence"] == "online").count() >= running
                 })
             })
         });
@@ -654,6 +662,11 @@ impl Lab {
 
     pub fn assigns(&self) -> &AssignLog {
         self.assigns.as_ref().expect("assign log")
+    }
+
+    /// Stops agent `id` (SIGKILL): it goes offline.
+    pub fn stop_agent(&mut self, id: &str) {
+        self.agents.retain(|agent| agent.id != id);
     }
 }
 
@@ -1001,4 +1014,74 @@ fn a_canary_whose_inputs_drift_beyond_the_gate_pauses_the_rollout() {
     assert_eq!(lab.rollout(&id)["devices_admitted"].as_u64(), Some(2));
     lab.cli_ok(&["rollout", "abort", &id]);
     assert_eq!(lab.rollout(&id)["state"], "aborted");
+}
+
+#[test]
+fn manual_advance_admits_joining_devices_and_an_offline_device_times_out() {
+    let mut lab = Lab::new();
+    lab.start_agents(4);
+    let _traffic = Traffic::start(&lab.agent_ports(), false);
+    let id = lab.create(
+        "joiners",
+        "fraud@2.0.0",
+        &[
+            "--wave",
+            "1",
+            "--wave",
+            "100%",
+            "--soak",
+            "2",
+            "--device-timeout",
+            "3",
+            "--advance",
+            "manual",
+            "--gate",
+            "max_p95_latency_ratio=off",
+        ],
+    );
+    lab.approve(&id, &["alice", "bob"]);
+    lab.cli_ok(&["rollout", "start", &id]);
+    let passed = lab.wait_rollout(&id, "the canary passes and waits for an advance", |v| {
+        v["wave_phase"] == "awaiting_advance"
+    });
+    let canary: Vec<String> =
+        placed(&passed).iter().filter(|d| d.2 == Some(0)).map(|d| d.0.clone()).collect();
+    assert_eq!(canary.len(), 1, "{passed:#}");
+    // One device not yet admitted goes offline; two new devices join the cohort.
+    let offline = placed(&passed)
+        .iter()
+        .find(|d| d.2.is_none())
+        .map(|d| d.0.clone())
+        .expect("a device not yet admitted");
+    lab.stop_agent(&offline);
+    lab.start_agents(2);
+    let joined = lab.wait_rollout(&id, "the joining devices placed", |v| {
+        v["devices_placed"].as_u64() == Some(6)
+    });
+    assert_eq!(joined["wave_phase"], "awaiting_advance", "no advance without the operator");
+    let advanced = lab.cli_ok(&["rollout", "advance", &id]);
+    assert!(advanced.contains("running"), "{advanced}");
+    let done = lab.wait_rollout(&id, "the rollout completes without the offline device", |v| {
+        v["state"] == "completed"
+    });
+    assert_eq!(done["devices_admitted"], 6, "the joiners and the offline device are admitted");
+    let last = done["gates"]["gates"]
+        .as_array()
+        .and_then(|gates| gates.iter().find(|g| g["gate"] == "min_devices_reporting"))
+        .cloned()
+        .expect("reporting gate");
+    assert!(last["detail"].as_str().is_some_and(|d| d.contains("1 timed out")), "{last}");
+    outpost_tests::wait::until(TIMEOUT, "every online device on 2.0.0", || {
+        let versions = lab.versions();
+        versions.iter().filter(|(device, _)| **device != offline).all(|(_, v)| v == "2.0.0")
+            && versions.len() == 6
+    });
+    let actions: Vec<String> = done["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(actions.contains(&"rollout.wave.pass".to_string()), "{actions:?}");
+    assert!(actions.contains(&"rollout.wave.advance".to_string()), "{actions:?}");
 }
