@@ -337,13 +337,36 @@ impl Store {
                 })?;
             let mut created = Vec::with_capacity(events.len() * 2);
             for event in &events {
-                let index = frontier.size();
                 created.extend(frontier.append(event.record().leaf_hash()));
-                sqlx::query("UPDATE audit_events SET leaf_index = $1 WHERE id = $2")
-                    .bind(to_i64(index, "leaf index")?)
-                    .bind(event.id)
-                    .execute(&mut *transaction)
-                    .await?;
+            }
+            // Indices follow the batch's id order: one statement per run of consecutive ids.
+            let mut run_start = 0;
+            for end in 0..events.len() {
+                if end + 1 < events.len() && events[end + 1].id == events[end].id + 1 {
+                    continue;
+                }
+                let (first, last) = (&events[run_start], &events[end]);
+                let first_index = to_i64(size + run_start as u64, "leaf index")?;
+                let updated = sqlx::query(
+                    "UPDATE audit_events SET leaf_index = id + $1 \
+                     WHERE id >= $2 AND id <= $3 AND leaf_index IS NULL",
+                )
+                .bind(first_index - first.id)
+                .bind(first.id)
+                .bind(last.id)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+                if updated != (end - run_start + 1) as u64 {
+                    return Err(StoreError::Corrupt {
+                        what: "audit log".into(),
+                        reason: format!(
+                            "sequencing records {}..={} updated {updated} rows",
+                            first.id, last.id
+                        ),
+                    });
+                }
+                run_start = end + 1;
             }
             for chunk in created.chunks(NODE_CHUNK) {
                 let placeholders: Vec<String> = (0..chunk.len())
