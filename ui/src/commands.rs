@@ -763,6 +763,16 @@ pub struct WaveDraft {
     pub gates: GateDraft,
 }
 
+/// The devices' own health watch after activating the new model, written into the signed plan:
+/// a device that sees more errors or slower answers than this rolls itself back.
+#[derive(Debug, Clone, Deserialize, specta::Type)]
+pub struct HealthDraft {
+    pub watch_seconds: u32,
+    pub min_requests: u32,
+    pub max_error_rate: f64,
+    pub max_p95_latency_ratio: f64,
+}
+
 /// What the create wizard sends: the rollout as `POST /v1/rollouts` takes it.
 #[derive(Debug, Clone, Deserialize, specta::Type)]
 pub struct RolloutDraft {
@@ -776,6 +786,7 @@ pub struct RolloutDraft {
     pub cohort: String,
     pub waves: Vec<WaveDraft>,
     pub holdout_percent: f64,
+    pub health: HealthDraft,
     pub expires_in_hours: u32,
     /// `auto` or `manual`.
     pub advance: String,
@@ -860,6 +871,12 @@ impl RolloutDraft {
             "cohort": if self.cohort.trim().is_empty() { "*" } else { self.cohort.trim() },
             "waves": waves,
             "holdout_percent": self.holdout_percent,
+            "health": {
+                "watch_seconds": self.health.watch_seconds,
+                "min_requests": self.health.min_requests,
+                "max_error_rate": self.health.max_error_rate,
+                "max_p95_latency_ratio": self.health.max_p95_latency_ratio,
+            },
             "expires_in_hours": self.expires_in_hours,
             "advance": self.advance,
             "on_gate_fail": self.on_gate_fail,
@@ -1090,6 +1107,12 @@ mod tests {
                 WaveDraft { size: "100%".into(), soak_seconds: 5, gates },
             ],
             holdout_percent: 10.0,
+            health: HealthDraft {
+                watch_seconds: 30,
+                min_requests: 5,
+                max_error_rate: 0.05,
+                max_p95_latency_ratio: 2.0,
+            },
             expires_in_hours: 24,
             advance: "auto".into(),
             on_gate_fail: "rollback".into(),
@@ -1106,6 +1129,7 @@ mod tests {
         assert_eq!(body["waves"][0]["gates"]["max_drift_psi"], 0.25);
         assert!(body["waves"][0]["gates"]["max_output_psi"].is_null());
         assert_eq!(body["fallback"], "mlp@1.0.0");
+        assert_eq!(body["health"]["watch_seconds"], 30);
     }
 
     #[test]

@@ -79,27 +79,36 @@ struct Site {
 
 impl Site {
     fn cli(&self, args: &[&str]) -> Output {
-        let output = Command::new(target_binary("outpost"))
+        let mut command = Command::new(target_binary("outpost"));
+        command
             .args(args)
             .current_dir(self.dir.path())
             .env("OUTPOST_PASSPHRASE", PASSPHRASE)
-            .env("OUTPOST_SERVER", self.url())
-            .env("OUTPOST_TOKEN", &self.token)
-            .envs(self.server_env())
-            .output()
-            .expect("run outpost");
+            .env_remove("OUTPOST_SERVER")
+            .env_remove("OUTPOST_TOKEN");
+        // Before the first admin exists the CLI works on the data directory itself.
+        if !self.token.is_empty() {
+            command.env("OUTPOST_SERVER", self.url()).env("OUTPOST_TOKEN", &self.token);
+        }
+        let output = command.output().expect("run outpost");
         assert!(output.status.success(), "outpost {args:?}: {}", show(&output));
         output
     }
 
-    fn server_env(&self) -> Vec<(String, String)> {
-        vec![
-            ("OUTPOST__DATA_DIR".into(), self.path("data").display().to_string()),
-            ("OUTPOST__API__LISTEN".into(), format!("127.0.0.1:{}", self.api_port)),
-            ("OUTPOST__BROKER__EMBEDDED_LISTEN".into(), format!("127.0.0.1:{}", self.broker_port)),
-            ("OUTPOST__TRUST__ROOT".into(), self.path("root.json").display().to_string()),
-            ("OUTPOST__DRIFT__EVALUATE_INTERVAL_SECONDS".into(), "0.5".into()),
-        ]
+    /// The server's configuration file: ports, trust root, small ingest buckets (so the drift
+    /// heatmap has columns within a minute) and a fast drift monitor and rollout driver.
+    fn write_config(&self) {
+        let text = format!(
+            "data_dir = {data:?}\n[api]\nlisten = \"127.0.0.1:{api}\"\n[broker]\n\
+             embedded_listen = \"127.0.0.1:{broker}\"\n[trust]\nroot = {root:?}\n[ingest]\n\
+             bucket_seconds = 5\n[drift]\nevaluate_interval_seconds = 0.5\n[rollouts]\n\
+             tick_seconds = 0.5\n",
+            data = self.path("data").display().to_string(),
+            api = self.api_port,
+            broker = self.broker_port,
+            root = self.path("root.json").display().to_string(),
+        );
+        std::fs::write(self.path("control.toml"), text).expect("control.toml");
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -178,10 +187,10 @@ impl Site {
         site.bundle("1.0.0");
         site.bundle("2.0.0");
         let log = std::fs::File::create(site.path("serve.log")).expect("log file");
+        site.write_config();
         let child = Command::new(target_binary("outpost"))
-            .arg("serve")
+            .args(["serve", "--config", "control.toml"])
             .current_dir(site.dir.path())
-            .envs(site.server_env())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -189,7 +198,15 @@ impl Site {
         site._server = Some(Running(child));
         let health = format!("{}/health", site.url());
         wait_until("the server answers /health", TIMEOUT, || ureq::get(&health).call().ok());
-        let added = site.cli(&["users", "add", "operator-olga", "--role", "admin"]);
+        let added = site.cli(&[
+            "users",
+            "add",
+            "operator-olga",
+            "--role",
+            "admin",
+            "--config",
+            "control.toml",
+        ]);
         site.token = String::from_utf8_lossy(&added.stdout)
             .lines()
             .map(str::trim)
@@ -293,7 +310,7 @@ impl Driver {
             .env_remove("OUTPOST_CONSOLE_URL")
             .env_remove("OUTPOST_CONSOLE_TOKEN")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(home.join("tauri-driver.log")).expect("driver log"))
             .spawn()
             .expect("tauri-driver starts (cargo install tauri-driver@2.1.0 --locked)");
         let process = Running(child);
@@ -303,8 +320,12 @@ impl Driver {
         });
         let caps =
             json!({"capabilities": {"alwaysMatch": {"tauri:options": {"application": app}}}});
-        let answer = post(&format!("{base}/session"), &caps);
-        let session = answer["value"]["sessionId"].as_str().expect("session id").to_string();
+        // tauri-driver accepts connections before WebKitWebDriver behind it does: retry.
+        let session = wait_until("a WebDriver session", TIMEOUT, || {
+            let response = ureq::post(&format!("{base}/session")).send_json(&caps).ok()?;
+            let answer: Value = response.into_body().read_json().ok()?;
+            answer["value"]["sessionId"].as_str().map(str::to_string)
+        });
         Driver { base, session, _driver: process }
     }
 
@@ -316,9 +337,22 @@ impl Driver {
         post(&self.url("/execute/sync"), &json!({"script": script, "args": args}))["value"].clone()
     }
 
+    /// Waits until `probe` answers; on a timeout saves what the window shows (in
+    /// `target/console-e2e-failure.png`, with the page text) and fails naming `what`.
+    fn wait<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        match outpost_tests::wait::try_until_some(TIMEOUT, what, &mut probe) {
+            Ok(value) => value,
+            Err(timed_out) => {
+                let text = self.script("return document.body.innerText", json!([]));
+                let _ = self.save_screenshot(&repo().join("target/console-e2e-failure.png"));
+                panic!("{timed_out}; the window shows:\n{}", text.as_str().unwrap_or_default());
+            }
+        }
+    }
+
     /// Waits until `css` matches an element whose text contains `text`; returns its text.
     fn wait_text(&self, css: &str, text: &str) -> String {
-        wait_until(&format!("`{css}` showing `{text}`"), TIMEOUT, || {
+        self.wait(&format!("`{css}` showing `{text}`"), || {
             let found = self.script(
                 "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText).join('\\n')",
                 json!([css]),
@@ -328,7 +362,7 @@ impl Driver {
     }
 
     fn wait_for(&self, css: &str) {
-        wait_until(&format!("`{css}` present"), TIMEOUT, || {
+        self.wait(&format!("`{css}` present"), || {
             self.script("return !!document.querySelector(arguments[0])", json!([css]))
                 .as_bool()
                 .filter(|found| *found)
@@ -354,7 +388,14 @@ impl Driver {
     fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css);
         post(&self.url(&format!("/element/{id}/clear")), &json!({}));
-        post(&self.url(&format!("/element/{id}/value")), &json!({"text": text}));
+        // Clearing fires no `input` event; the page's bindings must see the empty value.
+        self.script(
+            "document.querySelector(arguments[0]).dispatchEvent(new Event('input', {bubbles: true}))",
+            json!([css]),
+        );
+        if !text.is_empty() {
+            post(&self.url(&format!("/element/{id}/value")), &json!({"text": text}));
+        }
     }
 
     /// Sets a `<select>` by the visible text of an option and tells Svelte.
@@ -372,30 +413,45 @@ impl Driver {
         self.script("location.hash = arguments[0]", json!([hash]));
     }
 
-    fn screenshot(&self, name: &str) {
+    fn save_screenshot(&self, path: &Path) -> Result<(), String> {
         // Let charts finish their layout before the picture.
         self.script(
             "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
             json!([]),
         );
-        let answer = ureq::get(&self.url("/screenshot"))
-            .call()
-            .map(|mut r| r.body_mut().read_json::<Value>());
-        let png = match answer {
-            Ok(Ok(value)) => value["value"].as_str().map(str::to_string).expect("screenshot data"),
-            other => panic!("screenshot failed: {other:?}"),
-        };
-        let bytes = base64::engine::general_purpose::STANDARD.decode(png).expect("base64 PNG");
-        assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
-        let dir = repo().join("docs/screenshots");
-        std::fs::create_dir_all(&dir).expect("screenshot dir");
-        std::fs::write(dir.join(format!("{name}.png")), bytes).expect("screenshot written");
+        let mut response = ureq::get(&self.url("/screenshot")).call().map_err(|e| e.to_string())?;
+        let answer: Value = response.body_mut().read_json().map_err(|e| e.to_string())?;
+        let png = answer["value"].as_str().ok_or("no screenshot data")?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(png).map_err(|e| e.to_string())?;
+        if !bytes.starts_with(b"\x89PNG") {
+            return Err("the screenshot is not a PNG".into());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        std::fs::write(path, bytes).map_err(|e| e.to_string())
+    }
+
+    fn screenshot(&self, name: &str) {
+        let path = repo().join("docs/screenshots").join(format!("{name}.png"));
+        self.save_screenshot(&path).unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        // SIGTERM first: tauri-driver then stops the WebKitWebDriver it started.
+        let pid = self._driver.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if self._driver.0.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -487,6 +543,9 @@ fn the_console_drives_a_real_fleet() {
     // Drift: the alert of the shifted device, acknowledged.
     driver.go("#/drift");
     driver.wait_text("[data-testid=drift-verdict]", "");
+    driver.wait_for(".heatmap .cell");
+    driver.select("select[name=scope]", "berlin-2");
+    driver.wait_text("[data-testid=drift-verdict]", "alert");
     driver.wait_for(".heatmap .cell.alert");
     driver.wait_text("[data-testid=drift-alerts]", "berlin-2");
     driver.screenshot("drift");
@@ -520,6 +579,8 @@ fn the_console_drives_a_real_fleet() {
     driver.select("select[name=bundle]", "fraud@2.0.0");
     driver.select("select[name=fallback]", "fraud@1.0.0");
     driver.type_into("input[name=id]", "fraud-2-0-0");
+    driver.type_into("input[name=health_watch]", "2");
+    driver.type_into("input[name=health_requests]", "5");
     driver.click("[data-testid=wizard-next]");
     driver.select("select[name=on_gate_fail]", "roll back");
     for wave in [3, 2] {
@@ -543,9 +604,10 @@ fn the_console_drives_a_real_fleet() {
     driver.click("button[data-action=start]");
     driver.click("[data-testid=confirm]");
     driver.wait_text("[data-testid=rollout-state]", "running");
-    driver.wait_text("[data-testid=gates]", "pass");
+    driver.wait_text("[data-testid=waves]", "1 / 1");
     driver.screenshot("rollouts");
     driver.wait_text("[data-testid=rollout-state]", "completed");
+    driver.wait_text("[data-testid=gates]", "pass");
     wait_until("every device runs fraud 2.0.0", TIMEOUT, || {
         let devices = site.get("/v1/devices?model=fraud@2.0.0");
         (devices["devices"].as_array().map_or(0, Vec::len) == DEVICES.len()).then_some(())
@@ -560,7 +622,7 @@ fn the_console_drives_a_real_fleet() {
     driver.click("[data-testid=export]");
     driver.wait_text("[data-testid=exported]", "Exported");
     driver.click("[data-testid=verify]");
-    driver.wait_text("[data-testid=verdict]", "VERIFIED");
+    driver.wait_text("[data-testid=verdict]", "✔ VERIFIED");
     driver.screenshot("audit");
     assert!(export.join("records.jsonl").is_file(), "the export wrote its records");
 

@@ -216,6 +216,17 @@ export type GateDraft = {
 	min_shadow_agreement: number | null,
 };
 
+/**
+ *  The devices' own health watch after activating the new model, written into the signed plan:
+ *  a device that sees more errors or slower answers than this rolls itself back.
+ */
+export type HealthDraft = {
+	watch_seconds: number,
+	min_requests: number,
+	max_error_rate: number | null,
+	max_p95_latency_ratio: number | null,
+};
+
 /**  Whether the OS keyring can hold a token here, and if not why. */
 export type KeyringStatus = {
 	available: boolean,
@@ -256,6 +267,7 @@ export type RolloutDraft = {
 	cohort: string,
 	waves: WaveDraft[],
 	holdout_percent: number | null,
+	health: HealthDraft,
 	expires_in_hours: number,
 	/**  `auto` or `manual`. */
 	advance: string,

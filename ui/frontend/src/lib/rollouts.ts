@@ -100,6 +100,7 @@ export function defaultDraft(): RolloutDraft {
     cohort: "*",
     waves: [defaultWave("1"), defaultWave("10%"), defaultWave("50%"), defaultWave("100%")],
     holdout_percent: 0,
+    health: { watch_seconds: 300, min_requests: 20, max_error_rate: 0.05, max_p95_latency_ratio: 2 },
     expires_in_hours: 72,
     advance: "auto",
     on_gate_fail: "pause",
