@@ -42,6 +42,7 @@ pub fn route_action(route: &Route) -> String {
         "revokeDevice" => "device.revoke",
         "issueBrokerCertificate" => "certificate.issue",
         "exportAudit" => "audit.export",
+        "requestDeviceSamples" => "drift.samples.request",
         other => return format!("api.{other}"),
     };
     known.to_string()
