@@ -142,6 +142,9 @@ impl Driver {
                     Ok(false) => break,
                     Err(error) => {
                         tracing::warn!(rollout = %id, %error, "rollout step failed; retried next tick");
+                        // An admission may be recorded but unpublished: publish every
+                        // admitted device's assignment again on the next pass.
+                        self.republished.remove(&id);
                         break;
                     }
                 }
