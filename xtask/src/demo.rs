@@ -91,6 +91,15 @@ enum FileAction {
     Copy { from: &'static str, to: &'static str },
     /// Writes `to`, a copy of `from` with exactly one byte changed.
     Tamper { from: &'static str, to: &'static str, how: Tampering },
+    /// Copies the files of directory `from` into a new directory `to`, replacing the first
+    /// `find` by `replace` in each of `files`.
+    RewriteCopy {
+        from: &'static str,
+        to: &'static str,
+        files: &'static [&'static str],
+        find: &'static str,
+        replace: &'static str,
+    },
 }
 
 enum Tampering {
@@ -650,7 +659,90 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "k. Losing a device",
+            title: "k. A staged rollout",
+            story: "Version 3.0.0 goes to the whole fleet in waves: a canary of one device, then \
+                    everyone, with a quarter of the fleet held out on its old model until the end. \
+                    The server allocates the plan's sequence number and keeps the unsigned plan; \
+                    approvers sign it with their own keys on their own machines and upload only \
+                    signatures. One approval is not enough to start. Each wave soaks, then its \
+                    gates (devices reporting, install failures, error rate, p95 latency against \
+                    the previous model) are judged from the windows the devices send while they \
+                    keep serving.",
+            steps: vec![
+                outpost(
+                    "create version 3.0.0",
+                    "bundle create --model models/mlp_classifier.onnx --name fraud-scorer \
+                     --version 3.0.0 --baseline models/mlp_classifier.baseline.csv \
+                     --golden models/mlp_classifier.golden.json \
+                     --lineage models/mlp_classifier.lineage.json --out model-3.bundle",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "sign as ci",
+                    "bundle sign --key keys/ci.key.json model-3.bundle",
+                    ACCEPTED,
+                ),
+                outpost("push 3.0.0", "model push model-3.bundle", ACCEPTED),
+                outpost(
+                    "create the rollout",
+                    "rollout create --id fleet-3 --bundle fraud-scorer@3.0.0 \
+                     --fallback fraud-scorer@1.0.0 --cohort * --wave 1 --wave 100% \
+                     --holdout 25 --soak 4 --device-timeout 60 --gate min_requests=5 \
+                     --health {\"watch_seconds\":3,\"min_requests\":1,\"max_error_rate\":0.05,\"max_p95_latency_ratio\":3.0}",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "approve as alice",
+                    "rollout approve fleet-3 --key keys/alice.key.json",
+                    ACCEPTED,
+                ),
+                outpost("start with 1 of 2 approvals", "rollout start fleet-3", REFUSED),
+                outpost(
+                    "approve as bob",
+                    "rollout approve fleet-3 --key keys/bob.key.json",
+                    ACCEPTED,
+                ),
+                outpost("start", "rollout start fleet-3", ACCEPTED),
+                fleet(
+                    "the waves pass their gates",
+                    FleetAction::RolloutCompletes("fleet-3"),
+                    "completed within 120 s",
+                ),
+                outpost("show the rollout", "rollout show fleet-3", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "l. Audit trail",
+            story: "Everything above (publishing, refusals, approvals, waves, every device's \
+                    install steps) is in an append-only Merkle log whose signed checkpoints \
+                    commit to every record. Compliance staff export it with inclusion proofs and \
+                    verify it offline; rewriting one record, here turning an approval into an \
+                    abort, is caught and named. An export for one device verifies on its own.",
+            steps: vec![
+                outpost("export the audit trail", "audit export --out audit", ACCEPTED),
+                outpost("verify it offline", "audit verify audit", ACCEPTED),
+                Step {
+                    label: "rewrite one record".into(),
+                    action: Action::File(FileAction::RewriteCopy {
+                        from: "audit",
+                        to: "audit-rewritten",
+                        files: &["records.jsonl", "records.csv"],
+                        find: "rollout.approve",
+                        replace: "rollout.abort",
+                    }),
+                    expect: Expect::Done,
+                },
+                outpost("verify: rewritten record", "audit verify audit-rewritten", REFUSED),
+                outpost(
+                    "export berlin-1's records",
+                    "audit export --device berlin-1 --out audit-berlin-1",
+                    ACCEPTED,
+                ),
+                outpost("verify that export", "audit verify audit-berlin-1", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "m. Losing a device",
             story: "paris-2 loses power: SIGKILL, no goodbye. The broker notices the dead \
                     connection and publishes the agent's Last Will, and the control server marks \
                     the device offline.",
@@ -661,7 +753,7 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "l. Shutdown",
+            title: "n. Shutdown",
             story: "SIGTERM is how systemd stops a service: the agents say goodbye (offline) \
                     and the server stops its API and broker; each must exit 0 within 10 s.",
             steps: vec![
@@ -869,7 +961,9 @@ fn run_outpost(
 /// `OUTPOST_TOKEN`).
 fn uses_api(args: &[String]) -> bool {
     match args.first().map(String::as_str) {
-        Some("model" | "devices" | "users" | "assign" | "broker-config") => true,
+        Some("model" | "devices" | "users" | "assign" | "broker-config" | "rollout") => true,
+        // `outpost audit verify` works offline on an export; the rest asks the server.
+        Some("audit") => args.get(1).is_some_and(|sub| sub != "verify"),
         // `outpost drift` on CSV files is local; its subcommands ask the server.
         Some("drift") => args.get(1).is_some_and(|sub| !sub.starts_with('-')),
         _ => false,
@@ -893,6 +987,10 @@ fn describe(action: &FileAction) -> String {
                  (a signed payload)"
             )
         }
+        FileAction::RewriteCopy { from, to, files, find, replace } => format!(
+            "copy {from}/ to {to}/, rewriting the first {find} as {replace} in {}",
+            files.join(" and ")
+        ),
     }
 }
 
@@ -935,6 +1033,34 @@ fn file_action(demo_dir: &Path, action: &FileAction) -> Result<String> {
             };
             std::fs::write(demo_dir.join(to), &bytes).with_context(|| format!("writing {to}"))?;
             Ok(format!("changed the byte at offset {offset} of {}", bytes.len()))
+        }
+        FileAction::RewriteCopy { from, to, files, find, replace } => {
+            let (source, target) = (demo_dir.join(from), demo_dir.join(to));
+            if target.exists() {
+                std::fs::remove_dir_all(&target).with_context(|| format!("removing {to}"))?;
+            }
+            std::fs::create_dir_all(&target).with_context(|| format!("creating {to}"))?;
+            for entry in std::fs::read_dir(&source).with_context(|| format!("reading {from}"))? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    std::fs::copy(entry.path(), target.join(entry.file_name()))
+                        .with_context(|| format!("copying {}", entry.path().display()))?;
+                }
+            }
+            let mut lines = Vec::new();
+            for file in *files {
+                let path = target.join(file);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {to}/{file}"))?;
+                let Some(offset) = text.find(find) else {
+                    bail!("{from}/{file} has no {find}");
+                };
+                let line = text[..offset].lines().count().max(1);
+                std::fs::write(&path, text.replacen(find, replace, 1))
+                    .with_context(|| format!("writing {to}/{file}"))?;
+                lines.push(format!("{file} line {line}"));
+            }
+            Ok(format!("rewrote {}", lines.join(", ")))
         }
     }
 }

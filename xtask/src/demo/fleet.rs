@@ -58,6 +58,7 @@ const FLEET_ONLINE: Duration = Duration::from_secs(20);
 const STATS_FLOWING: Duration = Duration::from_secs(20);
 const ASSIGNMENT_DELIVERED: Duration = Duration::from_secs(10);
 const UPDATE_COMMITTED: Duration = Duration::from_secs(60);
+const ROLLOUT_COMPLETED: Duration = Duration::from_secs(120);
 const DEVICE_OFFLINE: Duration = Duration::from_secs(20);
 const EXIT_AFTER_SIGTERM: Duration = Duration::from_secs(10);
 const CLI_TIME_LIMIT: Duration = Duration::from_secs(30);
@@ -97,6 +98,9 @@ pub enum FleetAction {
     AssignmentReceived(usize),
     /// Waits until the agent's log shows an update committed (after the health watch).
     UpdateCommitted(usize),
+    /// Keeps light traffic on every running agent and follows `GET /v1/rollouts/<id>` until
+    /// the rollout completes; each change of wave or phase is shown.
+    RolloutCompletes(&'static str),
     /// SIGKILL, as a power cut would.
     Kill(usize),
     /// Waits until `outpost devices list` shows the device offline.
@@ -150,6 +154,10 @@ impl FleetAction {
             Self::UpdateCommitted(index) => {
                 format!("poll fleet/{}/agent.log until the update is committed", DEVICES[index].0)
             }
+            Self::RolloutCompletes(id) => format!(
+                "keep every agent serving (a few requests each per second) and poll \
+                 GET /v1/rollouts/{id} until it completes"
+            ),
             Self::Kill(index) => {
                 format!("kill -KILL {} (no goodbye: a power cut)", DEVICES[index].0)
             }
@@ -259,6 +267,7 @@ impl Fleet {
             FleetAction::DeviceStats => self.device_stats(),
             FleetAction::AssignmentReceived(index) => self.assignment_received(index),
             FleetAction::UpdateCommitted(index) => self.update_committed(index),
+            FleetAction::RolloutCompletes(id) => self.rollout_completes(id),
             FleetAction::Kill(index) => self.kill(index),
             FleetAction::WaitOffline(index) => self.wait_offline(index),
             FleetAction::StopAgents => self.stop_agents(),
@@ -283,6 +292,7 @@ impl Fleet {
             }
             FleetAction::WaitOnline
             | FleetAction::WaitStats
+            | FleetAction::RolloutCompletes(_)
             | FleetAction::DeviceStats
             | FleetAction::WaitOffline(_) => {
                 if self.token.is_none() {
@@ -886,6 +896,68 @@ impl Fleet {
             }
             thread::sleep(POLL);
         }
+    }
+
+    fn rollout_completes(&self, id: &str) -> Result<String> {
+        let rows = read_rows(&self.demo_dir.join(BASELINE_CSV))?;
+        if rows.is_empty() {
+            bail!("no rows in {BASELINE_CSV}");
+        }
+        let running: Vec<usize> =
+            (0..DEVICES.len()).filter(|index| self.agents[*index].child.is_some()).collect();
+        let path = format!("/v1/rollouts/{id}");
+        println!(
+            "  $ curl -s -H \"Authorization: Bearer $OUTPOST_TOKEN\" '{}{path}'    # repeatedly",
+            self.server_url()
+        );
+        let infer_path = format!("/v2/models/{MODEL}/infer");
+        let started = Instant::now();
+        let mut shown = String::new();
+        let mut failed_requests = 0_u64;
+        for turn in 0_usize.. {
+            // Live requests keep statistics windows of the new model flowing for the gates.
+            for &index in &running {
+                let row = &rows[(turn + index) % rows.len()];
+                let body = infer_body(row, FEATURES);
+                match http::request(self.agent_ports[index], "POST", &infer_path, None, Some(&body))
+                {
+                    Ok(response) if response.status == 200 => {}
+                    _ => failed_requests += 1,
+                }
+            }
+            let answer = self.api_json(&path)?;
+            let text =
+                |key: &str| answer.get(key).and_then(Json::as_str).unwrap_or("?").to_string();
+            let wave = answer.get("wave").and_then(Json::as_f64).unwrap_or(f64::NAN);
+            let admitted = answer.get("devices_admitted").and_then(Json::as_f64).unwrap_or(0.0);
+            let state = text("state");
+            let line = format!(
+                "{state:<10} wave {} ({}), {admitted} device(s) admitted",
+                wave + 1.0,
+                text("wave_phase")
+            );
+            if line != shown {
+                print_indented(&format!("{:>5.1} s  {line}", started.elapsed().as_secs_f64()));
+                shown = line;
+            }
+            match state.as_str() {
+                "completed" => {
+                    return Ok(format!(
+                        "completed after {:.1} s ({failed_requests} failed requests)",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                "paused" | "aborted" | "rolled_back" => {
+                    bail!("the rollout ended {state}: {}", text("reason"))
+                }
+                _ => {}
+            }
+            if started.elapsed() >= ROLLOUT_COMPLETED {
+                bail!("not completed after {} s", ROLLOUT_COMPLETED.as_secs());
+            }
+            thread::sleep(REFRESH / 4);
+        }
+        bail!("the rollout was followed for longer than any clock counts")
     }
 
     fn kill(&mut self, index: usize) -> Result<String> {
