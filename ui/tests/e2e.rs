@@ -70,7 +70,9 @@ impl Drop for Running {
 
 /// The control site: CLI material, the server, its admin token.
 struct Site {
-    dir: tempfile::TempDir,
+    /// `target/console-e2e/`, wiped at the start and kept afterwards (logs of the server and
+    /// agents for a failure).
+    dir: PathBuf,
     api_port: u16,
     broker_port: u16,
     token: String,
@@ -82,7 +84,7 @@ impl Site {
         let mut command = Command::new(target_binary("outpost"));
         command
             .args(args)
-            .current_dir(self.dir.path())
+            .current_dir(&self.dir)
             .env("OUTPOST_PASSPHRASE", PASSPHRASE)
             .env_remove("OUTPOST_SERVER")
             .env_remove("OUTPOST_TOKEN");
@@ -112,7 +114,7 @@ impl Site {
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     fn url(&self) -> String {
@@ -155,7 +157,12 @@ impl Site {
     fn start() -> Site {
         let free = || outpost_tests::broker::free_port().expect("free port");
         let mut site = Site {
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir: {
+                let dir = repo().join("target/console-e2e");
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).expect("run dir");
+                dir
+            },
             api_port: free(),
             broker_port: free(),
             token: String::new(),
@@ -190,7 +197,7 @@ impl Site {
         site.write_config();
         let child = Command::new(target_binary("outpost"))
             .args(["serve", "--config", "control.toml"])
-            .current_dir(site.dir.path())
+            .current_dir(&site.dir)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -300,6 +307,7 @@ fn tauri_driver() -> PathBuf {
 
 impl Driver {
     fn start(app: &Path, home: &Path) -> Driver {
+        std::fs::create_dir_all(home).expect("console home");
         let port = outpost_tests::broker::free_port().expect("port");
         let native = outpost_tests::broker::free_port().expect("port");
         let child = Command::new(tauri_driver())
@@ -508,8 +516,8 @@ fn the_console_drives_a_real_fleet() {
             .and_then(|list| list.iter().find(|a| a.to_string().contains("berlin-2")).cloned())
     });
 
-    let home = tempfile::tempdir().expect("console home");
-    let driver = Driver::start(&target_binary("outpost-console"), home.path());
+    let home = site.path("console-home");
+    let driver = Driver::start(&target_binary("outpost-console"), &home);
 
     // Connect.
     driver.wait_text("h2", "Connect");
@@ -581,6 +589,9 @@ fn the_console_drives_a_real_fleet() {
     driver.type_into("input[name=id]", "fraud-2-0-0");
     driver.type_into("input[name=health_watch]", "2");
     driver.type_into("input[name=health_requests]", "5");
+    // Debug builds on a busy machine: latency is noise, not a regression to judge here.
+    driver.type_into("input[name=health_p95]", "1000");
+    driver.type_into("input[name=health_errors]", "1");
     driver.click("[data-testid=wizard-next]");
     driver.select("select[name=on_gate_fail]", "roll back");
     for wave in [3, 2] {
@@ -590,6 +601,7 @@ fn the_console_drives_a_real_fleet() {
         driver.type_into(&format!("input[name=wave-{wave}-size]"), size);
         driver.type_into(&format!("input[name=wave-{wave}-soak]"), "3");
         driver.type_into(&format!("input[name=wave-{wave}-requests]"), "5");
+        driver.type_into(&format!("input[name=wave-{wave}-p95]"), "1000");
     }
     driver.screenshot("rollout-wizard");
     driver.click("[data-testid=wizard-next]");
