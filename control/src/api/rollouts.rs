@@ -450,7 +450,11 @@ async fn view(state: &ApiState, record: &RolloutRecord, detail: bool) -> Result<
         .enumerate()
         .map(|(index, wave)| {
             let index32 = u32::try_from(index).unwrap_or(u32::MAX);
-            let admitted = devices.iter().filter(|d| d.wave == Some(index32) && !d.holdout).count();
+            // Wave sizes are cumulative: a wave's figure counts the devices of earlier waves.
+            let admitted = devices
+                .iter()
+                .filter(|d| d.wave.is_some_and(|wave| wave <= index32) && !d.holdout)
+                .count();
             let status = match (record.state, index32.cmp(&record.wave)) {
                 (_, std::cmp::Ordering::Less) => "passed",
                 (RolloutState::Completed, _) => "passed",

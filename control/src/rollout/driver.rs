@@ -566,13 +566,15 @@ pub async fn gather(
         }
     }
     let new = merge_list(&new_windows);
-    let previous = merge_list(&previous_windows);
     if let Some(new) = &new {
         figures.requests = new.count;
         figures.errors = new.errors.values().sum();
         figures.p95_new_us = latency_p95(new);
     }
-    figures.p95_previous_us = previous.as_ref().and_then(latency_p95);
+    // The devices' previous models may differ (a device updated directly, say), so their
+    // windows do not merge; their latency histograms do, over the fleet-wide buckets.
+    figures.p95_previous_us =
+        latency_p95_across(previous_windows.iter().map(|window| &window.latency));
     // The holdout's traffic on the models it runs, for the output shift.
     let mut holdout_windows = Vec::new();
     for device in devices.iter().filter(|d| d.holdout && d.admitted_ms.is_none()) {
@@ -648,10 +650,49 @@ fn merge_list(windows: &[AggregateWindow]) -> Option<AggregateWindow> {
     })
 }
 
+/// The p95 latency of windows of possibly different models: latency buckets are fleet-wide,
+/// so their counts add up whatever model each window is of.
+fn latency_p95_across<'a>(
+    histograms: impl Iterator<Item = &'a outpost_shared::wire::LatencyHistogram>,
+) -> Option<f64> {
+    let bounds = &outpost_shared::stats::LATENCY_BUCKETS_US;
+    let mut counts = vec![0_u64; bounds.len()];
+    let mut overflow = 0_u64;
+    for histogram in histograms {
+        for (sum, count) in counts.iter_mut().zip(&histogram.counts) {
+            *sum = sum.saturating_add(*count);
+        }
+        // Counts past the fleet-wide buckets (none in a valid window) count as overflow.
+        let beyond: u64 = histogram.counts.iter().skip(bounds.len()).sum();
+        overflow = overflow.saturating_add(histogram.overflow).saturating_add(beyond);
+    }
+    gates::p95_from_buckets(&counts, overflow, bounds)
+}
+
 fn latency_p95(window: &AggregateWindow) -> Option<f64> {
     gates::p95_from_buckets(
         &window.latency.counts,
         window.latency.overflow,
         &outpost_shared::stats::LATENCY_BUCKETS_US,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use outpost_shared::wire::LatencyHistogram;
+
+    use super::latency_p95_across;
+
+    #[test]
+    fn the_previous_p95_adds_latency_histograms_of_different_models() {
+        // Two devices whose previous models differ: 90 fast calls on one, 10 slow on the other.
+        let mut fast = LatencyHistogram::default();
+        fast.counts[1] = 90;
+        let mut slow = LatencyHistogram::default();
+        slow.counts[6] = 10;
+        let p95 = latency_p95_across([&fast, &slow].into_iter());
+        assert_eq!(p95, Some(3_200.0));
+        assert_eq!(latency_p95_across([&fast].into_iter()), Some(100.0));
+        assert_eq!(latency_p95_across(std::iter::empty()), None);
+    }
 }
