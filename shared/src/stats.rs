@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod kll;
+
 /// Count, mean, M2 (sum of squared deviations), min and max of a stream of finite values.
 ///
 /// Merging uses Chan et al.'s parallel algorithm, so merging windows gives the same moments (up

@@ -91,9 +91,16 @@ pub(crate) fn sample_stats_window() -> StatsWindow {
             },
             FeatureStats {
                 name: "vibration_rms".into(),
-                histogram: histogram(&[0.0, 0.5, 1.0, 2.0], &[800, 300, 100], 0, 0, 0),
-                moments: moments(1200, 0.42, 96.5, 0.01, 1.93),
-                kll_sketch: Some(vec![0x02, 0x03, 0x0f, 0x18, 0xc8, 0x00, 0x08, 0x00]),
+                // A feature sampled less often than the model runs, with its KLL sketch.
+                histogram: histogram(&[0.0, 0.5, 1.0, 2.0], &[4, 2, 2], 0, 0, 0),
+                moments: moments(8, 0.67625, 2.8133875, 0.01, 1.93),
+                kll_sketch: Some({
+                    let mut kll = crate::stats::kll::Kll::new();
+                    for v in [0.01, 0.12, 0.3, 0.45, 0.6, 0.8, 1.2, 1.93] {
+                        kll.observe(v);
+                    }
+                    kll.to_bytes()
+                }),
             },
         ],
         outputs: vec![FeatureStats {
@@ -222,7 +229,7 @@ fn stats_window_on_the_wire() {
     check_wire(
         &sample_stats_window(),
         expect![[
-            r#"{"v":1,"device":"pump-17","model":{"name":"vibration-anomaly","version":"1.4.0","digest":"sha256:4124f92e0dae8190269adf2099982d5f0cee29284afef35a29b8bf3350e1cded"},"seq":5012,"start_ms":1717171200000,"end_ms":1717171260000,"count":1200,"errors":{"input_shape":2,"runtime":10},"latency":{"counts":[0,0,5,40,300,500,200,100,30,15,8,2,0,0,0,0,0,0,0],"overflow":0,"moments":{"count":1200,"mean":1450.5,"m2":2100000000.0,"min":180.0,"max":52000.0}},"inputs":[{"name":"temperature","histogram":{"edges":[-20.0,0.0,20.0,40.0,60.0],"counts":[100,700,380,20],"underflow":3,"overflow":7,"nan":2},"moments":{"count":1210,"mean":17.25,"m2":151250.0,"min":-23.5,"max":71.0}},{"name":"vibration_rms","histogram":{"edges":[0.0,0.5,1.0,2.0],"counts":[800,300,100],"underflow":0,"overflow":0,"nan":0},"moments":{"count":1200,"mean":0.42,"m2":96.5,"min":0.01,"max":1.93},"kll_sketch":"AgMPGMgACAA="}],"outputs":[{"name":"score","histogram":{"edges":[0.0,0.25,0.5,0.75,1.0],"counts":[900,200,60,40],"underflow":0,"overflow":0,"nan":0},"moments":{"count":1200,"mean":0.18,"m2":48.0,"min":0.0,"max":0.99}}],"classifier":{"class_counts":[1100,100],"confidence":{"edges":[0.0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0],"counts":[0,0,0,0,0,30,70,100,300,700],"underflow":0,"overflow":0,"nan":0}}}"#
+            r#"{"v":1,"device":"pump-17","model":{"name":"vibration-anomaly","version":"1.4.0","digest":"sha256:4124f92e0dae8190269adf2099982d5f0cee29284afef35a29b8bf3350e1cded"},"seq":5012,"start_ms":1717171200000,"end_ms":1717171260000,"count":1200,"errors":{"input_shape":2,"runtime":10},"latency":{"counts":[0,0,5,40,300,500,200,100,30,15,8,2,0,0,0,0,0,0,0],"overflow":0,"moments":{"count":1200,"mean":1450.5,"m2":2100000000.0,"min":180.0,"max":52000.0}},"inputs":[{"name":"temperature","histogram":{"edges":[-20.0,0.0,20.0,40.0,60.0],"counts":[100,700,380,20],"underflow":3,"overflow":7,"nan":2},"moments":{"count":1210,"mean":17.25,"m2":151250.0,"min":-23.5,"max":71.0}},{"name":"vibration_rms","histogram":{"edges":[0.0,0.5,1.0,2.0],"counts":[4,2,2],"underflow":0,"overflow":0,"nan":0},"moments":{"count":8,"mean":0.67625,"m2":2.8133875,"min":0.01,"max":1.93},"kll_sketch":"BQEPAMgACAAIAAAAAAAAAMgAAQDAAAAACtcjPD0K9z89Cvc/mpmZP83MTD+amRk/ZmbmPpqZmT6PwvU9CtcjPA=="}],"outputs":[{"name":"score","histogram":{"edges":[0.0,0.25,0.5,0.75,1.0],"counts":[900,200,60,40],"underflow":0,"overflow":0,"nan":0},"moments":{"count":1200,"mean":0.18,"m2":48.0,"min":0.0,"max":0.99}}],"classifier":{"class_counts":[1100,100],"confidence":{"edges":[0.0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0],"counts":[0,0,0,0,0,30,70,100,300,700],"underflow":0,"overflow":0,"nan":0}}}"#
         ]],
     );
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fields::{MAX_NAME_BYTES, check_id, check_text};
 use super::{Channel, DeviceId, ModelRef, ProtocolVersion, TopicMessage, WireError, WireMessage};
+use crate::stats::kll::{Kll, KllError};
 use crate::stats::{Histogram, HistogramError, LATENCY_BUCKETS_US, Moments, confidence_edges};
 
 /// Latencies in microseconds over the fleet-wide buckets [`LATENCY_BUCKETS_US`].
@@ -92,8 +93,9 @@ pub struct FeatureStats {
     pub name: String,
     pub histogram: Histogram,
     pub moments: Moments,
-    /// A KLL quantile sketch in the Apache DataSketches serialization, base64 on the wire;
-    /// present only where the profile asks for one.
+    /// A KLL quantile sketch of the finite values in the Apache DataSketches compact
+    /// serialization (float items, `k` = [`crate::stats::kll::KLL_K`]), base64 on the wire;
+    /// present only where the profile asks for one. Its `n` equals `moments.count`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "base64_bytes")]
     pub kll_sketch: Option<Vec<u8>>,
 }
@@ -114,6 +116,17 @@ impl FeatureStats {
                 moments: self.moments.count,
             });
         }
+        if let Some(bytes) = &self.kll_sketch {
+            let sketch = Kll::from_bytes(bytes)
+                .map_err(|source| StatsWindowError::Sketch { what: what(), source })?;
+            if sketch.n() != self.moments.count {
+                return Err(StatsWindowError::SketchCount {
+                    what: what(),
+                    sketch: sketch.n(),
+                    moments: self.moments.count,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -126,18 +139,22 @@ impl FeatureStats {
         if self.name != other.name {
             return Err(not_mergeable(format!("{side} `{}` meets `{}`", self.name, other.name)));
         }
-        if self.kll_sketch.is_some() || other.kll_sketch.is_some() {
-            return Err(not_mergeable(format!(
-                "{what} carries a KLL sketch, which this crate cannot merge"
-            )));
-        }
+        // A sketch describes all of a feature's values or nothing: when only one side has one
+        // (an agent that does not sketch, a profile without sketches), the merge has none.
+        let kll_sketch = match (&self.kll_sketch, &other.kll_sketch) {
+            (Some(a), Some(b)) => Some(
+                crate::stats::kll::merge_bytes(a, b)
+                    .map_err(|source| StatsWindowError::Sketch { what: what.clone(), source })?,
+            ),
+            _ => None,
+        };
         let mut moments = self.moments;
         moments.merge(&other.moments);
         Ok(FeatureStats {
             name: self.name.clone(),
             histogram: merged_histogram(&self.histogram, &other.histogram, &what)?,
             moments,
-            kll_sketch: None,
+            kll_sketch,
         })
     }
 }
@@ -223,6 +240,10 @@ pub enum StatsWindowError {
     CountsDisagree { what: String, histogram: u64, moments: u64 },
     #[error("{what}: {source}")]
     Histogram { what: String, source: HistogramError },
+    #[error("{what}: {source}")]
+    Sketch { what: String, source: KllError },
+    #[error("{what}: the KLL sketch holds {sketch} values but the moments count {moments}")]
+    SketchCount { what: String, sketch: u64, moments: u64 },
     #[error("{what}: inconsistent moments ({reason})")]
     Moments { what: String, reason: &'static str },
     #[error("{what}: counts overflow")]
@@ -309,8 +330,7 @@ impl StatsWindow {
     /// features over the same edges (for example, two unsent windows the agent folds together
     /// when its queue is full). The result spans both periods and takes the higher `seq`.
     /// On error `self` is unchanged.
-    ///
-    /// Windows carrying KLL sketches are refused: merging sketches needs the sketch library.
+    /// KLL sketches merge with the KLL merge; a feature with a sketch on one side only loses it.
     pub fn merge(&mut self, other: &StatsWindow) -> Result<(), StatsWindowError> {
         if self.device != other.device {
             return Err(not_mergeable(format!(
@@ -560,8 +580,7 @@ mod tests {
 
     #[test]
     fn merging_adds_counts_and_spans_both_periods() {
-        let mut first = sample_stats_window();
-        first.inputs[1].kll_sketch = None;
+        let first = sample_stats_window();
         let mut second = first.clone();
         second.seq += 1;
         second.start_ms = first.end_ms;
@@ -575,6 +594,38 @@ mod tests {
         assert_eq!(merged.latency.moments.count, 2 * first.latency.moments.count);
         assert_eq!(merged.inputs[0].histogram.counts[1], 2 * first.inputs[0].histogram.counts[1]);
         assert_eq!(merged.validate(), Ok(()));
+        let sketch = Kll::from_bytes(merged.inputs[1].kll_sketch.as_deref().expect("merged"))
+            .expect("decodes");
+        assert_eq!(sketch.n(), 2 * first.inputs[1].moments.count);
+
+        // A sketch on one side only: the merge keeps histograms and moments, not the sketch.
+        let mut unsketched = second.clone();
+        unsketched.inputs[1].kll_sketch = None;
+        let mut merged = first.clone();
+        merged.merge(&unsketched).expect("mergeable");
+        assert_eq!(merged.inputs[1].kll_sketch, None);
+        assert_eq!(merged.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_sketch_must_decode_and_count_the_moments() {
+        check_refused(
+            |w| w.inputs[1].kll_sketch = Some(vec![0; 20_000]),
+            "invalid statistics window: input `vibration_rms`: KLL sketch of 20000 bytes exceeds the limit of 16384",
+        );
+        check_refused(
+            |w| w.inputs[1].moments.count = 7,
+            "invalid statistics window: input `vibration_rms`: the KLL sketch holds 8 values but the moments count 7",
+        );
+    }
+
+    #[test]
+    fn windows_without_sketches_still_parse() {
+        let mut window = sample_stats_window();
+        window.inputs[1].kll_sketch = None;
+        let json = serde_json::to_string(&window).expect("encode");
+        assert!(!json.contains("kll_sketch"));
+        assert_eq!(crate::wire::decode::<StatsWindow>(json.as_bytes()), Ok(window));
     }
 
     #[test]
@@ -583,10 +634,14 @@ mod tests {
         let mut other = sample_stats_window();
         other.inputs[0].histogram.edges[0] = -50.0;
         let mut target = original.clone();
-        let error = target.merge(&sample_stats_window()).expect_err("sketches merged");
-        assert_eq!(
-            error.to_string(),
-            "windows cannot be merged: input `vibration_rms` carries a KLL sketch, which this crate cannot merge"
+        let mut bad_sketch = sample_stats_window();
+        bad_sketch.inputs[1].kll_sketch = Some(vec![1, 2, 3]);
+        let error = target.merge(&bad_sketch).expect_err("bad sketch merged");
+        assert!(
+            error.to_string().starts_with(
+                "input `vibration_rms`: KLL sketch is not in the DataSketches KLL float format"
+            ),
+            "{error}"
         );
         let error = target.merge(&other).expect_err("different edges merged");
         assert_eq!(
