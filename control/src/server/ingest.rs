@@ -71,8 +71,10 @@ const FOLD_BACKLOG: u64 = 50_000;
 /// … once the oldest of them waited this long (and at least this often, for windows another
 /// instance appended before it stopped).
 const FOLD_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
-/// Most pending windows merged in one fold transaction.
-const FOLD_BATCH: usize = 20_000;
+/// Most pending windows merged in one fold transaction on PostgreSQL, and on SQLite, where a
+/// fold holds the one write lock and ingest waits meanwhile.
+const FOLD_BATCH_POSTGRES: usize = 20_000;
+const FOLD_BATCH_SQLITE: usize = 2_000;
 
 impl Ingest {
     pub fn new(store: Store, config: IngestConfig) -> Ingest {
@@ -87,6 +89,11 @@ impl Ingest {
         }
     }
 
+    /// No batch appended pending windows for a while.
+    fn quiet(&self) -> bool {
+        now_ms() - self.activity.last_append_ms.load(Ordering::Relaxed) >= FOLD_WHEN_QUIET_FOR_MS
+    }
+
     /// Folds pending windows into the aggregates until `shutdown` turns true: in bulk when
     /// ingest is quiet, when many are pending, or when the oldest waited long enough (readers
     /// fold what is left before they read, so this schedule only keeps the backlog small).
@@ -98,14 +105,17 @@ impl Ingest {
     ) {
         let mut last_fold = tokio::time::Instant::now();
         let mut failures: u32 = 0;
+        let batch = match self.store.backend() {
+            crate::store::Backend::Sqlite => FOLD_BATCH_SQLITE,
+            crate::store::Backend::Postgres => FOLD_BATCH_POSTGRES,
+        };
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(FOLD_TICK) => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             let appended = self.activity.appended_since_fold.load(Ordering::Relaxed);
-            let quiet = now_ms() - self.activity.last_append_ms.load(Ordering::Relaxed)
-                >= FOLD_WHEN_QUIET_FOR_MS;
+            let quiet = self.quiet();
             let due = last_fold.elapsed() >= FOLD_AT_LEAST_EVERY;
             if !(due || (appended > 0 && quiet) || appended >= FOLD_BACKLOG) {
                 continue;
@@ -114,7 +124,7 @@ impl Ingest {
             last_fold = tokio::time::Instant::now();
             loop {
                 let started = std::time::Instant::now();
-                match self.store.fold_pending(FoldScope::Some(FOLD_BATCH)).await {
+                match self.store.fold_pending(FoldScope::Some(batch)).await {
                     Ok(report) => {
                         failures = 0;
                         if report.windows_folded + report.windows_refused > 0 {
@@ -126,7 +136,15 @@ impl Ingest {
                         if report.windows_refused > 0 {
                             on_refused(report.windows_refused);
                         }
-                        if report.windows_folded + report.windows_refused < FOLD_BATCH as u64 {
+                        if report.windows_folded + report.windows_refused < batch as u64 {
+                            break;
+                        }
+                        // More is pending: go on while ingest stays quiet or the backlog is
+                        // large; otherwise ingest goes first (on SQLite a fold holds the one
+                        // write lock) and the rest waits for the next quiet moment.
+                        let appended = self.activity.appended_since_fold.load(Ordering::Relaxed);
+                        if !self.quiet() && appended < FOLD_BACKLOG {
+                            self.activity.appended_since_fold.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
                     }
