@@ -30,7 +30,8 @@ const DEVICES: [(&str, &str, &str, bool); 4] = [
 ];
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    repo.canonicalize().unwrap_or(repo)
 }
 
 fn target_binary(name: &str) -> PathBuf {
@@ -635,6 +636,10 @@ fn the_console_drives_a_real_fleet() {
     driver.wait_text("[data-testid=exported]", "Exported");
     driver.click("[data-testid=verify]");
     driver.wait_text("[data-testid=verdict]", "✔ VERIFIED");
+    driver.script(
+        "document.querySelector('[data-testid=verdict]').scrollIntoView({block: 'end'})",
+        json!([]),
+    );
     driver.screenshot("audit");
     assert!(export.join("records.jsonl").is_file(), "the export wrote its records");
 

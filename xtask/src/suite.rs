@@ -2,16 +2,18 @@
 //!
 //! Installs (unless `--no-install`): the apt packages of [`TEST_APT_PACKAGES`] (plus
 //! `python3-venv` when no Python here can make a venv), the ARM rustup targets, rustfmt and
-//! clippy, and the Python venv for the model generator. Installing also happens when `CI` is
+//! clippy, the Python venv for the model generator, and for the console Node.js/npm, its npm
+//! dependencies and tauri-driver. Installing also happens when `CI` is
 //! set: CI runs on a fresh clone, maybe on a fresh machine.
 //!
 //! Checks, all run even when an earlier one fails, so one run shows every problem:
 //! the committed test models are reproducible, the console frontend builds and its component
 //! tests pass (Vitest, svelte-check), `cargo fmt --check`, `cargo clippy -D
 //! warnings`, the tests (cargo-nextest when installed, else `cargo test`) with
-//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, the agent's aarch64 test subset
+//! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, the console end to end in a real
+//! window ([`crate::console::run_e2e`]), the agent's aarch64 test subset
 //! under qemu-user, and the crash-safety fault steps with the aarch64 agent under qemu (see
-//! `cross/README.md`; neither with `--quick` or a test filter).
+//! `cross/README.md`; none of these three with `--quick` or a test filter).
 
 use std::path::Path;
 use std::process::Command;
