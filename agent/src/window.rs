@@ -10,11 +10,17 @@
 //! [`PendingCalls`] keeps recording off the inference path: a call's few tensors are copied into
 //! flat, bounded buffers (no allocation per call), and folded into the accumulator in batches
 //! later, which gives the same window as recording each call directly.
+//!
+//! Features the profile asks a sketch for ([`FeatureProfile::sketch`]) also feed a KLL sketch
+//! (the same finite values the moments count), serialized into the window when it is cut.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+#[cfg(doc)]
+use outpost_shared::profile::FeatureProfile;
 use outpost_shared::profile::{FeatureSource, Profile, TensorView, channel_mean_and_std, top1};
+use outpost_shared::stats::kll::Kll;
 use outpost_shared::stats::{Histogram, HistogramError, Moments, confidence_edges};
 use outpost_shared::wire::{
     ClassifierStats, DeviceId, FeatureStats, LatencyHistogram, MAX_NAME_BYTES, ModelRef,
@@ -41,6 +47,8 @@ struct FeatureAccumulator {
     source: FeatureSource,
     histogram: Histogram,
     moments: ShiftedMoments,
+    /// The window's KLL sketch, when the profile asks for one.
+    kll: Option<Kll>,
     /// Where the feature's tensor was among the views last time: checked first.
     view_hint: usize,
     /// Whether the previous feature reads the same tensor, so its view can be reused.
@@ -90,6 +98,9 @@ impl FeatureAccumulator {
     fn count(&mut self, value: f64) {
         observe_histogram(&mut self.histogram, value);
         self.moments.observe(value);
+        if let Some(kll) = &mut self.kll {
+            kll.observe(value);
+        }
     }
 
     fn take(&mut self) -> FeatureStats {
@@ -104,7 +115,7 @@ impl FeatureAccumulator {
             name: self.name.clone(),
             histogram: std::mem::replace(&mut self.histogram, empty),
             moments: self.moments.take(),
-            kll_sketch: None,
+            kll_sketch: self.kll.as_mut().map(|kll| std::mem::take(kll).to_bytes()),
         }
     }
 }
@@ -354,6 +365,7 @@ impl WindowAccumulator {
                             source: feature.source.clone(),
                             histogram,
                             moments: ShiftedMoments::new(feature.moments.mean),
+                            kll: feature.sketch.as_ref().map(|_| Kll::new()),
                             view_hint: 0,
                             same_tensor_as_previous: false,
                         })
@@ -640,6 +652,7 @@ mod tests {
             source: FeatureSource::Element { tensor: tensor.into(), index },
             histogram: Histogram::new(edges).expect("edges"),
             moments: Moments::default(),
+            sketch: None,
         }
     }
 
@@ -686,6 +699,41 @@ mod tests {
         if let Err(error) = encode(window) {
             panic!("window refused by wire validation: {error}\n{window:#?}");
         }
+    }
+
+    #[test]
+    fn asked_features_carry_a_kll_sketch_per_window_also_through_pending_calls() {
+        let mut profile = classifier_profile();
+        let reference = outpost_shared::stats::kll::Kll::new();
+        profile.inputs[0].sketch = Some(outpost_shared::profile::FeatureSketch {
+            kind: outpost_shared::profile::SketchKind::Kll,
+            k: outpost_shared::stats::kll::KLL_K,
+            reference: reference.to_bytes(),
+        });
+        let mut window = accumulator(&profile);
+        let mut pending = window.pending();
+        for i in 0..500 {
+            let x = [i as f32 / 100.0, if i % 10 == 0 { f32::NAN } else { 0.0 }];
+            pend(&mut pending, &x, &[0.4, 0.6], 100);
+        }
+        pending.fold_into(&mut window);
+        call(&mut window, &[f32::NAN, 0.0], &[0.4, 0.6], 100);
+        let cut = window.cut(0, 60_000, 1);
+        encodes(&cut);
+        assert_eq!(cut.inputs[1].kll_sketch, None, "not asked for");
+        let sketch = Kll::from_bytes(cut.inputs[0].kll_sketch.as_deref().expect("asked for"))
+            .expect("decodes");
+        assert_eq!(sketch.n(), 500, "the NaN is counted by the histogram only");
+        assert_eq!(cut.inputs[0].moments.count, 500);
+        let median = sketch.quantiles(&[0.5]).expect("not empty")[0];
+        assert!((median - 2.5).abs() <= 5.0 * sketch.rank_error() + 0.01, "median {median}");
+
+        // The next window starts a new sketch.
+        call(&mut window, &[1.0, 0.0], &[0.4, 0.6], 100);
+        let next = window.cut(60_000, 120_000, 2);
+        let sketch = Kll::from_bytes(next.inputs[0].kll_sketch.as_deref().expect("asked for"))
+            .expect("decodes");
+        assert_eq!(sketch.n(), 1);
     }
 
     #[test]

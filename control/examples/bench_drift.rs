@@ -95,6 +95,7 @@ fn profile(features: usize) -> Profile {
                 source: FeatureSource::Element { tensor: "features".into(), index: f },
                 histogram,
                 moments,
+                sketch: None,
             }
         })
         .collect();

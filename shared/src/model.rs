@@ -437,6 +437,26 @@ pub fn build_profile(
     classifier: bool,
     bins: usize,
 ) -> Result<crate::profile::Profile, ProfileBuildError> {
+    build_profile_with_sketches(
+        model,
+        requests,
+        column_names,
+        classifier,
+        bins,
+        crate::profile::SketchSelection::None,
+    )
+}
+
+/// [`build_profile`], with the baseline KLL sketch of the `sketches` features in the profile
+/// (devices then sketch those features in every window).
+pub fn build_profile_with_sketches(
+    model: &Model,
+    requests: &[InferenceRequest],
+    column_names: Option<&[String]>,
+    classifier: bool,
+    bins: usize,
+    sketches: crate::profile::SketchSelection,
+) -> Result<crate::profile::Profile, ProfileBuildError> {
     let input_sources = model
         .inputs()
         .iter()
@@ -451,7 +471,8 @@ pub fn build_profile(
     } else {
         None
     };
-    let mut builder = ProfileBuilder::new(input_sources, output_sources, classifier, bins);
+    let mut builder = ProfileBuilder::new(input_sources, output_sources, classifier, bins)
+        .with_sketches(sketches);
     for (row, request) in requests.iter().enumerate() {
         let inputs =
             model.prepare(request).map_err(|source| ProfileBuildError::Run { row, source })?;

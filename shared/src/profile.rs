@@ -6,10 +6,19 @@
 //! per-channel mean or standard deviation for images and other large tensors. The same
 //! extraction runs at publish time (building the profile) and on the device (filling statistics
 //! windows over the profile's bin edges), so the two compare bin by bin.
+//!
+//! Where the profile asks for it ([`FeatureSketch`], chosen at `outpost bundle create`), a
+//! feature also carries the baseline's KLL quantile sketch, and devices sketch that feature in
+//! every window ([`crate::stats::kll`]).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::oip::TensorSpec;
+use crate::stats::kll::{KLL_K, Kll};
 use crate::stats::{Histogram, HistogramError, Moments, confidence_edges, quantile_edges};
 
 /// Default number of quantile bins per feature.
@@ -41,6 +50,77 @@ pub struct FeatureProfile {
     /// Bins cut at the baseline's quantiles, holding the reference counts.
     pub histogram: Histogram,
     pub moments: Moments,
+    /// The profile asks devices to sketch this feature; holds the baseline's sketch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sketch: Option<FeatureSketch>,
+}
+
+/// A quantile sketch of one feature: `{"kind": "kll", "k": 200, "reference": "<base64>"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSketch {
+    pub kind: SketchKind,
+    /// Fixed fleet-wide ([`KLL_K`]); a profile with another `k` is refused.
+    pub k: u16,
+    /// The baseline's sketch in the DataSketches compact serialization (base64 in JSON).
+    #[serde(serialize_with = "b64_serialize", deserialize_with = "b64_deserialize")]
+    pub reference: Vec<u8>,
+}
+
+/// Sketch families a profile can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SketchKind {
+    /// KLL over `f32` items, Apache DataSketches format.
+    Kll,
+}
+
+impl FeatureSketch {
+    /// The baseline sketch, decoded (size-checked, `k` checked).
+    pub fn reference(&self) -> Result<Kll, crate::stats::kll::KllError> {
+        Kll::from_bytes(&self.reference)
+    }
+}
+
+fn b64_serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&B64.encode(bytes))
+}
+
+fn b64_deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    B64.decode(text).map_err(serde::de::Error::custom)
+}
+
+/// Which features of a profile get a KLL sketch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SketchSelection {
+    #[default]
+    None,
+    /// Every input feature and output.
+    All,
+    /// These features (inputs or outputs, by name); an unknown name is an error.
+    Named(BTreeSet<String>),
+}
+
+impl SketchSelection {
+    /// Parses the `--kll` argument: `all`, or feature names separated by commas.
+    pub fn parse(text: &str) -> SketchSelection {
+        match text.trim() {
+            "" => SketchSelection::None,
+            "all" => SketchSelection::All,
+            names => SketchSelection::Named(
+                names.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect(),
+            ),
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            SketchSelection::None => false,
+            SketchSelection::All => true,
+            SketchSelection::Named(names) => names.contains(name),
+        }
+    }
 }
 
 /// How a feature's value is derived from one sample (one batch row) of a tensor.
@@ -241,6 +321,8 @@ pub enum ProfileError {
     Empty,
     #[error("feature `{feature}`: {source}")]
     Histogram { feature: String, source: HistogramError },
+    #[error("a KLL sketch was asked for `{0}`, which is not a feature of this model")]
+    UnknownSketchFeature(String),
 }
 
 /// Collects baseline values and turns them into a [`Profile`].
@@ -251,6 +333,7 @@ pub struct ProfileBuilder {
     inputs: Vec<(String, FeatureSource, Vec<f64>)>,
     outputs: Vec<(String, FeatureSource, Vec<f64>)>,
     classifier: Option<(String, Vec<u64>, Histogram)>,
+    sketches: SketchSelection,
 }
 
 impl ProfileBuilder {
@@ -274,7 +357,14 @@ impl ProfileBuilder {
                     .ok()
                     .map(|confidence| (output, vec![0; classes], confidence))
             }),
+            sketches: SketchSelection::None,
         }
+    }
+
+    /// Also sketch the `selection` features (the baseline sketch goes into the profile).
+    pub fn with_sketches(mut self, selection: SketchSelection) -> Self {
+        self.sketches = selection;
+        self
     }
 
     /// Records one model call: its input and output tensors.
@@ -309,6 +399,14 @@ impl ProfileBuilder {
             return Err(ProfileError::Empty);
         }
         let bins = self.bins;
+        if let SketchSelection::Named(names) = &self.sketches
+            && let Some(unknown) = names.iter().find(|name| {
+                !self.inputs.iter().chain(&self.outputs).any(|(feature, _, _)| feature == *name)
+            })
+        {
+            return Err(ProfileError::UnknownSketchFeature(unknown.clone()));
+        }
+        let sketches = &self.sketches;
         let summarise = |features: Vec<(String, FeatureSource, Vec<f64>)>| {
             features
                 .into_iter()
@@ -324,7 +422,12 @@ impl ProfileBuilder {
                         histogram.observe(*v);
                         moments.observe(*v);
                     }
-                    Ok(FeatureProfile { name, source, histogram, moments })
+                    let sketch = sketches.wants(&name).then(|| {
+                        let mut kll = Kll::new();
+                        values.iter().for_each(|v| kll.observe(*v));
+                        FeatureSketch { kind: SketchKind::Kll, k: KLL_K, reference: kll.to_bytes() }
+                    });
+                    Ok(FeatureProfile { name, source, histogram, moments, sketch })
                 })
                 .collect::<Result<Vec<_>, ProfileError>>()
         };
@@ -348,6 +451,24 @@ impl Profile {
         }
         for feature in self.inputs.iter().chain(&self.outputs) {
             feature.histogram.validate().map_err(|e| format!("feature `{}`: {e}", feature.name))?;
+            if let Some(sketch) = &feature.sketch {
+                if sketch.k != KLL_K {
+                    return Err(format!(
+                        "feature `{}`: KLL sketch k = {}, the fleet uses k = {KLL_K}",
+                        feature.name, sketch.k
+                    ));
+                }
+                let reference =
+                    sketch.reference().map_err(|e| format!("feature `{}`: {e}", feature.name))?;
+                if reference.n() != feature.moments.count {
+                    return Err(format!(
+                        "feature `{}`: the KLL sketch holds {} values but the moments count {}",
+                        feature.name,
+                        reference.n(),
+                        feature.moments.count
+                    ));
+                }
+            }
         }
         if let Some(classifier) = &self.classifier {
             classifier.confidence.validate().map_err(|e| format!("classifier confidence: {e}"))?;
@@ -429,6 +550,64 @@ mod tests {
         assert_eq!(classifier.confidence.counts[8], 75);
         assert_eq!(classifier.confidence.counts[9], 25);
         profile.outputs[0].histogram.validate().expect("valid");
+    }
+
+    #[test]
+    fn asked_features_carry_the_baseline_sketch_and_profiles_check_it() {
+        let sources = vec![
+            ("a".to_string(), FeatureSource::Element { tensor: "x".into(), index: 0 }),
+            ("b".to_string(), FeatureSource::Element { tensor: "x".into(), index: 1 }),
+        ];
+        let build = |selection: SketchSelection| {
+            let mut builder =
+                ProfileBuilder::new(sources.clone(), vec![], None, 4).with_sketches(selection);
+            for i in 0..1000 {
+                let x = [i as f32, if i % 10 == 0 { f32::NAN } else { (i % 7) as f32 }];
+                builder.observe(&[TensorView { name: "x", shape: &[1, 2], data: &x }], &[]);
+            }
+            builder.finish()
+        };
+        let profile = build(SketchSelection::parse("a")).expect("profile");
+        assert_eq!(profile.inputs[1].sketch, None);
+        let sketch = profile.inputs[0].sketch.as_ref().expect("asked for");
+        assert_eq!((sketch.kind, sketch.k), (SketchKind::Kll, KLL_K));
+        let reference = sketch.reference().expect("decodes");
+        assert_eq!(reference.n(), 1000);
+        let median = reference.quantiles(&[0.5]).expect("not empty")[0];
+        assert!((median - 500.0).abs() <= 1000.0 * reference.rank_error(), "median {median}");
+        assert_eq!(profile.validate(), Ok(()));
+
+        let json = serde_json::to_string(&profile).expect("encode");
+        assert!(json.contains(r#""sketch":{"kind":"kll","k":200,"reference":""#), "{json}");
+        let parsed: Profile = serde_json::from_str(&json).expect("decode");
+        assert_eq!(parsed, profile);
+
+        let all = build(SketchSelection::All).expect("profile");
+        // NaN is binned but not sketched, as it is not in the moments.
+        assert_eq!(
+            all.inputs[1].sketch.as_ref().map(|s| s.reference().map(|r| r.n())),
+            Some(Ok(900))
+        );
+        assert_eq!(all.validate(), Ok(()));
+        assert_eq!(
+            build(SketchSelection::parse("a, c")),
+            Err(ProfileError::UnknownSketchFeature("c".into()))
+        );
+
+        let mut other_k = profile.clone();
+        if let Some(sketch) = other_k.inputs[0].sketch.as_mut() {
+            sketch.k = 100;
+        }
+        assert_eq!(
+            other_k.validate(),
+            Err("feature `a`: KLL sketch k = 100, the fleet uses k = 200".into())
+        );
+        let mut miscounted = profile.clone();
+        miscounted.inputs[0].moments.count = 999;
+        assert_eq!(
+            miscounted.validate(),
+            Err("feature `a`: the KLL sketch holds 1000 values but the moments count 999".into())
+        );
     }
 
     #[test]

@@ -573,6 +573,7 @@ mod tests {
                 source: FeatureSource::Element { tensor: "y".into(), index: 0 },
                 histogram,
                 moments: outpost_shared::stats::Moments::default(),
+                sketch: None,
             }],
             classifier: None,
         };

@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use outpost_shared::bundle::{self, RawBundle};
 use outpost_shared::golden::Golden;
 use outpost_shared::manifest::{Lineage, Manifest, Task, validate_name, validate_version};
-use outpost_shared::model::{Model, build_profile};
+use outpost_shared::model::{Model, build_profile_with_sketches};
+use outpost_shared::profile::SketchSelection;
 use outpost_shared::oip::{InferenceRequest, Tensor};
 use outpost_shared::verify::Role;
 use time::Duration;
@@ -156,6 +157,7 @@ pub fn run(command: BundleCommand) -> Result<()> {
             lineage,
             task,
             bins,
+            kll,
             expires_in,
             key,
             out,
@@ -189,12 +191,13 @@ pub fn run(command: BundleCommand) -> Result<()> {
                 TaskArg::Regression => Task::Regression,
                 TaskArg::Other => Task::Other,
             };
-            let profile = build_profile(
+            let profile = build_profile_with_sketches(
                 &model,
                 &requests,
                 columns.as_deref(),
                 task == Task::Classification,
                 bins,
+                kll.as_deref().map(SketchSelection::parse).unwrap_or_default(),
             )
             .with_context(|| format!("profiling baseline {}", baseline.display()))?;
             let lineage: Lineage = match &lineage {

@@ -236,6 +236,10 @@ pub enum BundleCommand {
         /// Quantile bins per feature in the profile.
         #[arg(long, default_value_t = outpost_shared::profile::DEFAULT_BINS)]
         bins: usize,
+        /// Features that also get a KLL quantile sketch (DataSketches format, k = 200) in the
+        /// profile and in every device window: `all`, or names separated by commas.
+        #[arg(long, value_name = "FEATURES")]
+        kll: Option<String>,
         /// Days until the manifest expires (default: never).
         #[arg(long)]
         expires_in: Option<u32>,

@@ -417,6 +417,7 @@ mod tests {
             source: FeatureSource::Element { tensor: "input".into(), index: 0 },
             histogram: Histogram::new(edges.to_vec()).expect("edges"),
             moments: Moments::default(),
+            sketch: None,
         }
     }
 

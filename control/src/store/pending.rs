@@ -606,6 +606,7 @@ mod tests {
             source: FeatureSource::Element { tensor: "input".into(), index: 0 },
             histogram: Histogram::new(edges).expect("edges"),
             moments: Moments::default(),
+            sketch: None,
         };
         Profile {
             v: 1,

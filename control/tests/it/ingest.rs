@@ -454,6 +454,7 @@ fn kill_and_restart(backend: Backend) {
             },
             histogram: Histogram::new(vec![0.0, 1.0, 2.0, 4.0]).expect("edges"),
             moments: Moments::default(),
+            sketch: None,
         }],
         outputs: vec![],
         classifier: None,

@@ -174,6 +174,7 @@ fn two_servers_split_ingest_and_a_killed_one_loses_no_window_and_counts_none_twi
             source: FeatureSource::Element { tensor: "input".into(), index: 0 },
             histogram: Histogram::new(vec![0.0, 1.0, 2.0, 4.0]).expect("edges"),
             moments: Moments::default(),
+            sketch: None,
         }],
         outputs: vec![],
         classifier: None,
