@@ -7,8 +7,8 @@ use outpost_shared::bundle::{self, RawBundle};
 use outpost_shared::golden::Golden;
 use outpost_shared::manifest::{Lineage, Manifest, Task, validate_name, validate_version};
 use outpost_shared::model::{Model, build_profile_with_sketches};
-use outpost_shared::profile::SketchSelection;
 use outpost_shared::oip::{InferenceRequest, Tensor};
+use outpost_shared::profile::SketchSelection;
 use outpost_shared::verify::Role;
 use time::Duration;
 
