@@ -6,7 +6,7 @@
 //!
 //! Configuration: the control's defaults (`control/control.example.toml`), then the usual
 //! `OUTPOST__…` environment overrides; the data folder defaults to the app's data folder and the
-//! API always listens on loopback.
+//! API listens on loopback, on a free port unless `OUTPOST__API__LISTEN` names one.
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,16 @@ fn keyring_key(data_dir: &Path) -> String {
 /// Starts the embedded control with its data in `default_data_dir` (unless the environment
 /// names another) and returns it with a working admin token.
 pub async fn start_local(default_data_dir: &Path) -> Result<LocalControl, ConsoleError> {
-    let environment: Vec<(String, String)> = std::env::vars().collect();
+    start_local_with(default_data_dir, &[]).await
+}
+
+/// [`start_local`] with `overrides` (`OUTPOST__…` names) applied after the environment.
+pub async fn start_local_with(
+    default_data_dir: &Path,
+    overrides: &[(String, String)],
+) -> Result<LocalControl, ConsoleError> {
+    let mut environment: Vec<(String, String)> = std::env::vars().collect();
+    environment.extend(overrides.iter().cloned());
     let mut config = outpost_control::config::load_from(None, &environment)
         .map_err(|error| local_error(format!("the local control's configuration: {error}")))?;
     let data_dir_from_env = environment.iter().any(|(name, _)| name == "OUTPOST__DATA_DIR");
@@ -51,7 +60,9 @@ pub async fn start_local(default_data_dir: &Path) -> Result<LocalControl, Consol
     std::fs::create_dir_all(&config.data_dir).map_err(|error| {
         local_error(format!("cannot create the data folder {}: {error}", config.data_dir.display()))
     })?;
-    if !config.api.listen.ip().is_loopback() {
+    // Loopback only, and a free port unless one is asked for.
+    let listen_from_env = environment.iter().any(|(name, _)| name == "OUTPOST__API__LISTEN");
+    if !listen_from_env || !config.api.listen.ip().is_loopback() {
         config.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
     config.api.tls = None;
@@ -81,4 +92,41 @@ async fn local_token(server: &RunningServer, data_dir: &Path) -> Result<String, 
         tracing::warn!("local admin token not remembered: {}", error.message);
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_mode_runs_a_control_the_console_can_call() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let overrides = [(
+            "OUTPOST__BROKER__EMBEDDED_LISTEN".to_string(),
+            format!("127.0.0.1:{}", outpost_tests::broker::free_port().expect("port")),
+        )];
+        let local = runtime
+            .block_on(start_local_with(dir.path(), &overrides))
+            .expect("the local control starts");
+        assert!(local.server.api_address.ip().is_loopback());
+        assert_ne!(local.server.api_address.port(), 8080, "a free port, not the default");
+        assert_eq!(local.data_dir, dir.path());
+        let url = local.server.api_url.to_string();
+        let token = local.token.clone();
+        let me = std::thread::spawn(move || {
+            let client = outpost_control::api::client::ApiClient::new(&url, Some(token), None)
+                .expect("client");
+            client.get_json("/v1/whoami", &[]).expect("whoami")
+        })
+        .join()
+        .expect("whoami thread");
+        assert_eq!(me["role"], "admin", "{me}");
+        assert!(me["name"].as_str().is_some_and(|n| n.starts_with("console-")), "{me}");
+        runtime.block_on(local.server.shutdown());
+    }
 }
