@@ -3,11 +3,14 @@
 //!
 //! Windows bin every feature over the profile's own edges, so PSI, Jensen–Shannon and
 //! chi-square computed here are exact for the merged data; the KS statistic is bounded and the
-//! normed Wasserstein distance bounded from below (see `docs/drift.md`). Pure functions: the
-//! API handler ([`crate::api::drift`]) fetches the aggregates and the profile.
+//! normed Wasserstein distance bounded from below (see `docs/drift.md`). Features the profile
+//! sketches (KLL) also get quantiles from the merged sketches and a sketch-aware KS statistic
+//! with its rank-error bound ([`SketchDrift`]). Pure functions: the API handler
+//! ([`crate::api::drift`]) fetches the aggregates and the profile.
 
 use outpost_shared::drift::{self, DatasetDrift, FeatureMetrics, Thresholds, Verdict};
 use outpost_shared::profile::Profile;
+use outpost_shared::stats::kll::{Kll, SketchKs, sketch_ks};
 use serde::{Deserialize, Serialize};
 
 use crate::store::ingest::AggregateWindow;
@@ -26,6 +29,53 @@ pub struct WindowDrift {
     /// Features of the window the profile does not have, or whose bins differ from the
     /// profile's (not comparable; named so nothing is dropped silently).
     pub not_comparable: Vec<String>,
+    /// Inputs and outputs whose profile and merged windows both carry a KLL sketch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sketches: Vec<SketchDrift>,
+}
+
+/// Normalized ranks at which [`SketchDrift`] reports quantiles.
+pub const SKETCH_RANKS: [f64; 7] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99];
+
+/// A feature compared through its KLL sketches: the baseline's and the merged windows'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SketchDrift {
+    pub feature: String,
+    /// Quantiles at [`SKETCH_RANKS`]; each within `rank_error` (in rank) of the exact one.
+    pub reference_quantiles: Vec<f64>,
+    pub current_quantiles: Vec<f64>,
+    /// The merged windows' sketch: normalized rank error at 99 % confidence.
+    pub rank_error: f64,
+    /// KS statistic between the two sketches' CDFs and its bound: `|ks.statistic − D| ≤
+    /// ks.error_bound` for the exact statistic `D` of the full data.
+    pub ks: SketchKs,
+}
+
+/// The sketch comparison of one feature; `None` when either side has no sketch or no values.
+/// A sketch that does not decode (it was validated when it arrived) is logged and skipped.
+fn compare_sketches(
+    reference: &outpost_shared::profile::FeatureProfile,
+    current: &outpost_shared::wire::FeatureStats,
+) -> Option<SketchDrift> {
+    let (Some(profile_sketch), Some(bytes)) = (&reference.sketch, &current.kll_sketch) else {
+        return None;
+    };
+    let decoded = profile_sketch.reference().and_then(|r| Ok((r, Kll::from_bytes(bytes)?)));
+    let (reference_kll, current_kll) = match decoded {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(feature = %current.name, %error, "KLL sketch skipped");
+            return None;
+        }
+    };
+    let ks = sketch_ks(&reference_kll, &current_kll)?;
+    Some(SketchDrift {
+        feature: current.name.clone(),
+        reference_quantiles: reference_kll.quantiles(&SKETCH_RANKS)?,
+        current_quantiles: current_kll.quantiles(&SKETCH_RANKS)?,
+        rank_error: current_kll.rank_error(),
+        ks,
+    })
 }
 
 impl WindowDrift {
@@ -73,6 +123,7 @@ pub fn compare(
     thresholds: &Thresholds,
 ) -> WindowDrift {
     let mut not_comparable = Vec::new();
+    let mut sketches = Vec::new();
     let mut side = |baseline: &[outpost_shared::profile::FeatureProfile],
                     current: &[outpost_shared::wire::FeatureStats]|
      -> Vec<FeatureMetrics> {
@@ -82,6 +133,7 @@ pub fn compare(
                 not_comparable.push(stats.name.clone());
                 continue;
             };
+            sketches.extend(compare_sketches(reference, stats));
             match drift::compare_binned(
                 &stats.name,
                 (&reference.histogram, &reference.moments),
@@ -108,6 +160,7 @@ pub fn compare(
         inputs: DatasetDrift::judge(inputs, thresholds),
         outputs: DatasetDrift::judge(outputs, thresholds),
         not_comparable,
+        sketches,
     }
 }
 
@@ -171,6 +224,130 @@ impl Hysteresis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod sketches {
+        use std::collections::BTreeMap;
+
+        use outpost_shared::profile::{FeatureProfile, FeatureSketch, FeatureSource, SketchKind};
+        use outpost_shared::stats::kll::KLL_K;
+        use outpost_shared::stats::{Histogram, Moments, quantile_edges};
+        use outpost_shared::wire::{
+            DeviceId, Digest, FeatureStats, LatencyHistogram, ModelRef, ProtocolVersion,
+            StatsWindow,
+        };
+
+        use super::*;
+
+        /// Deterministic values shaped like a normal distribution around `shift`.
+        fn values(n: usize, shift: f64, seed: u64) -> Vec<f64> {
+            let mut state = seed;
+            let mut next = move || {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 11) as f64 / (1u64 << 53) as f64
+            };
+            (0..n).map(|_| (0..12).map(|_| next()).sum::<f64>() - 6.0 + shift).collect()
+        }
+
+        fn summary(edges: &[f64], values: &[f64]) -> (Histogram, Moments, Kll) {
+            let mut histogram = Histogram::new(edges.to_vec()).expect("edges");
+            let mut moments = Moments::default();
+            let mut kll = Kll::new();
+            for v in values {
+                histogram.observe(*v);
+                moments.observe(*v);
+                kll.observe(*v);
+            }
+            (histogram, moments, kll)
+        }
+
+        fn window(device: &str, edges: &[f64], values: &[f64]) -> StatsWindow {
+            let (histogram, moments, kll) = summary(edges, values);
+            let mut latency = LatencyHistogram::default();
+            values.iter().for_each(|_| latency.observe(100));
+            StatsWindow {
+                v: ProtocolVersion,
+                device: DeviceId::new(device).expect("id"),
+                model: ModelRef { name: "m".into(), version: "1".into(), digest: Digest::of(b"m") },
+                seq: 1,
+                start_ms: 0,
+                end_ms: 60_000,
+                count: values.len() as u64,
+                errors: BTreeMap::new(),
+                latency,
+                inputs: vec![FeatureStats {
+                    name: "x".into(),
+                    histogram,
+                    moments,
+                    kll_sketch: Some(kll.to_bytes()),
+                }],
+                outputs: vec![],
+                classifier: None,
+            }
+        }
+
+        #[test]
+        fn merged_window_sketches_give_quantiles_and_a_bounded_ks() {
+            let baseline = values(20_000, 0.0, 1);
+            let edges = quantile_edges(&baseline, 10).expect("edges");
+            let (histogram, moments, kll) = summary(&edges, &baseline);
+            let profile = Profile {
+                v: 1,
+                reference_count: 20_000,
+                inputs: vec![FeatureProfile {
+                    name: "x".into(),
+                    source: FeatureSource::Element { tensor: "x".into(), index: 0 },
+                    histogram,
+                    moments,
+                    sketch: Some(FeatureSketch {
+                        kind: SketchKind::Kll,
+                        k: KLL_K,
+                        reference: kll.to_bytes(),
+                    }),
+                }],
+                outputs: vec![],
+                classifier: None,
+            };
+            // Three devices, one of them shifted: the windows merge into one aggregate.
+            let parts = [values(8_000, 0.0, 2), values(8_000, 0.0, 3), values(8_000, 1.5, 4)];
+            let aggregates: Vec<AggregateWindow> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, part)| AggregateWindow::of(&window(&format!("d{i}"), &edges, part)))
+                .collect();
+            let total = AggregateWindow::merge_all(&aggregates).expect("merge").expect("some");
+            let drift = compare(&profile, &total, &Thresholds::default());
+            assert_eq!(drift.sketches.len(), 1);
+            let sketch = &drift.sketches[0];
+            assert_eq!((sketch.ks.reference_n, sketch.ks.current_n), (20_000, 24_000));
+
+            let all: Vec<f64> = parts.iter().flatten().copied().collect();
+            let exact = outpost_shared::drift::samples::ks_2samp(&baseline, &all)
+                .expect("not empty")
+                .statistic;
+            assert!(
+                (sketch.ks.statistic - exact).abs() <= sketch.ks.error_bound,
+                "sketch KS {} exact {exact} bound {}",
+                sketch.ks.statistic,
+                sketch.ks.error_bound
+            );
+            assert!(sketch.ks.error_bound < 0.03, "bound {}", sketch.ks.error_bound);
+            let mut sorted = all.clone();
+            sorted.sort_by(f64::total_cmp);
+            for (rank, q) in SKETCH_RANKS.iter().zip(&sketch.current_quantiles) {
+                let true_rank = sorted.partition_point(|v| v <= q) as f64 / sorted.len() as f64;
+                assert!((true_rank - rank).abs() <= sketch.rank_error, "rank {rank}: {true_rank}");
+            }
+            let json = serde_json::to_value(&drift).expect("json");
+            assert!(json["sketches"][0]["ks"]["error_bound"].is_number(), "{json}");
+
+            // Without a sketch on the windows' side there is no sketch comparison.
+            let mut plain = total.clone();
+            plain.inputs[0].kll_sketch = None;
+            let drift = compare(&profile, &plain, &Thresholds::default());
+            assert!(drift.sketches.is_empty());
+            assert!(serde_json::to_value(&drift).expect("json").get("sketches").is_none());
+        }
+    }
 
     fn run(verdicts: &[Verdict]) -> Vec<Transition> {
         let policy = Hysteresis { open_after: 2, close_after: 3 };
