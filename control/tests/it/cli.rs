@@ -279,6 +279,55 @@ fn bundle_create_refuses_bad_models_and_golden_mismatches() {
 }
 
 #[test]
+fn bundle_create_sketches_the_features_asked_for() {
+    let w = Workspace::new();
+    let create = |kll: &str, out: &str| {
+        vec![
+            "bundle".to_string(),
+            "create".into(),
+            "--model".into(),
+            model("mlp_classifier.onnx"),
+            "--name".into(),
+            "fraud".into(),
+            "--version".into(),
+            "1.0.0".into(),
+            "--baseline".into(),
+            model("mlp_classifier.baseline.csv"),
+            "--golden".into(),
+            model("mlp_classifier.golden.json"),
+            "--kll".into(),
+            kll.into(),
+            "--out".into(),
+            out.into(),
+        ]
+    };
+    let args = create("f0,f3", "kll.bundle");
+    w.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let raw = outpost_shared::bundle::read(&std::fs::read(w.path("kll.bundle")).expect("bundle"))
+        .expect("bundle reads");
+    let profile: outpost_shared::profile::Profile =
+        serde_json::from_slice(&raw.profile).expect("profile");
+    profile.validate().expect("valid profile");
+    let sketched: Vec<&str> = profile
+        .inputs
+        .iter()
+        .chain(&profile.outputs)
+        .filter(|f| f.sketch.is_some())
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(sketched, ["f0", "f3"]);
+    let reference = profile.inputs[0].sketch.as_ref().expect("f0").reference().expect("decodes");
+    assert_eq!(reference.n(), profile.inputs[0].moments.count);
+
+    let args = create("f0,nope", "bad.bundle");
+    let stderr = w.refused(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        stderr.contains("a KLL sketch was asked for `nope`, which is not a feature of this model"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn plans_need_k_distinct_approvers_and_check_the_cohort() {
     let w = Workspace::with_fleet();
     w.ok(&[
