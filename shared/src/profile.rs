@@ -458,14 +458,13 @@ impl Profile {
                         feature.name, sketch.k
                     ));
                 }
-                let reference =
-                    sketch.reference().map_err(|e| format!("feature `{}`: {e}", feature.name))?;
-                if reference.n() != feature.moments.count {
+                // The header (format, k, n); the items are decoded where drift uses them.
+                let n = crate::stats::kll::check_bytes(&sketch.reference)
+                    .map_err(|e| format!("feature `{}`: {e}", feature.name))?;
+                if n != feature.moments.count {
                     return Err(format!(
-                        "feature `{}`: the KLL sketch holds {} values but the moments count {}",
-                        feature.name,
-                        reference.n(),
-                        feature.moments.count
+                        "feature `{}`: the KLL sketch holds {n} values but the moments count {}",
+                        feature.name, feature.moments.count
                     ));
                 }
             }

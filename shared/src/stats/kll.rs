@@ -34,6 +34,48 @@ pub enum KllError {
     Merge { reason: String },
 }
 
+/// Checks the header of a serialized sketch without decoding its items: size, DataSketches
+/// KLL family and version, preamble, `m`, `k` = [`KLL_K`]. Returns `n`, the number of values.
+///
+/// This is what the wire layer checks on every window (and what devices run before sending):
+/// no allocation, no item decoding. The items are decoded where a sketch is used ([`Kll::from_bytes`]
+/// in merges and drift), which refuses a bad body with an error.
+pub fn check_bytes(bytes: &[u8]) -> Result<u64, KllError> {
+    const FAMILY_KLL: u8 = 15;
+    const FLAG_EMPTY: u8 = 1;
+    const FLAG_SINGLE_ITEM: u8 = 4;
+    const M: u8 = 8;
+    let format = |reason: &str| KllError::Format { reason: reason.to_string() };
+    if bytes.len() > MAX_KLL_SKETCH_BYTES {
+        return Err(KllError::TooLarge { found: bytes.len(), limit: MAX_KLL_SKETCH_BYTES });
+    }
+    let [preamble_ints, serial_version, family, flags, k0, k1, m, _, rest @ ..] = bytes else {
+        return Err(format("shorter than its 8-byte preamble"));
+    };
+    if *family != FAMILY_KLL {
+        return Err(format("not the KLL family"));
+    }
+    if *m != M {
+        return Err(format("m is not 8"));
+    }
+    let k = u16::from_le_bytes([*k0, *k1]);
+    let empty = flags & FLAG_EMPTY != 0;
+    let single = flags & FLAG_SINGLE_ITEM != 0;
+    let n = match (empty, single, preamble_ints, serial_version) {
+        (true, false, 2, 1) if rest.is_empty() => 0,
+        (false, true, 2, 2) if rest.len() == 4 => 1,
+        (false, false, 5, 1) => match rest.get(..8).and_then(|n| <[u8; 8]>::try_from(n).ok()) {
+            Some(n) => u64::from_le_bytes(n),
+            None => return Err(format("shorter than its 20-byte preamble")),
+        },
+        _ => return Err(format("inconsistent preamble, version and flags")),
+    };
+    if k != KLL_K {
+        return Err(KllError::K { found: k, expected: KLL_K });
+    }
+    Ok(n)
+}
+
 /// A KLL float sketch with `k` = [`KLL_K`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kll {
@@ -294,6 +336,16 @@ mod tests {
             Kll::from_bytes(&other_k.serialize()),
             Err(KllError::K { found: 100, expected: KLL_K })
         );
+        // The header check agrees with the full decode on valid sketches and on these.
+        assert!(matches!(check_bytes(&[1, 2, 3]), Err(KllError::Format { .. })));
+        assert_eq!(
+            check_bytes(&other_k.serialize()),
+            Err(KllError::K { found: 100, expected: KLL_K })
+        );
+        for n in [0, 1, 2, 5_000] {
+            let kll = sketch_of(&stream(n, 0.0, 11));
+            assert_eq!(check_bytes(&kll.to_bytes()), Ok(n as u64));
+        }
         // Truncating a valid sketch anywhere is an error, never a panic.
         let bytes = sketch_of(&stream(5_000, 0.0, 9)).to_bytes();
         for len in 0..bytes.len() {

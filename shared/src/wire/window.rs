@@ -13,7 +13,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::fields::{MAX_NAME_BYTES, check_id, check_text};
 use super::{Channel, DeviceId, ModelRef, ProtocolVersion, TopicMessage, WireError, WireMessage};
-use crate::stats::kll::{Kll, KllError};
+#[cfg(test)]
+use crate::stats::kll::Kll;
+use crate::stats::kll::KllError;
 use crate::stats::{Histogram, HistogramError, LATENCY_BUCKETS_US, Moments, confidence_edges};
 
 /// Latencies in microseconds over the fleet-wide buckets [`LATENCY_BUCKETS_US`].
@@ -116,13 +118,14 @@ impl FeatureStats {
                 moments: self.moments.count,
             });
         }
+        // The sketch's header (format, k, n); its items are decoded where they are merged.
         if let Some(bytes) = &self.kll_sketch {
-            let sketch = Kll::from_bytes(bytes)
+            let n = crate::stats::kll::check_bytes(bytes)
                 .map_err(|source| StatsWindowError::Sketch { what: what(), source })?;
-            if sketch.n() != self.moments.count {
+            if n != self.moments.count {
                 return Err(StatsWindowError::SketchCount {
                     what: what(),
-                    sketch: sketch.n(),
+                    sketch: n,
                     moments: self.moments.count,
                 });
             }
