@@ -75,23 +75,37 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
-/// tauri-driver, installed with cargo when missing or of another version.
+/// tauri-driver, installed with cargo when missing or of another version. (tauri-driver has
+/// no `--version`: the version is read from `cargo install --list`.)
 pub fn ensure_tauri_driver() -> Result<PathBuf> {
     let path = cargo_bin_dir().join("tauri-driver");
-    let version = Command::new(&path).arg("--version").output().ok();
-    let current = version
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    let listed = cargo()
+        .args(["install", "--list"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).to_string())
         .unwrap_or_default();
-    if current.contains(TAURI_DRIVER_VERSION) {
+    let wanted = format!("tauri-driver v{TAURI_DRIVER_VERSION}:");
+    if path.is_file() && listed.lines().any(|line| line.trim() == wanted) {
         step!("tauri-driver {TAURI_DRIVER_VERSION}: present");
         return Ok(path);
     }
     run(
         "installing tauri-driver",
-        cargo().args(["install", &format!("tauri-driver@{TAURI_DRIVER_VERSION}"), "--locked"]),
+        cargo().args([
+            "install",
+            &format!("tauri-driver@{TAURI_DRIVER_VERSION}"),
+            "--locked",
+            "--force",
+        ]),
     )?;
     Ok(path)
+}
+
+/// Whether `driver` runs (it answers `--help`).
+fn driver_runs(driver: &Path) -> bool {
+    driver.is_file() && succeeds(Command::new(driver).arg("--help"))
 }
 
 /// The apt packages the end-to-end suite needs (also in `TEST_APT_PACKAGES`).
@@ -125,7 +139,7 @@ pub fn run_e2e(repo: &Path, install: bool) -> Result<()> {
     } else {
         cargo_bin_dir().join("tauri-driver")
     };
-    if !succeeds(Command::new(&driver).arg("--version")) {
+    if !driver_runs(&driver) {
         bail!(
             "no tauri-driver at {}: run `cargo install tauri-driver@{TAURI_DRIVER_VERSION} --locked`",
             driver.display()

@@ -1232,10 +1232,11 @@ mod tests {
                 }
             }
         }
-        // Each refusal the brief names is in the story, the tampered update plan, and the drift
-        // check that fails on berlin-2.
+        // Each refusal the brief names is in the story, the tampered update plan, the drift
+        // check that fails on berlin-2, a rollout started with too few approvals and a
+        // rewritten audit record.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 13);
+        assert_eq!(refusals, 15);
         // The fleet starts before it is used and is stopped at the end.
         let fleet_actions: Vec<FleetAction> = steps
             .iter()
