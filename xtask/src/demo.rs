@@ -807,7 +807,7 @@ pub fn run_demo() -> Result<()> {
     }
     drop(fleet);
 
-    println!("\n{}", heading("m. Summary"));
+    println!("\n{}", heading("o. Summary"));
     print!("{}", summary_table(&rows));
     let failed = rows.iter().filter(|row| !row.ok).count();
     let took = started.elapsed();
