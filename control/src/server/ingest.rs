@@ -14,8 +14,9 @@
 //! window, because the device's tags are what rollout cohorts select on; a device re-tagged
 //! later counts in its new cohorts from then on.
 //!
-//! KLL sketches (present only where a profile asks for them) are not aggregated by this
-//! version: they are dropped from the window before merging; histograms and moments are kept.
+//! KLL sketches (present only where a profile asks for them) are decoded in full once here
+//! ([`check_sketches`]): a damaged one refuses its window (`bad_sketch`) before anything is
+//! counted. Accepted sketches are kept and merged into the aggregates like the histograms.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use outpost_shared::profile::{FeatureProfile, Profile};
+use outpost_shared::stats::kll::Kll;
 use outpost_shared::wire::{DeviceId, FeatureStats, StatsWindow};
 use tokio::sync::Mutex;
 
@@ -280,19 +282,15 @@ impl Ingest {
                 ),
             }));
         }
-        let mut window = Cow::Borrowed(window);
-        if window.inputs.iter().chain(&window.outputs).any(|f| f.kll_sketch.is_some()) {
-            let owned = window.to_mut();
-            for feature in owned.inputs.iter_mut().chain(owned.outputs.iter_mut()) {
-                feature.kll_sketch = None;
-            }
+        if let Err(reason) = check_sketches(window) {
+            return Ok(Err(WindowOutcome::Rejected { code: "bad_sketch", reason }));
         }
         if let Some(profile) = self.profile(window.model.digest.as_str()).await?
-            && let Err(reason) = matches_profile(&window, &profile)
+            && let Err(reason) = matches_profile(window, &profile)
         {
             return Ok(Err(WindowOutcome::Rejected { code: "profile_mismatch", reason }));
         }
-        Ok(Ok((window, bucket_start_ms)))
+        Ok(Ok((Cow::Borrowed(window), bucket_start_ms)))
     }
 
     /// Runs downsampling and retention once, relative to now.
@@ -352,6 +350,30 @@ fn window_outcome(outcome: IngestOutcome, window: &StatsWindow, received_ms: i64
             reason: format!("does not merge with the stored bucket: {error}"),
         },
     }
+}
+
+/// Decodes every KLL sketch of `window` once, items included (the wire layer checked only
+/// their headers), so a damaged sketch is refused here with its feature named instead of
+/// failing the merge of a whole bucket later.
+pub fn check_sketches(window: &StatsWindow) -> Result<(), String> {
+    let sides = [("input", &window.inputs), ("output", &window.outputs)];
+    for (kind, features) in sides {
+        for feature in features {
+            if let Some(bytes) = &feature.kll_sketch {
+                let sketch = Kll::from_bytes(bytes)
+                    .map_err(|error| format!("{kind} `{}`: {error}", feature.name))?;
+                if sketch.n() != feature.moments.count {
+                    return Err(format!(
+                        "{kind} `{}`: KLL sketch of {} values where the moments count {}",
+                        feature.name,
+                        sketch.n(),
+                        feature.moments.count
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `window` has exactly the profile's features, in order, over the profile's edges.
@@ -555,6 +577,61 @@ mod tests {
         assert_eq!(total(Device, "a").await, (3, 3 + 7 + 11));
         assert_eq!(total(Device, "b").await, (1, 5));
         assert_eq!(total(Cohort, "*").await, (4, 3 + 7 + 11 + 5));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_kll_sketch_is_refused_alone_and_good_sketches_are_kept() {
+        let store = Store::connect(&crate::store::StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("store");
+        let ingest = Ingest::new(store.clone(), IngestConfig::default());
+        let edges = [0.0, 0.5, 1.0];
+        let sketched = |device: &str, seq: u64| {
+            let mut window = stats(device, seq, 1_000, &edges);
+            let mut sketch = Kll::new();
+            for i in 0..1_000 {
+                sketch.observe(f64::from(i) / 1_000.0);
+            }
+            window.inputs[0].kll_sketch = Some(sketch.to_bytes());
+            window
+        };
+        let good = sketched("a", 1);
+        // The header (checked on the wire) is intact; the items are cut off.
+        let mut damaged = sketched("b", 1);
+        if let Some(bytes) = &mut damaged.inputs[0].kll_sketch {
+            bytes.truncate(40);
+        }
+        damaged.check_statistics().expect("the header alone passes the wire checks");
+        let outcomes =
+            ingest.ingest_batch(&[good, damaged, sketched("a", 2)]).await.expect("batch");
+        assert!(matches!(outcomes[0], WindowOutcome::Ingested { .. }), "{outcomes:?}");
+        assert!(matches!(outcomes[2], WindowOutcome::Ingested { .. }), "{outcomes:?}");
+        let WindowOutcome::Rejected { code, reason } = &outcomes[1] else {
+            panic!("refused: {outcomes:?}");
+        };
+        assert_eq!(*code, "bad_sketch");
+        assert!(reason.starts_with("input `x`: KLL sketch is not in the DataSketches"), "{reason}");
+        // The sketches of the two good windows are merged into the device's aggregate.
+        let rows = store
+            .aggregates(
+                crate::store::ingest::AggregateKind::Device,
+                Digest::of(b"m").as_str(),
+                "a",
+                0,
+                i64::MAX,
+            )
+            .await
+            .expect("aggregates");
+        let [device_a] = rows.as_slice() else { panic!("one bucket: {rows:?}") };
+        let sketch = Kll::from_bytes(
+            device_a.aggregate.inputs[0].kll_sketch.as_deref().expect("a merged sketch"),
+        )
+        .expect("decodes");
+        assert_eq!(sketch.n(), 2_000);
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! it reads afterwards includes every window counted before the read began.
 //!
 //! The stored form ([`encode`]) is compact binary: counts as LEB128 varints, floats as 8
-//! little-endian bytes, and neither feature names nor bin edges, which are those of the model's
-//! profile (ingest checked the window against it; bundles never change). A window that cannot be
+//! little-endian bytes, each feature's KLL sketch as its DataSketches bytes (length-prefixed,
+//! since encoding version 2; rows of version 1 decode without sketches), and neither feature
+//! names nor bin edges, which are those of the model's profile (ingest checked the window
+//! against it, and decoded its sketches; bundles never change). A window that cannot be
 //! merged at fold time (its bucket was aggregated from windows of other edges before the bundle
 //! was pushed) is refused then: removed from `pending_windows` and from `windows_seen`, logged
 //! and reported in [`FoldReport::windows_refused`].
@@ -35,8 +37,13 @@ use sqlx::Row as _;
 use super::ingest::{AggregateKey, AggregateWindow, Targets, write_targets};
 use super::{Backend, Store, StoreError, now_ms, to_u64};
 
-/// The first byte of every encoded window: the version of this encoding.
-const ENCODING_VERSION: u8 = 1;
+/// The first byte of every encoded window: the version of this encoding. Version 2 adds each
+/// feature's KLL sketch after its moments; version 1 rows (no sketches) still decode, with
+/// none.
+const ENCODING_VERSION: u8 = 2;
+
+/// The encoding before KLL sketches were stored; still decoded.
+const ENCODING_VERSION_WITHOUT_SKETCHES: u8 = 1;
 
 /// Appends `value` as an unsigned LEB128 varint.
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -87,9 +94,20 @@ fn put_histogram(out: &mut Vec<u8>, histogram: &Histogram) {
 /// The stored form of `window` (validated, matching its model's profile) and the cohorts it
 /// counts in. The device, sequence number, model digest and bucket are columns of its row.
 pub fn encode(window: &StatsWindow, cohorts: &[String]) -> Vec<u8> {
+    encode_as(window, cohorts, true)
+}
+
+/// [`encode`] in the current encoding (`sketches`) or in version 1, which has no sketches.
+fn encode_as(window: &StatsWindow, cohorts: &[String], sketches: bool) -> Vec<u8> {
     let features = window.inputs.len() + window.outputs.len();
-    let mut out = Vec::with_capacity(256 + features * 96);
-    out.push(ENCODING_VERSION);
+    let sketch_bytes: usize = window
+        .inputs
+        .iter()
+        .chain(&window.outputs)
+        .filter_map(|feature| feature.kll_sketch.as_ref().map(Vec::len))
+        .sum();
+    let mut out = Vec::with_capacity(256 + features * 96 + sketch_bytes);
+    out.push(if sketches { ENCODING_VERSION } else { ENCODING_VERSION_WITHOUT_SKETCHES });
     put_varint(&mut out, cohorts.len() as u64);
     for cohort in cohorts {
         put_str(&mut out, cohort);
@@ -112,6 +130,15 @@ pub fn encode(window: &StatsWindow, cohorts: &[String]) -> Vec<u8> {
         for feature in side {
             put_histogram(&mut out, &feature.histogram);
             put_moments(&mut out, &feature.moments);
+            // 0: no sketch; otherwise its length + 1, then its bytes.
+            match &feature.kll_sketch {
+                _ if !sketches => {}
+                None => put_varint(&mut out, 0),
+                Some(sketch) => {
+                    put_varint(&mut out, sketch.len() as u64 + 1);
+                    out.extend_from_slice(sketch);
+                }
+            }
         }
     }
     match &window.classifier {
@@ -128,6 +155,8 @@ pub fn encode(window: &StatsWindow, cohorts: &[String]) -> Vec<u8> {
 /// Reads the stored form back; every error names what was wrong.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// Whether features carry a sketch field (encoding version 2 and later).
+    sketches: bool,
 }
 
 impl Reader<'_> {
@@ -208,6 +237,29 @@ impl Reader<'_> {
         })
     }
 
+    /// A feature's optional KLL sketch: a varint of 0 (none) or its length + 1, then its bytes.
+    /// Only the header is checked here; ingest decoded the whole sketch before storing it.
+    fn sketch(&mut self, what: &str) -> Result<Option<Vec<u8>>, String> {
+        if !self.sketches {
+            return Ok(None);
+        }
+        let tag = self.varint()?;
+        if tag == 0 {
+            return Ok(None);
+        }
+        let length = usize::try_from(tag - 1).map_err(|_| "a length overflows")?;
+        let (head, rest) = self.bytes.split_at_checked(length).ok_or_else(|| {
+            format!(
+                "the sketch of {what} of {length} bytes exceeds the {} bytes left",
+                self.bytes.len()
+            )
+        })?;
+        outpost_shared::stats::kll::check_bytes(head)
+            .map_err(|error| format!("the sketch of {what}: {error}"))?;
+        self.bytes = rest;
+        Ok(Some(head.to_vec()))
+    }
+
     fn features(&mut self, profile: &[FeatureProfile]) -> Result<Vec<FeatureStats>, String> {
         let length = usize::try_from(self.varint()?).map_err(|_| "a length overflows")?;
         if length != profile.len() {
@@ -220,7 +272,7 @@ impl Reader<'_> {
                     name: feature.name.clone(),
                     histogram: self.histogram(&feature.histogram.edges, &feature.name)?,
                     moments: self.moments()?,
-                    kll_sketch: None,
+                    kll_sketch: self.sketch(&feature.name)?,
                 })
             })
             .collect()
@@ -243,10 +295,16 @@ pub fn decode(
     digest: Digest,
     profile: &Profile,
 ) -> Result<PendingWindow, String> {
-    let mut reader = Reader { bytes };
-    let version = reader.byte()?;
-    if version != ENCODING_VERSION {
-        return Err(format!("encoding version {version}, expected {ENCODING_VERSION}"));
+    let mut reader = Reader { bytes, sketches: false };
+    match reader.byte()? {
+        ENCODING_VERSION => reader.sketches = true,
+        ENCODING_VERSION_WITHOUT_SKETCHES => {}
+        version => {
+            return Err(format!(
+                "encoding version {version}, expected {ENCODING_VERSION_WITHOUT_SKETCHES} or \
+                 {ENCODING_VERSION}"
+            ));
+        }
     }
     let cohort_count = reader.length()?;
     let cohorts = (0..cohort_count).map(|_| reader.string()).collect::<Result<Vec<_>, _>>()?;
@@ -687,6 +745,90 @@ mod tests {
         );
     }
 
+    fn sketch_of(values: &[f64]) -> Vec<u8> {
+        let mut sketch = outpost_shared::stats::kll::Kll::new();
+        for &value in values {
+            sketch.observe(value);
+        }
+        sketch.to_bytes()
+    }
+
+    #[test]
+    fn a_window_with_kll_sketches_comes_back_exactly() {
+        let profile = profile();
+        let mut window = window(&profile);
+        // The sketched features: `a` (three finite values) and `y`; `b` has none.
+        window.inputs[0].kll_sketch = Some(sketch_of(&[0.5, 1.5, 7.0, f64::NAN]));
+        window.outputs[0].kll_sketch = Some(sketch_of(&[0.25, -3.0]));
+        let many: Vec<f64> = (0..5_000).map(f64::from).collect();
+        window.inputs[1].histogram.counts = vec![5_000];
+        window.inputs[1].moments = Moments::default();
+        for &value in &many {
+            window.inputs[1].moments.observe(value);
+        }
+        window.inputs[1].kll_sketch = Some(sketch_of(&many));
+        window.check_statistics().expect("a valid window");
+        let bytes = encode(&window, &["*".to_string()]);
+        assert_eq!(bytes[0], 2, "the current encoding version");
+        let decoded = decode(
+            &bytes,
+            window.device.clone(),
+            window.seq,
+            window.model.digest.clone(),
+            &profile,
+        )
+        .expect("decodes");
+        assert_eq!(decoded.window, window);
+        let sketch = outpost_shared::stats::kll::Kll::from_bytes(
+            decoded.window.inputs[1].kll_sketch.as_deref().expect("kept"),
+        )
+        .expect("a sketch");
+        assert_eq!(sketch.n(), 5_000);
+
+        // A damaged sketch inside a row is refused with the feature named.
+        let mut damaged = window.clone();
+        let mut header_only = sketch_of(&many);
+        header_only[2] = 99;
+        damaged.inputs[1].kll_sketch = Some(header_only);
+        let error = decode(
+            &encode(&damaged, &[]),
+            window.device.clone(),
+            1,
+            window.model.digest.clone(),
+            &profile,
+        )
+        .expect_err("refused");
+        assert!(error.starts_with("the sketch of b: "), "{error}");
+    }
+
+    #[test]
+    fn rows_of_the_encoding_without_sketches_still_decode() {
+        let profile = profile();
+        let window = window(&profile);
+        let cohorts = vec!["*".to_string()];
+        let old = encode_as(&window, &cohorts, false);
+        assert_eq!(old[0], 1);
+        // Version 1 is exactly version 2 less one "no sketch" byte per feature.
+        assert_eq!(old.len() + 3, encode(&window, &cohorts).len());
+        let decoded =
+            decode(&old, window.device.clone(), window.seq, window.model.digest.clone(), &profile)
+                .expect("decodes");
+        assert_eq!(decoded.window, window);
+        assert_eq!(decoded.cohorts, cohorts);
+        // A sketched window written in version 1 comes back without its sketches.
+        let mut sketched = window.clone();
+        sketched.inputs[0].kll_sketch = Some(sketch_of(&[0.5, 1.5, 7.0]));
+        let decoded = decode(
+            &encode_as(&sketched, &cohorts, false),
+            window.device.clone(),
+            window.seq,
+            window.model.digest.clone(),
+            &profile,
+        )
+        .expect("decodes");
+        assert_eq!(decoded.window, window);
+    }
+
     #[test]
     fn damaged_or_foreign_bytes_are_refused_with_the_reason() {
         let profile = profile();
@@ -704,7 +846,7 @@ mod tests {
         other_version[0] = 9;
         assert_eq!(
             decode_bytes(&other_version, &profile),
-            Err("encoding version 9, expected 1".into())
+            Err("encoding version 9, expected 1 or 2".into())
         );
         let mut fewer_inputs = profile.clone();
         fewer_inputs.inputs.pop();
