@@ -66,6 +66,11 @@ fn free_port() -> u16 {
 }
 
 fn start_agent(site: &Site, fleet: &Fleet, id: &str, cohort: &str) -> Agent {
+    start_agent_with(site, fleet, id, cohort, "good.bundle")
+}
+
+/// An agent provisioned with the fleet's bundle `bundle`.
+fn start_agent_with(site: &Site, fleet: &Fleet, id: &str, cohort: &str, bundle: &str) -> Agent {
     let dir = site.directory.path().join(id);
     std::fs::create_dir_all(&dir).expect("agent dir");
     let port = free_port();
@@ -87,7 +92,7 @@ fn start_agent(site: &Site, fleet: &Fleet, id: &str, cohort: &str) -> Agent {
         .arg("--trust")
         .arg(fleet.path("root.json"))
         .arg("--bundle")
-        .arg(fleet.path("good.bundle"))
+        .arg(fleet.path(bundle))
         .output()
         .expect("provision");
     assert!(output.status.success(), "provision {id}: {}", crate::server::show(&output));
@@ -389,4 +394,107 @@ fn shifted_devices_and_their_cohort_are_flagged_and_the_rest_are_not() {
         .get_json("/v1/audit/events", &[("action", "drift.retrain.request".into())])
         .expect("audit");
     assert_eq!(audit["events"].as_array().map(Vec::len), Some(1), "{audit}");
+}
+
+/// Creates `out` in the fleet's directory: the fraud model signed by the fleet's publisher, its
+/// profile sketching the features `kll` (`outpost bundle create --kll`).
+fn create_sketched_bundle(fleet: &Fleet, out: &str, kll: &str) {
+    let model = |name: &str| models().join(name).display().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["bundle", "create", "--model"])
+        .arg(model("mlp_classifier.onnx"))
+        .args(["--name", "fraud", "--version", "1.1.0", "--baseline"])
+        .arg(model("mlp_classifier.baseline.csv"))
+        .arg("--golden")
+        .arg(model("mlp_classifier.golden.json"))
+        .arg("--lineage")
+        .arg(model("mlp_classifier.lineage.json"))
+        .args(["--kll", kll, "--key", "keys/ci.key.json", "--out", out])
+        .current_dir(fleet.directory.path())
+        .env("OUTPOST_PASSPHRASE", "test-passphrase")
+        .output()
+        .expect("run outpost");
+    assert!(output.status.success(), "bundle create: {}", crate::server::show(&output));
+}
+
+/// KLL sketches end to end: agents running a bundle created with `--kll f0,f2` send sketched
+/// windows; the server keeps the sketches through ingest, the pending windows and the fold, so
+/// `/v1/drift` compares the merged sketches with the profile's: quantiles over every request
+/// and a sketch KS that is within its bound of 0 for baseline traffic and large for the device
+/// whose `f2` is shifted. The aggregates carry the merged sketch.
+#[test]
+fn kll_sketches_survive_ingest_and_give_fleet_sketch_drift() {
+    let fleet = Fleet::new();
+    create_sketched_bundle(&fleet, "kll.bundle", "f0,f2");
+    let site = Site::start(
+        Backend::Sqlite,
+        SiteOptions { trust_root: Some(fleet.path("root.json")), ..Default::default() },
+    );
+    site.outpost_ok(&["model", "push", &fleet.path_text("kll.bundle")]);
+    let digest =
+        outpost_shared::sha256_digest(&std::fs::read(fleet.path("kll.bundle")).expect("bundle"));
+    let devices = [("calm-k", false), ("shifted-k", true)];
+    let agents: Vec<Agent> = devices
+        .iter()
+        .map(|(id, _)| start_agent_with(&site, &fleet, id, "a", "kll.bundle"))
+        .collect();
+    let (baseline, shifted) =
+        (rows("mlp_classifier.baseline.csv"), rows("mlp_classifier.shifted.csv"));
+    for ((_, drifting), agent) in devices.iter().zip(&agents) {
+        let rows = if *drifting { &shifted } else { &baseline };
+        for row in rows.iter().take(REQUESTS) {
+            infer(agent, row);
+        }
+    }
+    for (id, _) in &devices {
+        wait_until(&format!("{id}'s requests ingested"), TIMEOUT, || {
+            requests_ingested(&site, &digest, id) >= REQUESTS as u64
+        });
+    }
+
+    let sketches = |device: &str| {
+        let detail = api(&site)
+            .get_json("/v1/drift", &[("model", digest.clone()), ("device", device.into())])
+            .expect("drift");
+        let sketches = detail["total"]["sketches"].as_array().cloned().unwrap_or_default();
+        let names: Vec<&str> = sketches.iter().filter_map(|s| s["feature"].as_str()).collect();
+        assert_eq!(names, ["f0", "f2"], "the sketched features of {device}: {detail}");
+        sketches
+    };
+    let ks = |sketch: &Value| {
+        let ks = &sketch["ks"];
+        assert_eq!(ks["current_n"], REQUESTS as u64, "every request is in the sketch: {sketch}");
+        (ks["statistic"].as_f64().expect("ks"), ks["error_bound"].as_f64().expect("bound"))
+    };
+    for sketch in sketches("calm-k") {
+        let (statistic, bound) = ks(&sketch);
+        // The baseline rows are the profile's own: the exact KS is 0.
+        assert!(statistic <= bound, "{sketch}");
+        let quantiles = sketch["current_quantiles"].as_array().expect("quantiles");
+        assert_eq!(quantiles.len(), 7, "{sketch}");
+    }
+    let shifted = sketches("shifted-k");
+    let (f0, f0_bound) = ks(&shifted[0]);
+    let (f2, f2_bound) = ks(&shifted[1]);
+    // 1.5 standard deviations apart: an exact KS near 0.55; f0 differs by sampling only.
+    assert!(f2 - f2_bound > 0.3, "f2 sketch KS {f2} ± {f2_bound}");
+    assert!(f0 < f2 - f2_bound - f0_bound, "f0 sketch KS {f0} against f2 {f2}");
+    let median = |side: &str| shifted[1][side][3].as_f64().expect("median");
+    assert!(
+        (median("current_quantiles") - median("reference_quantiles")).abs() > 0.5,
+        "f2 medians {} and {}",
+        median("current_quantiles"),
+        median("reference_quantiles")
+    );
+
+    // The aggregate rows carry the merged sketch of every request of the device.
+    let answer = api(&site)
+        .get_json("/v1/aggregates", &[("model", digest.clone()), ("device", "shifted-k".into())])
+        .expect("aggregates");
+    let f2_stats = answer["total"]["inputs"]
+        .as_array()
+        .and_then(|inputs| inputs.iter().find(|f| f["name"] == "f2"))
+        .unwrap_or_else(|| panic!("f2 in {answer}"));
+    assert!(f2_stats["kll_sketch"].is_string(), "{f2_stats}");
+    assert!(answer["total"]["inputs"][1]["kll_sketch"].is_null(), "f1 is not sketched: {answer}");
 }
