@@ -1,4 +1,4 @@
-//! Optional on-device sampling of raw inputs while the device is in drift alert (issue 7,
+//! Optional on-device sampling of raw inputs while the device is in drift alert (see
 //! `docs/drift.md` "Input samples"): a uniform reservoir sample (Algorithm R, seeded
 //! SplitMix64) of the rows the API answered, bounded in rows and bytes, kept in
 //! `<data_dir>/samples/reservoir.json` (atomic writes), uploaded in bounded

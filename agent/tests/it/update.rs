@@ -1,4 +1,4 @@
-//! Model updates on the device (issue 5) with real parts: Mosquitto on a free port, real
+//! Model updates on the device with real parts: Mosquitto on a free port, real
 //! `outpost-agent run` processes, and either a real `outpost serve` (the good path: `outpost
 //! model push`, `outpost assign`) or a test client playing a compromised control that
 //! publishes whatever it likes on the device's `assign` topic and answers its `fetch`

@@ -1,4 +1,4 @@
-//! Sampled raw inputs uploaded by devices (issue 7, `docs/drift.md` "Input samples"):
+//! Sampled raw inputs uploaded by devices (`docs/drift.md` "Input samples"):
 //! upload requests (`device_sample_requests`) and the parts devices sent back
 //! (`device_sample_parts`). A request and a completed upload each record an audit event in
 //! the same transaction (`drift.samples.request`, `drift.samples.upload`); uploads older than

@@ -1,4 +1,4 @@
-//! On-device input sampling end to end (issue 7 item 5): a real Mosquitto, the real server and
+//! On-device input sampling end to end: a real Mosquitto, the real server and
 //! two real `outpost-agent` processes fed shifted rows until the drift monitor opens an alert
 //! for each. `sampler` has `[sampling] enabled = true` (50 rows at most); `quiet` keeps the
 //! default (off). After the alert (and a first upload that empties what `sampler` took while

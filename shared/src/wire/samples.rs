@@ -1,4 +1,4 @@
-//! On-device sampling of raw inputs (issue 7): the control's [`SamplingControl`] (retained on
+//! On-device sampling of raw inputs: the control's [`SamplingControl`] (retained on
 //! `sampling`: is the device in drift alert, which upload is requested) and the device's
 //! [`SampleChunk`]s on `samples`, one bounded part of an upload each.
 //!
