@@ -407,15 +407,20 @@ impl Driver {
         }
     }
 
-    /// Sets a `<select>` by the visible text of an option and tells Svelte.
+    /// Sets a `<select>` by the visible text of an option and tells Svelte. Options load
+    /// asynchronously (device lists, bundles), so this waits for the option to exist.
     fn select(&self, css: &str, option_text: &str) {
-        self.wait_for(css);
-        let done = self.script(
-            "const s = document.querySelector(arguments[0]); const o = Array.from(s.options).find(o => o.text.includes(arguments[1])); \
-             if (!o) return false; s.value = o.value; s.selectedIndex = o.index; s.dispatchEvent(new Event('change', {bubbles: true})); return true;",
-            json!([css, option_text]),
-        );
-        assert_eq!(done, Value::Bool(true), "option {option_text} in {css}");
+        self.wait(&format!("option `{option_text}` in `{css}`"), || {
+            self.script(
+                "const s = document.querySelector(arguments[0]); if (!s) return false; \
+                 const o = Array.from(s.options).find(o => o.text.includes(arguments[1])); \
+                 if (!o) return false; s.value = o.value; s.selectedIndex = o.index; \
+                 s.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+                json!([css, option_text]),
+            )
+            .as_bool()
+            .filter(|done| *done)
+        });
     }
 
     fn go(&self, hash: &str) {
