@@ -7,6 +7,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc: the ingest path's many short-lived vectors cost far less than with glibc's malloc
+/// (see docs/benchmarks.md, ingest).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     exit_quietly_on_closed_stdout();
     let args = outpost_control::cli::Cli::parse();
