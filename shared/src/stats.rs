@@ -99,6 +99,17 @@ pub struct Histogram {
     pub nan: u64,
 }
 
+/// At least two finite, strictly increasing edges.
+fn check_edges(edges: &[f64]) -> Result<(), HistogramError> {
+    if edges.len() < 2
+        || edges.iter().any(|e| !e.is_finite())
+        || edges.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err(HistogramError::BadEdges);
+    }
+    Ok(())
+}
+
 /// Why a histogram cannot be built or merged.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HistogramError {
@@ -113,19 +124,14 @@ pub enum HistogramError {
 impl Histogram {
     /// An empty histogram over `edges`.
     pub fn new(edges: Vec<f64>) -> Result<Self, HistogramError> {
-        if edges.len() < 2
-            || edges.iter().any(|e| !e.is_finite())
-            || edges.windows(2).any(|w| w[0] >= w[1])
-        {
-            return Err(HistogramError::BadEdges);
-        }
+        check_edges(&edges)?;
         let bins = edges.len() - 1;
         Ok(Self { edges, counts: vec![0; bins], underflow: 0, overflow: 0, nan: 0 })
     }
 
     /// Checks the invariants of a histogram that came from outside (a file or the wire).
     pub fn validate(&self) -> Result<(), HistogramError> {
-        Histogram::new(self.edges.clone())?;
+        check_edges(&self.edges)?;
         if self.counts.len() + 1 != self.edges.len() {
             return Err(HistogramError::CountsMismatch {
                 counts: self.counts.len(),

@@ -12,9 +12,10 @@
 //! (`crate::store::device_events`), where rollout gates read them. A malformed topic or
 //! payload is counted, logged and dropped; nothing stops the loop.
 //!
-//! Ingest path: a `stats` message is decoded in the loop and queued (bounded,
-//! [`WINDOW_QUEUE`]) to [`run_window_writer`], which takes what is queued (up to [`MAX_BATCH`])
-//! and stores it in one transaction ([`Ingest::ingest_batch`]) while the loop goes on reading.
+//! Ingest path: the loop only routes a `stats` message, by its topic's device, into the bounded
+//! queue ([`WINDOW_QUEUE`]) of one of the [`run_window_writer`]s, which takes what is queued (up
+//! to [`MAX_BATCH`]), decodes it on the blocking pool (writers decode in parallel, and the loop
+//! goes on reading) and stores it in one transaction ([`Ingest::ingest_batch`]).
 //! When the queue is full the loop waits and the broker holds the rest. Windows of profiled
 //! models are appended to the pending windows there; [`Ingest::run_folder`], started here
 //! too, folds them into the aggregates in bulk.
@@ -387,10 +388,9 @@ impl AckOrder {
     }
 }
 
-/// A decoded window waiting for the writer, with the message to acknowledge once it is stored.
+/// A `stats` message waiting for its writer (still undecoded), with its acknowledgement ticket.
 #[derive(Debug)]
 pub struct QueuedWindow {
-    pub window: StatsWindow,
     pub publish: rumqttc::Publish,
     pub ticket: u64,
 }
@@ -411,8 +411,37 @@ pub async fn run_window_writer(
 
 async fn write_batch(client: &AsyncClient, handlers: &Handlers, batch: Vec<QueuedWindow>) {
     let (ingest, metrics) = (&handlers.ingest, &handlers.metrics);
-    let (windows, publishes): (Vec<StatsWindow>, Vec<(rumqttc::Publish, u64)>) =
-        batch.into_iter().map(|queued| (queued.window, (queued.publish, queued.ticket))).unzip();
+    // Decoding (JSON parse and validation) is CPU work: off the async workers, so the MQTT loop
+    // keeps reading meanwhile, and several writers decode in parallel.
+    let tickets: Vec<u64> = batch.iter().map(|queued| queued.ticket).collect();
+    let decoded = match tokio::task::spawn_blocking(move || decode_batch(batch)).await {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            tracing::error!(%error, windows = tickets.len(), "cannot decode a batch of \
+                statistics windows; left unacknowledged for the broker to redeliver after a \
+                reconnect");
+            for ticket in tickets {
+                bump(&metrics.mqtt_store_errors);
+                handlers.acks.complete(client, ticket, None);
+            }
+            return;
+        }
+    };
+    let mut windows = Vec::with_capacity(decoded.len());
+    let mut publishes = Vec::with_capacity(decoded.len());
+    for (queued, window) in decoded {
+        match window {
+            Some(window) => {
+                windows.push(window);
+                publishes.push((queued.publish, queued.ticket));
+            }
+            // Refused by the fast path: the full decode names the reason.
+            None => settle(client, handlers, queued.publish, queued.ticket).await,
+        }
+    }
+    if windows.is_empty() {
+        return;
+    }
     let mut attempt = 0;
     let started = std::time::Instant::now();
     let outcomes = loop {
@@ -445,6 +474,24 @@ async fn write_batch(client: &AsyncClient, handlers: &Handlers, batch: Vec<Queue
         count_window(metrics, &publish.topic, outcome);
         handlers.acks.complete(client, *ticket, Some(publish));
     }
+}
+
+/// Decodes each queued message's window ([`decode_window`]); the payload of a decoded one is
+/// released (only the packet id is needed to acknowledge it). `None`: refused, for [`settle`]
+/// to name the reason.
+fn decode_batch(batch: Vec<QueuedWindow>) -> Vec<(QueuedWindow, Option<StatsWindow>)> {
+    batch
+        .into_iter()
+        .map(|mut queued| {
+            let window = Topic::parse(&queued.publish.topic)
+                .ok()
+                .and_then(|topic| decode_window(&topic, &queued.publish.payload));
+            if window.is_some() {
+                queued.publish.payload.clear();
+            }
+            (queued, window)
+        })
+        .collect()
 }
 
 fn count_window(metrics: &Metrics, topic: &str, outcome: WindowOutcome) {
@@ -520,32 +567,36 @@ async fn handle_publish(
     client: &AsyncClient,
     handlers: &Handlers,
     windows: &[mpsc::Sender<QueuedWindow>],
-    mut publish: rumqttc::Publish,
+    publish: rumqttc::Publish,
 ) {
-    let metrics = &handlers.metrics;
     let ticket = handlers.acks.ticket();
-    let topic = publish.topic.clone();
-    let topic = topic.as_str();
-    if let Ok(parsed) = Topic::parse(topic)
+    if let Ok(parsed) = Topic::parse(&publish.topic)
         && parsed.channel == Channel::Stats
-        && let Some(window) = decode_window(&parsed, &publish.payload).or_else(|| {
-            match FromDevice::decode(topic, &publish.payload) {
-                Ok((_, FromDevice::Stats(window))) => Some(window),
-                _ => None,
-            }
-        })
     {
-        // Only the packet id is needed to acknowledge it later.
-        publish.payload.clear();
         // One writer per device: a device's windows are stored in order, and two writers never
-        // lock the same device row.
-        let writer = device_writer(window.device.as_str(), windows.len());
-        if windows[writer].send(QueuedWindow { window, publish, ticket }).await.is_err() {
-            tracing::warn!(topic, "the window writer has stopped; window left unacknowledged");
+        // lock the same device row. The writer decodes (off this loop, in parallel).
+        let writer = device_writer(parsed.device.as_str(), windows.len());
+        if let Err(mpsc::error::SendError(queued)) =
+            windows[writer].send(QueuedWindow { publish, ticket }).await
+        {
+            tracing::warn!(
+                topic = queued.publish.topic,
+                "the window writer has stopped; \
+                window left unacknowledged"
+            );
             handlers.acks.complete(client, ticket, None);
         }
         return;
     }
+    settle(client, handlers, publish, ticket).await;
+}
+
+/// Processes a message other than a decodable statistics window (those go through the window
+/// writers), counts and logs the outcome, and acknowledges it in order.
+async fn settle(client: &AsyncClient, handlers: &Handlers, publish: rumqttc::Publish, ticket: u64) {
+    let metrics = &handlers.metrics;
+    let topic = publish.topic.clone();
+    let topic = topic.as_str();
     let delivery = Delivery { received_ms: now_ms(), retained: publish.retain };
     let outcome =
         process_message(&handlers.store, &handlers.ingest, topic, &publish.payload, delivery).await;

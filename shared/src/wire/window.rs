@@ -65,7 +65,7 @@ impl LatencyHistogram {
             });
         }
         let total = self.total().ok_or_else(|| overflow("latency"))?;
-        check_moments("latency", &self.moments)?;
+        check_moments(|| "latency", &self.moments)?;
         if total != self.moments.count {
             return Err(StatsWindowError::CountsDisagree {
                 what: "latency".into(),
@@ -109,7 +109,7 @@ impl FeatureStats {
             .validate()
             .map_err(|source| StatsWindowError::Histogram { what: what(), source })?;
         let total = histogram_total(&self.histogram).ok_or_else(|| overflow(&what()))?;
-        check_moments(&what(), &self.moments)?;
+        check_moments(what, &self.moments)?;
         // NaN and infinities are counted by the histogram but are not part of the moments.
         if self.moments.count > total {
             return Err(StatsWindowError::CountsDisagree {
@@ -426,8 +426,13 @@ fn histogram_total(histogram: &Histogram) -> Option<u64> {
     ]))
 }
 
-fn check_moments(what: &str, moments: &Moments) -> Result<(), StatsWindowError> {
-    let problem = |reason| Err(StatsWindowError::Moments { what: what.into(), reason });
+/// `what` names the statistics in the error; called only when there is one (no text is built
+/// for the windows that pass).
+fn check_moments<W: Into<String>>(
+    what: impl FnOnce() -> W,
+    moments: &Moments,
+) -> Result<(), StatsWindowError> {
+    let problem = |reason| Err(StatsWindowError::Moments { what: what().into(), reason });
     if !moments.mean.is_finite() || !moments.m2.is_finite() {
         return problem("mean and m2 must be finite");
     }
