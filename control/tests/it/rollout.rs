@@ -699,6 +699,16 @@ pub fn placed(view: &Value) -> Vec<(String, bool, Option<u64>, bool)> {
         .collect()
 }
 
+/// The waves most tests roll out in: a canary of 2 devices, then half, then all of the cohort,
+/// each soaking `soak` seconds, a device timing out after 60 s, at least 2 devices reporting;
+/// `extra` flags follow (holdout, more gates, fallback, what to do on failure).
+pub fn canary_half_all(soak: &'static str, extra: &[&'static str]) -> Vec<&'static str> {
+    let mut args = vec!["--wave", "2", "--wave", "50%", "--wave", "100%", "--soak", soak];
+    args.extend(["--device-timeout", "60", "--gate", "min_devices_reporting=2"]);
+    args.extend_from_slice(extra);
+    args
+}
+
 fn gate<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["gates"]["gates"]
         .as_array()
@@ -714,26 +724,10 @@ fn a_good_model_reaches_the_fleet_in_waves_with_a_holdout_until_completion() {
     let id = lab.create(
         "good",
         "fraud@2.0.0",
-        &[
-            "--wave",
-            "2",
-            "--wave",
-            "50%",
-            "--wave",
-            "100%",
-            "--holdout",
-            "10",
-            "--soak",
+        &canary_half_all(
             "3",
-            "--device-timeout",
-            "60",
-            "--gate",
-            "min_devices_reporting=2",
-            "--gate",
-            "max_p95_latency_ratio=4",
-            "--fallback",
-            "fraud@1.0.0",
-        ],
+            &["--holdout", "10", "--gate", "max_p95_latency_ratio=4", "--fallback", "fraud@1.0.0"],
+        ),
     );
     lab.approve(&id, &["alice", "bob"]);
     let operator = lab.token_for("olga", "operator");
@@ -827,26 +821,10 @@ fn a_model_bad_in_live_traffic_is_stopped_at_the_canary_and_rolled_back() {
     let id = lab.create(
         "bad",
         "fraud@3.0.0",
-        &[
-            "--wave",
-            "2",
-            "--wave",
-            "50%",
-            "--wave",
-            "100%",
-            "--holdout",
-            "10",
-            "--soak",
+        &canary_half_all(
             "3",
-            "--device-timeout",
-            "60",
-            "--gate",
-            "min_devices_reporting=2",
-            "--fallback",
-            "fraud@1.0.0",
-            "--on-fail",
-            "rollback",
-        ],
+            &["--holdout", "10", "--fallback", "fraud@1.0.0", "--on-fail", "rollback"],
+        ),
     );
     lab.approve(&id, &["bob", "carol"]);
     lab.cli_ok(&["rollout", "start", &id]);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::rollout::{Lab, TIMEOUT, Traffic, placed};
+use crate::rollout::{Lab, TIMEOUT, Traffic, canary_half_all, placed};
 
 #[test]
 fn a_server_killed_mid_wave_resumes_and_no_device_gets_two_plans() {
@@ -16,24 +16,7 @@ fn a_server_killed_mid_wave_resumes_and_no_device_gets_two_plans() {
     let id = lab.create(
         "restart",
         "fraud@2.0.0",
-        &[
-            "--wave",
-            "2",
-            "--wave",
-            "50%",
-            "--wave",
-            "100%",
-            "--holdout",
-            "10",
-            "--soak",
-            "4",
-            "--device-timeout",
-            "60",
-            "--gate",
-            "min_devices_reporting=2",
-            "--gate",
-            "max_p95_latency_ratio=4",
-        ],
+        &canary_half_all("4", &["--holdout", "10", "--gate", "max_p95_latency_ratio=4"]),
     );
     lab.approve(&id, &["alice", "bob"]);
     lab.cli_ok(&["rollout", "start", &id]);
@@ -96,22 +79,7 @@ fn with_two_instances_on_postgres_one_drives_and_a_dead_driver_is_replaced() {
     let id = lab.create(
         "takeover",
         "fraud@2.0.0",
-        &[
-            "--wave",
-            "2",
-            "--wave",
-            "50%",
-            "--wave",
-            "100%",
-            "--soak",
-            "4",
-            "--device-timeout",
-            "60",
-            "--gate",
-            "min_devices_reporting=2",
-            "--gate",
-            "max_p95_latency_ratio=4",
-        ],
+        &canary_half_all("4", &["--gate", "max_p95_latency_ratio=4"]),
     );
     lab.approve(&id, &["alice", "carol"]);
     lab.cli_ok(&["rollout", "start", &id]);
