@@ -242,49 +242,64 @@ impl Mosquitto {
 
     fn spawn(&mut self) -> Result<(), BrokerError> {
         let config = self.write_config()?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|error| fail(format!("cannot open the mosquitto log: {error}")))?;
-        let log_err =
-            log.try_clone().map_err(|error| fail(format!("cannot open the log: {error}")))?;
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&config)
-            .current_dir(self.directory.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|error| fail(format!("cannot run {}: {error}", self.binary.display())))?;
+        let child = spawn_mosquitto(
+            &self.binary,
+            &config,
+            self.directory.path(),
+            &self.log_path(),
+            self.port,
+        )
+        .map_err(fail)?;
         self.child = Some(child);
-        let port = self.port;
-        let mut exited = None;
-        let ready =
-            wait::try_until_some(STARTUP_TIMEOUT, "mosquitto to accept connections", || {
-                if let Some(child) = self.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    exited = Some(status);
-                    return Some(false);
-                }
-                accepts_connections(port).then_some(true)
-            });
-        match ready {
-            Ok(true) => Ok(()),
-            outcome => {
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                let why = match (outcome, exited) {
-                    (Err(timed_out), _) => timed_out.to_string(),
-                    (_, Some(status)) => format!("mosquitto exited with {status}"),
-                    _ => "mosquitto did not start".to_string(),
-                };
-                Err(fail(format!("{why} on port {port}; log:\n{}", self.log())))
-            }
+        Ok(())
+    }
+}
+
+/// Runs `binary -c config` in `directory`, its output appended to `log`, and waits until it
+/// accepts connections on `port`. On failure the process is stopped and the message says why
+/// (timed out, exited with a status), with the log.
+pub(crate) fn spawn_mosquitto(
+    binary: &Path,
+    config: &Path,
+    directory: &Path,
+    log: &Path,
+    port: u16,
+) -> Result<Child, String> {
+    let log_out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|error| format!("cannot open the mosquitto log: {error}"))?;
+    let log_err = log_out.try_clone().map_err(|error| format!("cannot open the log: {error}"))?;
+    let mut child = Command::new(binary)
+        .arg("-c")
+        .arg(config)
+        .current_dir(directory)
+        .stdin(Stdio::null())
+        .stdout(log_out)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", binary.display()))?;
+    let mut exited = None;
+    let ready = wait::try_until_some(STARTUP_TIMEOUT, "mosquitto to accept connections", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return Some(false);
+        }
+        accepts_connections(port).then_some(true)
+    });
+    match ready {
+        Ok(true) => Ok(child),
+        outcome => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let why = match (outcome, exited) {
+                (Err(timed_out), _) => timed_out.to_string(),
+                (_, Some(status)) => format!("mosquitto exited with {status}"),
+                _ => "mosquitto did not start".to_string(),
+            };
+            let log = fs::read_to_string(log).unwrap_or_default();
+            Err(format!("{why} on port {port}; log:\n{log}"))
         }
     }
 }

@@ -9,10 +9,9 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-use crate::broker::{STARTUP_TIMEOUT, accepts_connections, find_mosquitto, free_port};
-use crate::wait;
+use crate::broker::{find_mosquitto, free_port, spawn_mosquitto};
 
 /// Why the broker could not be started.
 #[derive(Debug)]
@@ -114,50 +113,11 @@ impl ConfiguredMosquitto {
     }
 
     fn spawn(&mut self, binary: &Path, config: &Path) -> Result<(), ConfiguredMosquittoError> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .map_err(|error| fail(format!("cannot open the mosquitto log: {error}")))?;
-        let log_err =
-            log.try_clone().map_err(|error| fail(format!("cannot open the log: {error}")))?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(config)
-            .current_dir(self.directory.path())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|error| fail(format!("cannot run {}: {error}", binary.display())))?;
+        let child =
+            spawn_mosquitto(binary, config, self.directory.path(), &self.log_path(), self.port)
+                .map_err(fail)?;
         self.child = Some(child);
-        let port = self.port;
-        let mut exited = None;
-        let ready =
-            wait::try_until_some(STARTUP_TIMEOUT, "mosquitto to accept connections", || {
-                if let Some(child) = self.child.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    exited = Some(status);
-                    return Some(false);
-                }
-                accepts_connections(port).then_some(true)
-            });
-        match ready {
-            Ok(true) => Ok(()),
-            outcome => {
-                if let Some(mut child) = self.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                let why = match (outcome, exited) {
-                    (Err(timed_out), _) => timed_out.to_string(),
-                    (_, Some(status)) => format!("mosquitto exited with {status}"),
-                    _ => "mosquitto did not start".to_string(),
-                };
-                Err(fail(format!("{why} on port {port}; log:\n{}", self.log())))
-            }
-        }
+        Ok(())
     }
 }
 
