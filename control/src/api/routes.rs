@@ -95,6 +95,29 @@ pub struct QueryParameter {
     pub description: &'static str,
 }
 
+/// The scope of statistics and drift queries: one device, or one cohort.
+const DEVICE_SCOPE: QueryParameter = QueryParameter {
+    name: "device",
+    schema_type: "string",
+    description: "A device id (instead of a cohort).",
+};
+const COHORT_SCOPE: QueryParameter = QueryParameter {
+    name: "cohort",
+    schema_type: "string",
+    description: "`*` (every device, the default) or a `key=value` tag.",
+};
+/// The time range of statistics and drift queries, by bucket start.
+const BUCKETS_FROM: QueryParameter = QueryParameter {
+    name: "from_ms",
+    schema_type: "integer",
+    description: "Buckets starting at or after this time (unix ms).",
+};
+const BUCKETS_TO: QueryParameter = QueryParameter {
+    name: "to_ms",
+    schema_type: "integer",
+    description: "Buckets starting before this time (unix ms).",
+};
+
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
@@ -387,26 +410,10 @@ pub const ROUTES: &[Route] = &[
                 schema_type: "string",
                 description: "Bundle digest `sha256:…` of the model version.",
             },
-            QueryParameter {
-                name: "device",
-                schema_type: "string",
-                description: "A device id (instead of a cohort).",
-            },
-            QueryParameter {
-                name: "cohort",
-                schema_type: "string",
-                description: "`*` (every device, the default) or a `key=value` tag.",
-            },
-            QueryParameter {
-                name: "from_ms",
-                schema_type: "integer",
-                description: "Buckets starting at or after this time (unix ms).",
-            },
-            QueryParameter {
-                name: "to_ms",
-                schema_type: "integer",
-                description: "Buckets starting before this time (unix ms).",
-            },
+            DEVICE_SCOPE,
+            COHORT_SCOPE,
+            BUCKETS_FROM,
+            BUCKETS_TO,
         ],
         success_status: 200,
         response_type: JSON,
@@ -430,26 +437,10 @@ pub const ROUTES: &[Route] = &[
                 description: "Bundle digest `sha256:…` of the model version; without it, the \
                                   digests that have statistics.",
             },
-            QueryParameter {
-                name: "device",
-                schema_type: "string",
-                description: "A device id (instead of a cohort).",
-            },
-            QueryParameter {
-                name: "cohort",
-                schema_type: "string",
-                description: "`*` (every device, the default) or a `key=value` tag.",
-            },
-            QueryParameter {
-                name: "from_ms",
-                schema_type: "integer",
-                description: "Buckets starting at or after this time (unix ms).",
-            },
-            QueryParameter {
-                name: "to_ms",
-                schema_type: "integer",
-                description: "Buckets starting before this time (unix ms).",
-            },
+            DEVICE_SCOPE,
+            COHORT_SCOPE,
+            BUCKETS_FROM,
+            BUCKETS_TO,
         ],
         success_status: 200,
         response_type: JSON,
@@ -476,16 +467,8 @@ pub const ROUTES: &[Route] = &[
                 schema_type: "string",
                 description: "`device` (the default) or `cohort`.",
             },
-            QueryParameter {
-                name: "from_ms",
-                schema_type: "integer",
-                description: "Buckets starting at or after this time (unix ms).",
-            },
-            QueryParameter {
-                name: "to_ms",
-                schema_type: "integer",
-                description: "Buckets starting before this time (unix ms).",
-            },
+            BUCKETS_FROM,
+            BUCKETS_TO,
         ],
         success_status: 200,
         response_type: JSON,
