@@ -27,7 +27,7 @@ use outpost_shared::wire::{
 use outpost_tests::broker::{ClientOptions, ClientTls, TestClient};
 use outpost_tests::mosquitto_tls::ConfiguredMosquitto;
 
-use crate::server::{Backend, Site, SiteOptions, wait_until};
+use crate::server::{Backend, Site, SiteOptions, agent_binary, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -287,20 +287,6 @@ fn outpost_serve_connects_to_the_secured_broker_with_its_control_identity() {
     let record = runtime.block_on(server.store().device("dev-a")).expect("db").expect("device");
     assert_eq!(record.tags.get("site").map(String::as_str), Some("berlin"));
     runtime.block_on(server.shutdown());
-}
-
-/// `outpost-agent` next to `outpost` in the target directory, built if missing.
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building outpost-agent");
-    }
-    path
 }
 
 /// A process killed when dropped.

@@ -9,7 +9,7 @@
 //! `outpost drift report` writes the JSON and HTML report and files a retraining request that
 //! arrives on the retrain topic with the drifting feature and the model's lineage.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,25 +19,11 @@ use outpost_control::fleet_drift::{ALERT_TOPIC, RETRAIN_TOPIC};
 use outpost_tests::broker::{ClientOptions, TestClient};
 
 use crate::ingest::api;
-use crate::server::{Backend, Fleet, Site, SiteOptions, wait_until};
+use crate::server::{Backend, Fleet, Site, SiteOptions, agent_binary, free_port, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests per device: every row of the generated CSV files once (500 rows each).
 const REQUESTS: usize = 500;
-
-/// `outpost-agent` next to `outpost` in the target directory, built if missing.
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building outpost-agent");
-    }
-    path
-}
 
 fn models() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
@@ -59,10 +45,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
 }
 
 fn start_agent(site: &Site, fleet: &Fleet, id: &str, cohort: &str) -> Agent {

@@ -16,7 +16,7 @@
 //! The shared support ([`Lab`]) also serves `rollout_restart.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,8 @@ use outpost_shared::wire::{Admission, AdmissionAction, Assign, ProtocolVersion};
 use outpost_tests::broker::{ClientOptions, Mosquitto, TestClient};
 use serde_json::{Value, json};
 
+use crate::server::{agent_binary, free_port};
+
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 const PASSPHRASE: &str = "test-passphrase";
 
@@ -37,24 +39,6 @@ fn models() -> PathBuf {
 
 fn model_file(name: &str) -> String {
     models().join(name).display().to_string()
-}
-
-/// `outpost-agent` next to `outpost` in the target directory, built if missing.
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building outpost-agent");
-    }
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
 }
 
 pub fn show(output: &Output) -> String {

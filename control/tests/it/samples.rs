@@ -10,7 +10,7 @@
 //! auditor may not read samples.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use outpost_control::store::users::UserRole;
 use serde_json::Value;
 
 use crate::ingest::api;
-use crate::server::{Backend, Fleet, Site, SiteOptions, show, wait_until};
+use crate::server::{Backend, Fleet, Site, SiteOptions, agent_binary, free_port, show, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The sampler's reservoir bound.
@@ -28,19 +28,6 @@ const SAMPLED_ROWS: usize = 120;
 /// First value of the rows sent in alert: far from any generated value, so a row of the CSV
 /// is known to be one of them, and which one.
 const MARK: f64 = 10_000.0;
-
-fn agent_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building outpost-agent");
-    }
-    path
-}
 
 fn shifted_rows() -> Vec<Vec<f64>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,10 +50,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
 }
 
 fn start_agent(site: &Site, fleet: &Fleet, id: &str, sampling: &str) -> Agent {

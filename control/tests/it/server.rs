@@ -2,7 +2,7 @@
 //! migrations on both backends giving the same schema, `/metrics`. Also the test support the
 //! other server tests share: a [`Site`] (a server started in-process on port 0 with a fresh
 //! SQLite file or a PostgreSQL started from its binaries), a [`Fleet`] of keys and signed
-//! bundles made with the CLI, and [`wait_until`].
+//! bundles made with the CLI, [`wait_until`], [`free_port`] and [`agent_binary`].
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -277,8 +277,23 @@ impl Fleet {
     }
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (bound and released: another process could take it meanwhile).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+}
+
+/// `outpost-agent` next to `outpost` in the target directory, built if missing.
+pub fn agent_binary() -> PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_outpost")).with_file_name("outpost-agent");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "outpost-agent", "--bin", "outpost-agent"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building outpost-agent");
+    }
+    path
 }
 
 #[test]
