@@ -70,6 +70,9 @@ struct Options {
     /// How long the 2-client throughput run lasts, in seconds.
     #[arg(long, default_value_t = 3.0)]
     throughput_seconds: f64,
+    /// Only the memory of concurrent large requests (no per-model latency runs).
+    #[arg(long)]
+    large_requests_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -100,9 +103,81 @@ fn main() -> Result<()> {
         record("rss", &[("model", "none".into()), ("state", "idle".into())], &memory.fields());
     }
 
+    large_requests(&agent)?;
+    if options.large_requests_only {
+        return Ok(());
+    }
     for model in &models {
         bench_model(model, &fixture, &agent, &options)?;
     }
+    Ok(())
+}
+
+/// Clients sending large bodies at once in [`large_requests`].
+const LARGE_CLIENTS: usize = 16;
+
+/// The agent's peak memory while [`LARGE_CLIENTS`] clients each send a body of nested arrays
+/// just under the default 4 MiB limit (`api.max_body_bytes`) to `batched_classifier` at once,
+/// all answered 200: bodies are read, decoded and run under the inference permits
+/// (`api.max_concurrency` = 2 in the fixture config), so memory grows with the permits, not
+/// with the clients.
+fn large_requests(agent: &AgentBinary<'_>) -> Result<()> {
+    progress("large requests: 16 concurrent 4 MB nested-array bodies");
+    let process = agent.start("bench-large", Some("batched_classifier"))?;
+    process.wait_until(Endpoint::Ready)?;
+    let ready = process.memory()?;
+    let row = "[0.1234,5.6789,10.1112,-3.1415,1.0203,100.5,0.4567,20.8901]";
+    let limit = 4 * 1024 * 1024;
+    let head = "{\"inputs\":[{\"name\":\"features\",\"datatype\":\"FP32\",\"shape\":[";
+    let rows = (limit - head.len() - 64) / (row.len() + 1);
+    let mut body = format!("{head}{rows},8],\"data\":[");
+    for i in 0..rows {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(row);
+    }
+    body.push_str("]}]}");
+    ensure!(body.len() <= limit, "the body must stay within the limit");
+    let path = "/v2/models/batched_classifier/infer";
+    let barrier = std::sync::Barrier::new(LARGE_CLIENTS);
+    let started = Instant::now();
+    let answers: Vec<Result<u16>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..LARGE_CLIENTS)
+            .map(|_| {
+                scope.spawn(|| -> Result<u16> {
+                    let mut client = HttpClient::connect(process.address)?;
+                    barrier.wait();
+                    Ok(client.post(path, body.as_bytes())?.0)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| {
+                worker.join().unwrap_or_else(|_| Err(anyhow::anyhow!("client thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    for answer in answers {
+        let status = answer?;
+        ensure!(status == 200, "a large request was answered {status}");
+    }
+    let after = process.memory()?;
+    record(
+        "large_requests",
+        &[("model", "batched_classifier".into())],
+        &[
+            ("clients", LARGE_CLIENTS.to_string()),
+            ("body_bytes", body.len().to_string()),
+            ("rows", rows.to_string()),
+            ("max_concurrency", "2".into()),
+            ("ready_vmrss_kb", ready.rss_kb.to_string()),
+            ("vmhwm_kb", after.hwm_kb.to_string()),
+            ("seconds", format!("{:.2}", elapsed.as_secs_f64())),
+        ],
+    );
     Ok(())
 }
 
@@ -120,8 +195,7 @@ fn bench_model(
         Runtime::new(&verified, device).with_context(|| format!("runtime for {model}"))?;
     let case =
         verified.golden.cases.first().with_context(|| format!("{model} has no golden case"))?;
-    let request =
-        InferenceRequest { id: None, parameters: None, inputs: case.inputs.clone(), outputs: None };
+    let request = InferenceRequest::new(case.inputs.clone());
     let body = serde_json::to_vec(&request).context("encoding the request")?;
     // Recording on the request path alone, on this request's tensors: what the statistics
     // cost the caller inside the Runtime's figure (the buffer is folded, untimed, as the
@@ -135,7 +209,7 @@ fn bench_model(
     .with_context(|| format!("statistics window for {model}"))?;
     let mut pending: PendingCalls = window.pending();
     let prepared = bare.prepare(&request).context("preparing the request")?;
-    let produced = bare.run_prepared(&request, &prepared).context("running the request")?;
+    let produced = bare.run_prepared(&prepared).context("running the request")?;
     let input_views: Vec<TensorView<'_>> = prepared.iter().map(Input::view).collect();
     let output_views: Vec<TensorView<'_>> = produced.iter().map(Output::view).collect();
     let recorded_latency = Duration::from_micros(50);

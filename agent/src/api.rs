@@ -3,22 +3,30 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v2` | server metadata |
+//! | `GET /v2` | server metadata (extensions: `binary_tensor_data`) |
 //! | `GET /v2/health/live` | 200 while the process serves HTTP |
 //! | `GET /v2/health/ready` | 200 when a model is loaded, 503 otherwise |
 //! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: inputs, outputs, datatype, shape (-1 variable) |
 //! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 when that model serves |
-//! | `POST /v2/models/{name}[/versions/{v}]/infer` | runs a JSON inference request |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | runs an inference request: JSON, or JSON and binary tensor data |
+//!
+//! Requests and answers follow [`outpost_shared::oip`]: every tensor in its own datatype, and
+//! the binary tensor data extension (`Inference-Header-Content-Length`) both ways.
 //!
 //! Every refusal is a JSON `{"error": "..."}` that names the problem, with the status saying
 //! whose fault it is: 400 for a bad request (shape, datatype, non-finite values, missing input,
-//! malformed JSON), 404 for an unknown model or route, 405 for a wrong method, 413 for a body
-//! over `api.max_body_bytes`, 415 for a body that is not JSON, 503 when no model is loaded, and
-//! 500 only when the model itself fails (the detail goes to the log, not to the client).
+//! malformed JSON or binary data), 404 for an unknown model or route, 405 for a wrong method,
+//! 408 for a body that does not arrive within [`BODY_READ_TIMEOUT`], 413 for a body over
+//! `api.max_body_bytes`, 415 for a body that is neither JSON nor binary-extension data (or is
+//! compressed), 503 when no model is loaded, and 500 only when the model itself fails (the
+//! detail goes to the log, not to the client). Each refusal is counted in the statistics
+//! window under a client-error kind; only a failing model counts as `runtime`.
 //!
 //! Inference runs on tokio's blocking pool behind a semaphore of `api.max_concurrency` permits,
-//! so the async workers keep accepting and answering while models compute, and a flood of
-//! requests queues instead of spawning unbounded threads.
+//! taken before the body is read: the body is read, decoded straight into typed tensors
+//! (bounded by the declared shape, the model's input facts and the body size), run and
+//! answered under the permit, so a flood of large requests queues with its bodies unread
+//! instead of filling memory, and the async workers keep accepting and answering meanwhile.
 
 use std::io;
 use std::path::PathBuf;
@@ -26,28 +34,35 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use outpost_shared::model::InferError;
-use outpost_shared::oip::{ErrorBody, InferenceRequest, InferenceResponse};
-use serde_json::Value;
+use http_body_util::BodyExt as _;
+use outpost_shared::oip::{self, ErrorBody, InferenceRequest, InferenceResponse};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 
 use crate::config::{ApiConfig, ListenAddress};
 use crate::runtime::Runtime;
 
-/// Error kinds counted in statistics windows for requests refused before they reach the model.
+/// Error kinds counted in statistics windows for requests refused before they reach the model
+/// (with [`outpost_shared::oip::kind`] for what decoding refuses). Every one is the client's.
 pub mod refusal {
-    pub const MALFORMED_REQUEST: &str = "malformed_request";
-    pub const BAD_VALUE: &str = "bad_value";
+    pub use outpost_shared::oip::kind::{BAD_VALUE, MALFORMED_REQUEST};
     pub const OVERSIZED_REQUEST: &str = "oversized_request";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    pub const SLOW_REQUEST: &str = "slow_request";
 }
+
+/// The header that splits a body into its JSON part (this many bytes) and the binary tensor
+/// data after it, on requests and responses.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// How long a client may take to send its body once its request holds an inference permit.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sees every inference request the API ran, with its outcome and latency: the updater's
 /// shadow phase and health watch. Called on the inference thread after the response was
@@ -107,103 +122,6 @@ impl ActiveRuntime {
     /// Serves `next` from now on and returns the runtime it replaces.
     pub fn replace(&self, next: Option<Arc<Runtime>>) -> Option<Arc<Runtime>> {
         std::mem::replace(&mut *self.current.write().unwrap_or_else(PoisonError::into_inner), next)
-    }
-}
-
-/// Why a request body is not an inference request.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RequestError {
-    #[error("malformed JSON: {0}")]
-    MalformedJson(String),
-    #[error(
-        "input `{input}`: element {index} is {found}, not a number (tensor data must be finite \
-         JSON numbers; NaN and infinities are refused)"
-    )]
-    NotANumber { input: String, index: usize, found: String },
-    #[error("not an inference request: {0}")]
-    NotARequest(String),
-}
-
-impl RequestError {
-    /// The kind counted in statistics windows.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RequestError::NotANumber { .. } => refusal::BAD_VALUE,
-            RequestError::MalformedJson(_) | RequestError::NotARequest(_) => {
-                refusal::MALFORMED_REQUEST
-            }
-        }
-    }
-}
-
-/// Reads an OIP v2 inference request body. Tensor data may be flat or nested row-major arrays;
-/// anything that is not a JSON number in it (a `"NaN"` string, `null`, `true`) is named with
-/// its input and position.
-pub fn parse_inference_request(body: &[u8]) -> Result<InferenceRequest, RequestError> {
-    let typed_error = match serde_json::from_slice::<InferenceRequest>(body) {
-        Ok(request) => return Ok(request),
-        Err(error) if error.is_syntax() || error.is_eof() => {
-            return Err(RequestError::MalformedJson(error.to_string()));
-        }
-        Err(error) => error,
-    };
-    // Valid JSON of the wrong shape: look closer to say what is wrong, and accept nested data.
-    let mut value: Value = serde_json::from_slice(body)
-        .map_err(|error| RequestError::MalformedJson(error.to_string()))?;
-    let mut flattened = false;
-    if let Some(inputs) = value.get_mut("inputs").and_then(Value::as_array_mut) {
-        for input in inputs {
-            let name = input.get("name").and_then(Value::as_str).unwrap_or("?").to_string();
-            let Some(data) = input.get_mut("data") else { continue };
-            if !data.is_array() {
-                continue;
-            }
-            let mut flat = Vec::new();
-            let nested = flatten(data, &mut flat);
-            if let Some((index, found)) =
-                flat.iter().enumerate().find(|(_, v)| !v.is_number()).map(|(i, v)| (i, describe(v)))
-            {
-                return Err(RequestError::NotANumber { input: name, index, found });
-            }
-            if nested {
-                *data = Value::Array(flat);
-                flattened = true;
-            }
-        }
-    }
-    if !flattened {
-        return Err(RequestError::NotARequest(typed_error.to_string()));
-    }
-    serde_json::from_value(value).map_err(|error| RequestError::NotARequest(error.to_string()))
-}
-
-/// Appends the leaves of nested arrays to `out`; returns whether any nesting was found.
-fn flatten(value: &Value, out: &mut Vec<Value>) -> bool {
-    let mut nested = false;
-    if let Value::Array(items) = value {
-        for item in items {
-            if item.is_array() {
-                nested = true;
-                flatten(item, out);
-            } else {
-                out.push(item.clone());
-            }
-        }
-    }
-    nested
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::String(text) => {
-            let shown: String = text.chars().take(40).collect();
-            format!("the string {shown:?}")
-        }
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("the boolean {b}"),
-        Value::Object(_) => "an object".into(),
-        Value::Array(_) => "an array".into(),
-        Value::Number(n) => format!("the number {n}"),
     }
 }
 
@@ -299,7 +217,6 @@ pub fn router(active: Arc<ActiveRuntime>, config: &ApiConfig) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(versioned_infer))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }
 
@@ -307,7 +224,7 @@ async fn server_metadata() -> Response {
     axum::Json(serde_json::json!({
         "name": "outpost-agent",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
     .into_response()
 }
@@ -366,7 +283,7 @@ async fn infer(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     run_inference(state, &name, None, &headers, body)
         .await
@@ -377,62 +294,123 @@ async fn versioned_infer(
     State(state): State<ApiState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     run_inference(state, &name, Some(&version), &headers, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Runs one inference request. The body is read only once the request holds an inference
+/// permit, and decoded, run and answered on the blocking pool under that permit: at most
+/// `api.max_concurrency` bodies are in memory at once, however many clients send.
 async fn run_inference(
     state: ApiState,
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let runtime = state.runtime(name, version)?;
+    let refuse = |kind: &'static str, status: StatusCode, message: String| {
+        runtime.record_refusal(kind);
+        ApiError::new(status, message)
+    };
+    let header_length = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(
+            || {
+                refuse(
+                    refusal::MALFORMED_REQUEST,
+                    StatusCode::BAD_REQUEST,
+                    format!("Inference-Header-Content-Length {value:?} is not a byte count"),
+                )
+            },
+        )?),
+    };
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
         let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            runtime.record_refusal(refusal::UNSUPPORTED_MEDIA_TYPE);
-            return Err(ApiError::new(
+        let json = essence == "application/json" || essence.ends_with("+json");
+        if !json && essence != "application/octet-stream" {
+            return Err(refuse(
+                refusal::UNSUPPORTED_MEDIA_TYPE,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("content type `{text}` is not accepted: send application/json"),
+                format!(
+                    "content type `{text}` is not accepted: send application/json, or \
+                     application/octet-stream with Inference-Header-Content-Length"
+                ),
             ));
         }
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            runtime.record_refusal(refusal::OVERSIZED_REQUEST);
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body is larger than the limit of {} bytes (api.max_body_bytes)",
-                    state.max_body_bytes
-                ),
-            )
-        } else {
-            runtime.record_refusal(refusal::MALFORMED_REQUEST);
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {}", rejection.body_text()),
-            )
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let text = encoding.to_str().unwrap_or("");
+        if !text.trim().eq_ignore_ascii_case("identity") {
+            return Err(refuse(
+                refusal::UNSUPPORTED_MEDIA_TYPE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding `{text}` is not accepted: send the body uncompressed"),
+            ));
         }
-    })?;
-    let request = parse_inference_request(&body).map_err(|error| {
-        runtime.record_refusal(error.kind());
-        ApiError::new(StatusCode::BAD_REQUEST, error.to_string())
-    })?;
+    }
+    let too_large = |runtime: &Runtime| {
+        runtime.record_refusal(refusal::OVERSIZED_REQUEST);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body is larger than the limit of {} bytes (api.max_body_bytes)",
+                state.max_body_bytes
+            ),
+        )
+    };
+    // A declared length over the limit is refused before a permit is taken or a byte read.
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared_length.is_some_and(|length| length > state.max_body_bytes as u64) {
+        return Err(too_large(&runtime));
+    }
     let permit = Arc::clone(&state.permits).acquire_owned().await.map_err(|_| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down")
     })?;
+    let bytes = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        read_body(body, state.max_body_bytes, declared_length),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(BodyError::TooLarge)) => return Err(too_large(&runtime)),
+        Ok(Err(BodyError::Read(error))) => {
+            return Err(refuse(
+                refusal::MALFORMED_REQUEST,
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {error}"),
+            ));
+        }
+        Err(_) => {
+            return Err(refuse(
+                refusal::SLOW_REQUEST,
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+            ));
+        }
+    };
     let worker = Arc::clone(&runtime);
     let observer = state.active.observer();
     let inputs = state.active.input_observer();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let request = match oip::decode_request(&bytes, header_length, Some(worker.inputs())) {
+            Ok(request) => request,
+            Err(error) => {
+                worker.record_refusal(error.kind());
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, error.to_string()));
+            }
+        };
+        // The tensors hold what the body said; the body itself is no longer needed.
+        drop(bytes);
         let started = Instant::now();
         let result = worker.infer(&request);
         let latency = started.elapsed();
@@ -442,12 +420,16 @@ async fn run_inference(
         if let Some(inputs) = inputs {
             inputs.observe(&worker, &request, result.as_ref(), latency);
         }
-        result
+        let response = result.map_err(|error| ApiError::from_infer(&error))?;
+        oip::encode_response(&request, &response).map_err(|error| {
+            tracing::error!(%error, "cannot encode an inference response");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the response")
+        })
     })
     .await;
     match outcome {
-        Ok(Ok(response)) => Ok(axum::Json(response).into_response()),
-        Ok(Err(error)) => Err(ApiError::from_infer(&error)),
+        Ok(Ok(encoded)) => Ok(encoded_response(encoded)),
+        Ok(Err(error)) => Err(error),
         Err(join_error) => {
             tracing::error!(error = %join_error, "inference task failed");
             Err(ApiError::new(
@@ -456,6 +438,50 @@ async fn run_inference(
             ))
         }
     }
+}
+
+/// The HTTP answer for an encoded response: JSON, or JSON followed by binary tensor data.
+fn encoded_response(encoded: oip::EncodedResponse) -> Response {
+    let mut response = Response::new(Body::from(encoded.body));
+    let headers = response.headers_mut();
+    match encoded.json_length {
+        None => {
+            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+        }
+        Some(length) => {
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/octet-stream"),
+            );
+            headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, header::HeaderValue::from(length));
+        }
+    }
+    response
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// Reads a body of at most `limit` bytes into one buffer, reserved up front from the declared
+/// length (itself within the limit) so it does not double while growing.
+async fn read_body(body: Body, limit: usize, declared: Option<u64>) -> Result<Vec<u8>, BodyError> {
+    let reserve = declared.and_then(|n| usize::try_from(n).ok()).unwrap_or(0).min(limit);
+    let mut buffer = Vec::with_capacity(reserve);
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer)
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -536,42 +562,3 @@ impl BoundListener {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_requests_parse() {
-        let request = parse_inference_request(
-            br#"{"id":"r1","inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,2.5]}]}"#,
-        )
-        .expect("request");
-        assert_eq!(request.id.as_deref(), Some("r1"));
-        assert_eq!(request.inputs[0].data, vec![1.0, 2.5]);
-    }
-
-    #[test]
-    fn nested_data_is_flattened_row_major() {
-        let request = parse_inference_request(
-            br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[2,2],"data":[[1,2],[3,4]]}]}"#,
-        )
-        .expect("request");
-        assert_eq!(request.inputs[0].data, vec![1.0, 2.0, 3.0, 4.0]);
-    }
-
-    #[test]
-    fn refusals_name_the_problem() {
-        for (body, expected) in [
-            (&br#"{"inputs": ["#[..], "malformed JSON"),
-            (br#"not json"#, "malformed JSON"),
-            (br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[1,"NaN"]}]}"#, "input `x`: element 1 is the string \"NaN\""),
-            (br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,2],"data":[[1],[null]]}]}"#, "element 1 is null"),
-            (br#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":["-Infinity"]}]}"#, "\"-Infinity\""),
-            (br#"{"inputs":{}}"#, "not an inference request"),
-            (br#"[]"#, "not an inference request"),
-        ] {
-            let error = parse_inference_request(body).expect_err("refused").to_string();
-            assert!(error.contains(expected), "{}: {error}", String::from_utf8_lossy(body));
-        }
-    }
-}

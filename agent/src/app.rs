@@ -202,7 +202,7 @@ pub fn check_model(model_path: &Path, input_path: Option<&Path>) -> Result<Check
         Some(path) => {
             let body =
                 fsutil::read_limited(path, MAX_INPUT_BYTES, "input file").exit_code(exit::USAGE)?;
-            api::parse_inference_request(&body)
+            outpost_shared::oip::decode_request(&body, None, Some(model.inputs()))
                 .with_context(|| format!("input file {}", path.display()))
                 .exit_code(exit::USAGE)?
         }

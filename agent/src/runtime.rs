@@ -22,7 +22,7 @@ use outpost_shared::bundle::Bundle;
 use outpost_shared::golden::Golden;
 use outpost_shared::manifest::Manifest;
 use outpost_shared::model::{GoldenCheckError, InferError, Input, LoadError, Model, Output};
-use outpost_shared::oip::{InferenceRequest, InferenceResponse, ModelMetadata, Tensor, TensorSpec};
+use outpost_shared::oip::{InferenceRequest, InferenceResponse, ModelMetadata, TensorSpec};
 use outpost_shared::profile::TensorView;
 use outpost_shared::wire::{DeviceId, Digest, DigestError, ModelRef, StatsWindow};
 
@@ -246,7 +246,7 @@ impl Runtime {
 
     /// Records a call for the window. Models have a handful of tensors: their views go on the
     /// stack, so recording allocates nothing once the pending buffers have grown.
-    fn record_success(&self, inputs: &[Input], outputs: &[Output], latency: Duration) {
+    fn record_success(&self, inputs: &[Input<'_>], outputs: &[Output], latency: Duration) {
         const ON_STACK: usize = 4;
         const EMPTY: TensorView<'static> = TensorView { name: "", shape: &[], data: &[] };
         if inputs.len() <= ON_STACK && outputs.len() <= ON_STACK {
@@ -277,36 +277,12 @@ impl Runtime {
     }
 
     /// Validates, converts and runs; every output is returned for the statistics.
-    fn run(&self, request: &InferenceRequest) -> Result<(Vec<Input>, Vec<Output>), InferError> {
+    fn run<'a>(
+        &self,
+        request: &'a InferenceRequest,
+    ) -> Result<(Vec<Input<'a>>, Vec<Output>), InferError> {
         let inputs = self.model.prepare(request)?;
-        // JSON numbers beyond the f32 range become infinities when converted: refuse them as
-        // the caller's error rather than feed the model an infinity.
-        for input in &inputs {
-            if all_finite(&input.data) {
-                continue;
-            }
-            if let Some(index) = input.data.iter().position(|v| !v.is_finite()) {
-                let value = request
-                    .inputs
-                    .iter()
-                    .find(|t| t.name == input.name)
-                    .and_then(|t| t.data.get(index).copied())
-                    .unwrap_or(f64::NAN);
-                let datatype = self
-                    .model
-                    .inputs()
-                    .iter()
-                    .find(|spec| spec.name == input.name)
-                    .map_or_else(String::new, |spec| spec.datatype.clone());
-                return Err(InferError::NotRepresentable {
-                    name: input.name.clone(),
-                    index,
-                    value,
-                    datatype,
-                });
-            }
-        }
-        let outputs = self.model.run_prepared(request, &inputs)?;
+        let outputs = self.model.run_prepared(&inputs)?;
         Ok((inputs, outputs))
     }
 
@@ -324,13 +300,7 @@ impl Runtime {
             outputs: outputs
                 .into_iter()
                 .filter(wanted)
-                .map(|output| Tensor {
-                    name: output.name,
-                    datatype: output.datatype,
-                    shape: output.shape.iter().map(|d| *d as u64).collect(),
-                    data: output.data.iter().map(|v| f64::from(*v)).collect(),
-                    parameters: None,
-                })
+                .map(Output::into_oip)
                 .collect(),
         }
     }
@@ -399,12 +369,6 @@ impl Runtime {
         self.statistics.fold(&mut folding);
         folding.window.cut(start_ms, end_ms, seq)
     }
-}
-
-/// Whether every value is finite: branch-free within chunks, so the check vectorises (a plain
-/// short-circuiting `all` does not); the position is looked up only on failure.
-fn all_finite(data: &[f32]) -> bool {
-    data.chunks(64).all(|chunk| chunk.iter().fold(true, |finite, v| finite & v.is_finite()))
 }
 
 impl Drop for Runtime {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use outpost_shared::model::InferError;
-use outpost_shared::oip::{InferenceRequest, InferenceResponse};
+use outpost_shared::oip::{Datatype, InferenceRequest, InferenceResponse};
 use outpost_shared::wire::{
     self, DeviceId, ModelRef, ProtocolVersion, SampleChunk, SamplingControl, rows_per_chunk,
 };
@@ -383,31 +383,36 @@ async fn upload(sampler: &Sampler, telemetry: &TelemetryHandle, device: &DeviceI
     sampler.set_answered(request);
 }
 
-/// The rows of a request: for each sample of the batch, every input tensor's values of that
-/// sample, in input order; the columns are `<tensor>[<index>]`. `None` when the inputs do not
-/// share a batch size.
+/// The rows of a request: for each sample of the batch, every numeric input tensor's values of
+/// that sample, in input order (BOOL as 0 and 1; BYTES tensors are left out); the columns are
+/// `<tensor>[<index>]`. `None` when the inputs do not share a batch size.
 fn flatten(request: &InferenceRequest) -> Option<(Vec<String>, Vec<Vec<f64>>)> {
     let batch = |shape: &[u64]| if shape.len() >= 2 { shape[0] as usize } else { 1 };
     let samples = batch(&request.inputs.first()?.shape);
     if samples == 0 || request.inputs.iter().any(|t| batch(&t.shape) != samples) {
         return None;
     }
+    let tensors: Vec<(&str, Vec<f64>)> = request
+        .inputs
+        .iter()
+        .filter(|t| t.datatype() != Datatype::Bytes)
+        .map(|t| (t.name.as_str(), t.data.to_f64_vec()))
+        .collect();
     let mut columns = Vec::new();
-    for tensor in &request.inputs {
-        let width = tensor.data.len() / samples;
-        columns.extend((0..width).map(|index| format!("{}[{index}]", tensor.name)));
+    for (name, values) in &tensors {
+        let width = values.len() / samples;
+        columns.extend((0..width).map(|index| format!("{name}[{index}]")));
     }
     if columns.is_empty() || columns.len() > wire::MAX_SAMPLE_ROW_VALUES {
         return None;
     }
     let rows = (0..samples)
         .map(|i| {
-            request
-                .inputs
+            tensors
                 .iter()
-                .flat_map(|tensor| {
-                    let width = tensor.data.len() / samples;
-                    tensor.data[i * width..(i + 1) * width].iter().copied()
+                .flat_map(|(_, values)| {
+                    let width = values.len() / samples;
+                    values[i * width..(i + 1) * width].iter().copied()
                 })
                 .collect()
         })
@@ -480,9 +485,9 @@ mod tests {
     }
 
     fn request(values: &[[f64; 2]]) -> InferenceRequest {
-        let data = values.iter().flatten().copied().collect();
+        let data: Vec<f64> = values.iter().flatten().copied().collect();
         serde_json::from_value(serde_json::json!({
-            "inputs": [Tensor::new("x", "FP64", vec![values.len() as u64, 2], data)]
+            "inputs": [Tensor::new("x", vec![values.len() as u64, 2], data)]
         }))
         .expect("request")
     }
@@ -548,7 +553,7 @@ mod tests {
         let on = Sampler::open(config, dir.path(), &DeviceId::new("dev-1").expect("id"));
         on.alert.store(true, Ordering::Relaxed);
         let wide: InferenceRequest = serde_json::from_value(serde_json::json!({
-            "inputs": [Tensor::new("img", "FP32", vec![1, 64], vec![0.5; 64])]
+            "inputs": [Tensor::new("img", vec![1, 64], vec![0.5f32; 64])]
         }))
         .expect("request");
         for _ in 0..20 {

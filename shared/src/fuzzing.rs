@@ -98,8 +98,8 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         atol: 1e-4,
         rtol: 1e-3,
         cases: vec![GoldenCase {
-            inputs: vec![Tensor::new("x", "FP32", vec![1, 1], vec![1.0])],
-            outputs: vec![Tensor::new("y", "FP32", vec![1, 1], vec![2.0])],
+            inputs: vec![Tensor::new("x", vec![1, 1], vec![1.0f32])],
+            outputs: vec![Tensor::new("y", vec![1, 1], vec![2.0f32])],
         }],
     })
     .unwrap_or_default();

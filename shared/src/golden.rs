@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::oip::Tensor;
+use crate::oip::{Datatype, Tensor, TensorData};
 
 /// `golden.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,10 @@ pub enum GoldenMismatch {
         "golden case {case}: output `{output}`[{index}] = {actual}, expected {expected} (tolerance {tolerance})"
     )]
     Value { case: usize, output: String, index: usize, expected: f64, actual: f64, tolerance: f64 },
+    #[error("golden case {case}: output `{output}`[{index}] = {actual:?}, expected {expected:?}")]
+    Text { case: usize, output: String, index: usize, expected: String, actual: String },
+    #[error("golden case {case}: output `{output}` is {actual}, expected {expected}")]
+    Datatype { case: usize, output: String, expected: Datatype, actual: Datatype },
 }
 
 impl Golden {
@@ -71,7 +75,30 @@ impl Golden {
                     actual: got.shape.clone(),
                 });
             }
-            for (index, (e, a)) in expected.data.iter().zip(&got.data).enumerate() {
+            if let (TensorData::Bytes(e), TensorData::Bytes(a)) = (&expected.data, &got.data) {
+                if let Some(index) = e.iter().zip(a).position(|(e, a)| e != a) {
+                    return Err(GoldenMismatch::Text {
+                        case,
+                        output: expected.name.clone(),
+                        index,
+                        expected: e[index].clone(),
+                        actual: a[index].clone(),
+                    });
+                }
+                continue;
+            }
+            if expected.datatype() == Datatype::Bytes || got.datatype() == Datatype::Bytes {
+                return Err(GoldenMismatch::Datatype {
+                    case,
+                    output: expected.name.clone(),
+                    expected: expected.datatype(),
+                    actual: got.datatype(),
+                });
+            }
+            // Numbers of any datatype compare as numbers (an INT64 label and the golden 2.0).
+            for index in 0..expected.data.len().min(got.data.len()) {
+                let e = expected.data.value_f64(index).unwrap_or(f64::NAN);
+                let a = got.data.value_f64(index).unwrap_or(f64::NAN);
                 let tolerance = self.atol + self.rtol * e.abs();
                 // NaN compares false, so a NaN output is a mismatch.
                 let within = (a - e).abs() <= tolerance;
@@ -80,8 +107,8 @@ impl Golden {
                         case,
                         output: expected.name.clone(),
                         index,
-                        expected: *e,
-                        actual: *a,
+                        expected: e,
+                        actual: a,
                         tolerance,
                     });
                 }
@@ -100,8 +127,8 @@ mod tests {
             atol: 1e-3,
             rtol: 0.0,
             cases: vec![GoldenCase {
-                inputs: vec![Tensor::new("x", "FP32", vec![1], vec![1.0])],
-                outputs: vec![Tensor::new("y", "FP32", vec![2], vec![0.5, 0.5])],
+                inputs: vec![Tensor::new("x", vec![1], vec![1.0f32])],
+                outputs: vec![Tensor::new("y", vec![2], vec![0.5f32, 0.5])],
             }],
         }
     }
@@ -109,11 +136,15 @@ mod tests {
     #[test]
     fn within_tolerance_passes_and_outside_names_the_element() {
         let g = golden();
-        assert!(g.compare(0, &[Tensor::new("y", "FP32", vec![2], vec![0.5004, 0.4996])]).is_ok());
-        let err = g.compare(0, &[Tensor::new("y", "FP32", vec![2], vec![0.5, 0.6])]);
+        assert!(g.compare(0, &[Tensor::new("y", vec![2], vec![0.5004f32, 0.4996])]).is_ok());
+        let err = g.compare(0, &[Tensor::new("y", vec![2], vec![0.5f32, 0.6])]);
         assert!(matches!(err, Err(GoldenMismatch::Value { index: 1, .. })));
-        let nan = g.compare(0, &[Tensor::new("y", "FP32", vec![2], vec![f64::NAN, 0.5])]);
+        let nan = g.compare(0, &[Tensor::new("y", vec![2], vec![f32::NAN, 0.5])]);
         assert!(matches!(nan, Err(GoldenMismatch::Value { index: 0, .. })));
+        let label = g.compare(0, &[Tensor::new("y", vec![2], vec![1i64, 0])]);
+        assert!(matches!(label, Err(GoldenMismatch::Value { index: 0, .. })));
+        let text = g.compare(0, &[Tensor::new("y", vec![2], vec!["a".to_string(), "b".into()])]);
+        assert!(matches!(text, Err(GoldenMismatch::Datatype { .. })));
         let missing = g.compare(0, &[]);
         assert!(matches!(missing, Err(GoldenMismatch::MissingOutput { .. })));
     }

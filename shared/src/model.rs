@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 
 use crate::golden::{Golden, GoldenMismatch};
-use crate::oip::{InferenceRequest, Tensor, TensorError, TensorSpec};
+use crate::oip::{Datatype, InferenceRequest, Tensor, TensorData, TensorError, TensorSpec};
 use crate::profile::{ProfileBuilder, TensorView, sources_for};
 
 type Plan = Arc<TypedRunnableModel>;
@@ -43,8 +43,6 @@ pub enum InferError {
     Shape { name: String, expected: Vec<i64>, actual: Vec<u64> },
     #[error("input `{name}`: element {index} is not a finite number")]
     NonFinite { name: String, index: usize },
-    #[error("input `{name}`: element {index} ({value}) is not a valid {datatype}")]
-    NotRepresentable { name: String, index: usize, value: f64, datatype: String },
     #[error("unknown output `{0}` requested")]
     UnknownOutput(String),
     #[error(transparent)]
@@ -54,59 +52,99 @@ pub enum InferError {
 }
 
 impl InferError {
-    /// A short stable kind for error counters in statistics windows.
+    /// A short stable kind for error counters in statistics windows ([`crate::oip::kind`]);
+    /// `runtime` is the only one that is the model's fault.
     pub fn kind(&self) -> &'static str {
+        use crate::oip::kind;
         match self {
-            InferError::MissingInput(_) | InferError::UnknownInput { .. } => "bad_input_name",
+            InferError::MissingInput(_) | InferError::UnknownInput { .. } => kind::BAD_INPUT_NAME,
             InferError::Datatype { .. } | InferError::Tensor(TensorError::Datatype { .. }) => {
-                "bad_datatype"
+                kind::BAD_DATATYPE
             }
             InferError::Shape { .. } | InferError::Tensor(TensorError::ElementCount { .. }) => {
-                "bad_shape"
+                kind::BAD_SHAPE
             }
-            InferError::NonFinite { .. } | InferError::NotRepresentable { .. } => "bad_value",
-            InferError::UnknownOutput(_) => "bad_output_name",
+            InferError::NonFinite { .. } => kind::BAD_VALUE,
+            InferError::UnknownOutput(_) => kind::BAD_OUTPUT_NAME,
             InferError::Run(_) => "runtime",
         }
     }
+
+    /// Whether the caller caused the error (everything but a failing model).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, InferError::Run(_))
+    }
 }
 
-/// An output tensor as the runtime produced it, converted to `f32` for statistics.
+/// An output tensor as the runtime produced it, in its own datatype.
 #[derive(Debug, Clone)]
 pub struct Output {
     pub name: String,
-    pub datatype: String,
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: TensorData,
+    /// The values as statistics read them, for every datatype but FP32 (whose data is read
+    /// directly) and BYTES (which statistics do not read as numbers).
+    numbers: Vec<f32>,
 }
 
 impl Output {
+    pub fn new(name: &str, shape: Vec<usize>, data: TensorData) -> Self {
+        let numbers = statistics_numbers(&data);
+        Self { name: name.into(), shape, data, numbers }
+    }
+
+    pub fn datatype(&self) -> Datatype {
+        self.data.datatype()
+    }
+
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { name: &self.name, shape: &self.shape, data: &self.data }
+        TensorView { name: &self.name, shape: &self.shape, data: numbers_of(&self.data, &self.numbers) }
     }
 
     /// The OIP v2 tensor.
     pub fn to_oip(&self) -> Tensor {
-        Tensor::new(
-            &self.name,
-            &self.datatype,
-            self.shape.iter().map(|d| *d as u64).collect(),
-            self.data.iter().map(|v| f64::from(*v)).collect(),
-        )
+        self.clone().into_oip()
+    }
+
+    /// The OIP v2 tensor, taking the data.
+    pub fn into_oip(self) -> Tensor {
+        Tensor {
+            name: self.name,
+            shape: self.shape.iter().map(|d| *d as u64).collect(),
+            data: self.data,
+            parameters: None,
+        }
     }
 }
 
-/// An input after validation, converted to `f32` for statistics.
+/// An input after validation: the request's data, borrowed, and its values as statistics
+/// read them.
 #[derive(Debug, Clone)]
-pub struct Input {
-    pub name: String,
+pub struct Input<'a> {
+    pub name: &'a str,
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: &'a TensorData,
+    numbers: Vec<f32>,
 }
 
-impl Input {
+impl Input<'_> {
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { name: &self.name, shape: &self.shape, data: &self.data }
+        TensorView { name: self.name, shape: &self.shape, data: numbers_of(self.data, &self.numbers) }
+    }
+}
+
+/// The `f32` values statistics windows read, when they are not the data itself.
+fn statistics_numbers(data: &TensorData) -> Vec<f32> {
+    match data {
+        TensorData::Fp32(_) => Vec::new(),
+        other => other.to_f32_vec(),
+    }
+}
+
+fn numbers_of<'a>(data: &'a TensorData, numbers: &'a [f32]) -> &'a [f32] {
+    match data {
+        TensorData::Fp32(values) => values,
+        _ => numbers,
     }
 }
 
@@ -128,22 +166,73 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The OIP datatype of a tract datum type; `None` for types OIP has no name for (quantized,
+/// complex), which are served as FP32.
+fn oip_datatype(dt: DatumType) -> Option<Datatype> {
+    Some(match dt {
+        DatumType::F32 => Datatype::Fp32,
+        DatumType::F64 => Datatype::Fp64,
+        DatumType::F16 => Datatype::Fp16,
+        DatumType::I8 => Datatype::Int8,
+        DatumType::I16 => Datatype::Int16,
+        DatumType::I32 => Datatype::Int32,
+        DatumType::I64 | DatumType::TDim => Datatype::Int64,
+        DatumType::U8 => Datatype::Uint8,
+        DatumType::U16 => Datatype::Uint16,
+        DatumType::U32 => Datatype::Uint32,
+        DatumType::U64 => Datatype::Uint64,
+        DatumType::Bool => Datatype::Bool,
+        DatumType::String => Datatype::Bytes,
+        _ => return None,
+    })
+}
+
 fn datatype_name(dt: DatumType) -> &'static str {
-    match dt {
-        DatumType::F32 => "FP32",
-        DatumType::F64 => "FP64",
-        DatumType::F16 => "FP16",
-        DatumType::I8 => "INT8",
-        DatumType::I16 => "INT16",
-        DatumType::I32 => "INT32",
-        DatumType::I64 | DatumType::TDim => "INT64",
-        DatumType::U8 => "UINT8",
-        DatumType::U16 => "UINT16",
-        DatumType::U32 => "UINT32",
-        DatumType::U64 => "UINT64",
-        DatumType::Bool => "BOOL",
-        _ => "BYTES",
+    oip_datatype(dt).unwrap_or(Datatype::Fp32).as_str()
+}
+
+/// A request tensor as a tract tensor of its own datatype (one copy).
+fn tract_tensor(shape: &[usize], data: &TensorData) -> TractResult<tract_onnx::prelude::Tensor> {
+    use tract_onnx::prelude::Tensor as T;
+    match data {
+        TensorData::Bool(v) => T::from_shape(shape, v),
+        TensorData::Uint8(v) => T::from_shape(shape, v),
+        TensorData::Uint16(v) => T::from_shape(shape, v),
+        TensorData::Uint32(v) => T::from_shape(shape, v),
+        TensorData::Uint64(v) => T::from_shape(shape, v),
+        TensorData::Int8(v) => T::from_shape(shape, v),
+        TensorData::Int16(v) => T::from_shape(shape, v),
+        TensorData::Int32(v) => T::from_shape(shape, v),
+        TensorData::Int64(v) => T::from_shape(shape, v),
+        TensorData::Fp16(v) => T::from_shape(shape, v),
+        TensorData::Fp32(v) => T::from_shape(shape, v),
+        TensorData::Fp64(v) => T::from_shape(shape, v),
+        TensorData::Bytes(v) => Ok(tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()),
     }
+}
+
+/// A tract output as OIP data in its own datatype; types OIP has no name for become FP32.
+fn output_data(tensor: &tract_onnx::prelude::Tensor) -> TractResult<TensorData> {
+    fn plain<D: Datum + Clone>(tensor: &tract_onnx::prelude::Tensor) -> TractResult<Vec<D>> {
+        Ok(tensor.to_plain_array_view::<D>()?.iter().cloned().collect())
+    }
+    Ok(match tensor.datum_type() {
+        DatumType::Bool => TensorData::Bool(plain(tensor)?),
+        DatumType::U8 => TensorData::Uint8(plain(tensor)?),
+        DatumType::U16 => TensorData::Uint16(plain(tensor)?),
+        DatumType::U32 => TensorData::Uint32(plain(tensor)?),
+        DatumType::U64 => TensorData::Uint64(plain(tensor)?),
+        DatumType::I8 => TensorData::Int8(plain(tensor)?),
+        DatumType::I16 => TensorData::Int16(plain(tensor)?),
+        DatumType::I32 => TensorData::Int32(plain(tensor)?),
+        DatumType::I64 => TensorData::Int64(plain(tensor)?),
+        DatumType::TDim => TensorData::Int64(plain(&*tensor.cast_to::<i64>()?)?),
+        DatumType::F16 => TensorData::Fp16(plain(tensor)?),
+        DatumType::F32 => TensorData::Fp32(plain(tensor)?),
+        DatumType::F64 => TensorData::Fp64(plain(tensor)?),
+        DatumType::String => TensorData::Bytes(plain(tensor)?),
+        _ => TensorData::Fp32(plain(&*tensor.cast_to::<f32>()?)?),
+    })
 }
 
 fn spec_of(name: &str, fact: &TypedFact) -> TensorSpec {
@@ -235,8 +324,9 @@ impl Model {
         self.inputs.first().and_then(|s| s.shape.first()).is_some_and(|d| *d < 0)
     }
 
-    /// Validates request tensors against the model's inputs and converts them.
-    pub fn prepare(&self, request: &InferenceRequest) -> Result<Vec<Input>, InferError> {
+    /// Validates request tensors against the model's inputs: names, datatypes, shapes, element
+    /// counts, finite floats. The inputs borrow the request's data.
+    pub fn prepare<'a>(&self, request: &'a InferenceRequest) -> Result<Vec<Input<'a>>, InferError> {
         for tensor in &request.inputs {
             if !self.inputs.iter().any(|s| s.name == tensor.name) {
                 return Err(InferError::UnknownInput {
@@ -266,108 +356,54 @@ impl Model {
                     .find(|t| t.name == spec.name)
                     .ok_or_else(|| InferError::MissingInput(spec.name.clone()))?;
                 tensor.validate()?;
-                if tensor.datatype != spec.datatype {
+                if tensor.datatype().as_str() != spec.datatype {
                     return Err(InferError::Datatype {
                         name: spec.name.clone(),
                         expected: spec.datatype.clone(),
-                        actual: tensor.datatype.clone(),
+                        actual: tensor.datatype().as_str().into(),
                     });
                 }
-                let fits = tensor.shape.len() == spec.shape.len()
-                    && tensor.shape.iter().zip(&spec.shape).all(|(a, e)| *e < 0 || *a as i64 == *e)
-                    && tensor.shape.iter().all(|d| *d > 0);
-                if !fits {
+                if !spec.fits(&tensor.shape) {
                     return Err(InferError::Shape {
                         name: spec.name.clone(),
                         expected: spec.shape.clone(),
                         actual: tensor.shape.clone(),
                     });
                 }
-                if let Some(index) = tensor.data.iter().position(|v| !v.is_finite()) {
+                if let Some(index) = tensor.data.first_non_finite() {
                     return Err(InferError::NonFinite { name: spec.name.clone(), index });
                 }
                 Ok(Input {
-                    name: spec.name.clone(),
+                    name: &tensor.name,
                     shape: tensor.shape.iter().map(|d| *d as usize).collect(),
-                    data: tensor.data.iter().map(|v| *v as f32).collect(),
+                    data: &tensor.data,
+                    numbers: statistics_numbers(&tensor.data),
                 })
             })
             .collect()
     }
 
-    fn to_tract(&self, index: usize, input: &Input, source: &[f64]) -> Result<TValue, InferError> {
-        let dt = self.input_types.get(index).copied().unwrap_or(DatumType::F32);
-        let not_representable = |i: usize, v: f64| InferError::NotRepresentable {
-            name: input.name.clone(),
-            index: i,
-            value: v,
-            datatype: datatype_name(dt).to_string(),
-        };
-        let tensor = match dt {
-            DatumType::F32 => tract_onnx::prelude::Tensor::from_shape(&input.shape, &input.data),
-            DatumType::F64 => tract_onnx::prelude::Tensor::from_shape(&input.shape, source),
-            DatumType::I64 | DatumType::I32 | DatumType::U8 | DatumType::I8 => {
-                let mut ints = Vec::with_capacity(source.len());
-                for (i, v) in source.iter().enumerate() {
-                    if v.fract() != 0.0 || v.abs() > 9.007_199_254_740_992e15 {
-                        return Err(not_representable(i, *v));
-                    }
-                    ints.push(*v as i64);
-                }
-                tract_onnx::prelude::Tensor::from_shape(&input.shape, &ints)
-                    .and_then(|t| t.cast_to_dt(dt).map(|c| c.into_owned()))
-            }
-            other => {
-                return Err(InferError::Datatype {
-                    name: input.name.clone(),
-                    expected: datatype_name(other).into(),
-                    actual: "unsupported by the runtime".into(),
-                });
-            }
-        };
-        tensor.map(TValue::from).map_err(|e| InferError::Run(chain(&e)))
-    }
-
     /// Runs validated inputs (from [`Model::prepare`]) and returns every output.
-    pub fn run_prepared(
-        &self,
-        request: &InferenceRequest,
-        inputs: &[Input],
-    ) -> Result<Vec<Output>, InferError> {
+    pub fn run_prepared(&self, inputs: &[Input<'_>]) -> Result<Vec<Output>, InferError> {
         let mut values: TVec<TValue> = tvec!();
-        for (i, input) in inputs.iter().enumerate() {
-            let source = request
-                .inputs
-                .iter()
-                .find(|t| t.name == input.name)
-                .map(|t| t.data.as_slice())
-                .unwrap_or(&[]);
-            values.push(self.to_tract(i, input, source)?);
+        for (index, input) in inputs.iter().enumerate() {
+            let mut tensor =
+                tract_tensor(&input.shape, input.data).map_err(|e| InferError::Run(chain(&e)))?;
+            // The datatypes match by name; a type OIP has no name for is reached by a cast.
+            if let Some(dt) = self.input_types.get(index).copied()
+                && dt != tensor.datum_type()
+            {
+                tensor = tensor.cast_to_dt(dt).map_err(|e| InferError::Run(chain(&e)))?.into_owned();
+            }
+            values.push(TValue::from(tensor));
         }
         let results = self.plan.run(values).map_err(|e| InferError::Run(chain(&e)))?;
         results
             .into_iter()
             .zip(&self.outputs)
             .map(|(value, spec)| {
-                let tensor = value.into_tensor();
-                let as_f32 = if tensor.datum_type() == DatumType::TDim {
-                    tensor.cast_to::<i64>().and_then(|t| t.cast_to::<f32>().map(|c| c.into_owned()))
-                } else {
-                    tensor.cast_to::<f32>().map(|c| c.into_owned())
-                }
-                .map_err(|e| InferError::Run(chain(&e)))?;
-                let data: Vec<f32> = as_f32
-                    .to_plain_array_view::<f32>()
-                    .map_err(|e| InferError::Run(chain(&e)))?
-                    .iter()
-                    .copied()
-                    .collect();
-                Ok(Output {
-                    name: spec.name.clone(),
-                    datatype: datatype_name(tensor.datum_type()).to_string(),
-                    shape: tensor.shape().to_vec(),
-                    data,
-                })
+                let data = output_data(&value).map_err(|e| InferError::Run(chain(&e)))?;
+                Ok(Output::new(&spec.name, value.shape().to_vec(), data))
             })
             .collect()
     }
@@ -375,7 +411,7 @@ impl Model {
     /// Validates and runs a request, returning the requested outputs (all when none named).
     pub fn infer(&self, request: &InferenceRequest) -> Result<Vec<Output>, InferError> {
         let inputs = self.prepare(request)?;
-        let mut outputs = self.run_prepared(request, &inputs)?;
+        let mut outputs = self.run_prepared(&inputs)?;
         if let Some(requested) = &request.outputs {
             outputs.retain(|o| requested.iter().any(|r| r.name == o.name));
         }
@@ -385,12 +421,7 @@ impl Model {
     /// Runs every golden case and compares the outputs with the expectation.
     pub fn check_golden(&self, golden: &Golden) -> Result<(), GoldenCheckError> {
         for (case, expected) in golden.cases.iter().enumerate() {
-            let request = InferenceRequest {
-                id: None,
-                parameters: None,
-                inputs: expected.inputs.clone(),
-                outputs: None,
-            };
+            let request = InferenceRequest::new(expected.inputs.clone());
             let outputs =
                 self.infer(&request).map_err(|source| GoldenCheckError::Run { case, source })?;
             let tensors: Vec<Tensor> = outputs.iter().map(Output::to_oip).collect();
@@ -400,7 +431,7 @@ impl Model {
     }
 
     /// Generated inputs for a smoke run: every variable dimension set to 1, values in `[0, 1)`
-    /// from a fixed sequence.
+    /// from a fixed sequence (integers 0 to 9, booleans alternating, text `"0"`, `"1"`…).
     pub fn sample_request(&self) -> InferenceRequest {
         let inputs = self
             .inputs
@@ -409,11 +440,24 @@ impl Model {
                 let shape: Vec<u64> =
                     spec.shape.iter().map(|d| if *d > 0 { *d as u64 } else { 1 }).collect();
                 let n: u64 = shape.iter().product();
-                let data = (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
-                Tensor::new(&spec.name, &spec.datatype, shape, data)
+                let datatype = Datatype::parse(&spec.datatype).unwrap_or(Datatype::Fp32);
+                let data = match datatype {
+                    Datatype::Bytes => TensorData::Bytes((0..n).map(|i| (i % 10).to_string()).collect()),
+                    Datatype::Bool => TensorData::Bool((0..n).map(|i| i % 2 == 1).collect()),
+                    dt if matches!(dt, Datatype::Fp16 | Datatype::Fp32 | Datatype::Fp64) => {
+                        let values: Vec<f64> =
+                            (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
+                        TensorData::from_f64(dt, &values).unwrap_or_else(|_| TensorData::Fp64(values))
+                    }
+                    dt => {
+                        let values: Vec<f64> = (0..n).map(|i| ((i * 7919) % 10) as f64).collect();
+                        TensorData::from_f64(dt, &values).unwrap_or_else(|_| TensorData::Fp64(values))
+                    }
+                };
+                Tensor { name: spec.name.clone(), shape, data, parameters: None }
             })
             .collect();
-        InferenceRequest { id: None, parameters: None, inputs, outputs: None }
+        InferenceRequest::new(inputs)
     }
 }
 
@@ -477,7 +521,7 @@ pub fn build_profile_with_sketches(
         let inputs =
             model.prepare(request).map_err(|source| ProfileBuildError::Run { row, source })?;
         let outputs = model
-            .run_prepared(request, &inputs)
+            .run_prepared(&inputs)
             .map_err(|source| ProfileBuildError::Run { row, source })?;
         let input_views: Vec<TensorView<'_>> = inputs.iter().map(Input::view).collect();
         let output_views: Vec<TensorView<'_>> = outputs.iter().map(Output::view).collect();

@@ -262,11 +262,16 @@ fn sum_in_four_lanes(data: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 }
 
 /// The features to profile for a tensor: element-wise for small samples (named after
-/// `column_names` when given), per-channel mean and standard deviation otherwise.
+/// `column_names` when given), per-channel mean and standard deviation otherwise; none for a
+/// BYTES tensor (BOOL elements count as 0 and 1).
 pub fn sources_for(
     spec: &TensorSpec,
     column_names: Option<&[String]>,
 ) -> Vec<(String, FeatureSource)> {
+    // Text has no numbers to bin: BYTES tensors are no features, at publish and on devices.
+    if spec.datatype == crate::oip::Datatype::Bytes.as_str() {
+        return Vec::new();
+    }
     let sample_shape: Vec<i64> =
         if spec.shape.len() >= 2 { spec.shape[1..].to_vec() } else { spec.shape.clone() };
     let known = sample_shape.iter().all(|d| *d > 0);

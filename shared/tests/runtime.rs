@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use outpost_shared::golden::Golden;
 use outpost_shared::model::{InferError, LoadError, Model, build_profile};
-use outpost_shared::oip::{InferenceRequest, Tensor};
+use outpost_shared::oip::{InferenceRequest, Tensor, TensorData};
 
 fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
@@ -76,19 +76,20 @@ fn unloadable_models_name_the_reason() {
 #[test]
 fn batches_run_when_the_model_allows() {
     let model = load("batched_classifier.onnx");
-    let data: Vec<f64> = (0..24).map(|i| i as f64 / 10.0).collect();
+    let data: Vec<f32> = (0..24).map(|i| i as f32 / 10.0).collect();
     let outputs = model
-        .infer(&request(vec![Tensor::new("features", "FP32", vec![3, 8], data)]))
+        .infer(&request(vec![Tensor::new("features", vec![3, 8], data)]))
         .expect("batch of 3");
     assert_eq!(outputs[0].shape, vec![3, 3]);
-    for row in outputs[0].data.chunks(3) {
+    let TensorData::Fp32(probabilities) = &outputs[0].data else { panic!("FP32 output") };
+    for row in probabilities.chunks(3) {
         let sum: f32 = row.iter().sum();
         assert!((sum - 1.0).abs() < 1e-5, "softmax rows sum to one: {row:?}");
     }
     let fixed = load("mlp_classifier.onnx");
-    let data: Vec<f64> = (0..16).map(f64::from).collect();
+    let data: Vec<f32> = (0..16u8).map(f32::from).collect();
     let error = fixed
-        .infer(&request(vec![Tensor::new("features", "FP32", vec![2, 8], data)]))
+        .infer(&request(vec![Tensor::new("features", vec![2, 8], data)]))
         .expect_err("fixed batch");
     assert!(matches!(error, InferError::Shape { .. }), "{error}");
 }
@@ -96,7 +97,7 @@ fn batches_run_when_the_model_allows() {
 #[test]
 fn bad_requests_are_refused_with_the_reason() {
     let model = load("mlp_classifier.onnx");
-    let good = || Tensor::new("features", "FP32", vec![1, 8], vec![0.5; 8]);
+    let good = || Tensor::new("features", vec![1, 8], vec![0.5f32; 8]);
     let check = |tensors: Vec<Tensor>, kind: &str, needle: &str| {
         let error = model.infer(&request(tensors)).expect_err("must be refused");
         assert_eq!(error.kind(), kind, "{error}");
@@ -104,39 +105,38 @@ fn bad_requests_are_refused_with_the_reason() {
     };
     check(vec![], "bad_input_name", "missing input `features`");
     check(
-        vec![good(), Tensor::new("extra", "FP32", vec![1], vec![1.0])],
+        vec![good(), Tensor::new("extra", vec![1], vec![1.0f32])],
         "bad_input_name",
         "unknown input `extra`",
     );
     check(
-        vec![Tensor::new("features", "FP32", vec![1, 7], vec![0.5; 7])],
+        vec![Tensor::new("features", vec![1, 7], vec![0.5f32; 7])],
         "bad_shape",
         "shape [1, 7]",
     );
     check(
-        vec![Tensor::new("features", "FP32", vec![1, 8], vec![0.5; 7])],
+        vec![Tensor::new("features", vec![1, 8], vec![0.5f32; 7])],
         "bad_shape",
         "holds 8 elements but data has 7",
     );
     check(
-        vec![Tensor::new("features", "INT64", vec![1, 8], vec![1.0; 8])],
+        vec![Tensor::new("features", vec![1, 8], vec![1i64; 8])],
         "bad_datatype",
-        "the model expects FP32",
+        "datatype INT64, the model expects FP32",
     );
     check(
-        vec![Tensor::new("features", "STRING", vec![1, 8], vec![1.0; 8])],
+        vec![Tensor::new("features", vec![1, 8], vec![String::new(); 8])],
         "bad_datatype",
-        "unsupported datatype",
+        "datatype BYTES, the model expects FP32",
     );
-    let mut nan = good();
-    nan.data[3] = f64::NAN;
-    check(vec![nan], "bad_value", "element 3 is not a finite number");
-    let mut inf = good();
-    inf.data[0] = f64::INFINITY;
-    check(vec![inf], "bad_value", "element 0");
+    let mut values = vec![0.5f32; 8];
+    values[3] = f32::NAN;
+    check(vec![Tensor::new("features", vec![1, 8], values)], "bad_value", "element 3 is not a finite number");
+    let mut values = vec![0.5f32; 8];
+    values[0] = f32::INFINITY;
+    check(vec![Tensor::new("features", vec![1, 8], values)], "bad_value", "element 0");
     let mut unknown_output = request(vec![good()]);
-    unknown_output.outputs =
-        Some(vec![outpost_shared::oip::RequestedOutput { name: "nope".into() }]);
+    unknown_output.outputs = Some(vec![outpost_shared::oip::RequestedOutput::new("nope")]);
     assert!(matches!(model.infer(&unknown_output), Err(InferError::UnknownOutput(_))));
     // The model still answers after every refusal.
     assert_eq!(model.infer(&request(vec![good()])).expect("good request")[0].shape, vec![1, 3]);
@@ -151,8 +151,9 @@ fn profile_matches_the_reference_implementation() {
     let header: Vec<String> = lines.next().expect("header").split(',').map(String::from).collect();
     let requests: Vec<InferenceRequest> = lines
         .map(|line| {
-            let values = line.split(',').map(|v| v.parse::<f64>().expect("number")).collect();
-            request(vec![Tensor::new("features", "FP32", vec![1, 8], values)])
+            let values: Vec<f32> =
+                line.split(',').map(|v| v.parse::<f32>().expect("number")).collect();
+            request(vec![Tensor::new("features", vec![1, 8], values)])
         })
         .collect();
     let profile = build_profile(&model, &requests, Some(&header), true, 10).expect("profile");

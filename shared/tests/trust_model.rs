@@ -96,8 +96,8 @@ fn golden_json() -> Vec<u8> {
         atol: 1e-4,
         rtol: 1e-3,
         cases: vec![GoldenCase {
-            inputs: vec![Tensor::new("x", "FP32", vec![1, 1], vec![1.0])],
-            outputs: vec![Tensor::new("y", "FP32", vec![1, 1], vec![2.0])],
+            inputs: vec![Tensor::new("x", vec![1, 1], vec![1.0f32])],
+            outputs: vec![Tensor::new("y", vec![1, 1], vec![2.0f32])],
         }],
     })
     .expect("json")

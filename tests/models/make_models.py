@@ -411,6 +411,121 @@ def build(out: Path) -> dict[str, bytes]:
     check(unsupported)
     files["unsupported_op.onnx"] = unsupported
 
+    # ---- datatypes: every OIP datatype in and out
+    files.update(datatypes_files())
+
+    return files
+
+
+# ---------------------------------------------------------------- every OIP datatype
+
+# (input name, OIP datatype, numpy type, ONNX type, node making the output from the input)
+DATATYPE_IO = [
+    ("f32", "FP32", np.float32, TensorProto.FLOAT, "Mul"),
+    ("f64", "FP64", np.float64, TensorProto.DOUBLE, "Add"),
+    ("f16", "FP16", np.float16, TensorProto.FLOAT16, "Neg"),
+    ("i8", "INT8", np.int8, TensorProto.INT8, "Add"),
+    ("i16", "INT16", np.int16, TensorProto.INT16, "Add"),
+    ("i32", "INT32", np.int32, TensorProto.INT32, "Add"),
+    ("i64", "INT64", np.int64, TensorProto.INT64, "Add"),
+    ("u8", "UINT8", np.uint8, TensorProto.UINT8, "Add"),
+    ("u16", "UINT16", np.uint16, TensorProto.UINT16, "Add"),
+    ("u32", "UINT32", np.uint32, TensorProto.UINT32, "Add"),
+    ("u64", "UINT64", np.uint64, TensorProto.UINT64, "Identity"),
+    ("b", "BOOL", np.bool_, TensorProto.BOOL, "Not"),
+    ("s", "BYTES", np.object_, TensorProto.STRING, "Identity"),
+]
+
+
+def datatypes_graph() -> onnx.GraphProto:
+    """One input of every OIP datatype, [N, 2] each, and an output of the same datatype from
+    each (floats scaled, shifted or negated, integers plus one, UINT64 and text passed through,
+    booleans negated), plus the INT64 arg-max of the FP32 row."""
+    nodes, inits, inputs, outputs = [], [], [], []
+    for name, _, np_type, onnx_type, op in DATATYPE_IO:
+        inputs.append(helper.make_tensor_value_info(name, onnx_type, ["N", 2]))
+        outputs.append(helper.make_tensor_value_info(f"{name}_out", onnx_type, ["N", 2]))
+        if op in ("Mul", "Add"):
+            const = {"f32": 3.0, "f64": 0.5}.get(name, 1)
+            inits.append(init(f"{name}_k", np.array(const), np_type))
+            nodes.append(helper.make_node(op, [name, f"{name}_k"], [f"{name}_out"], name=f"{name}_{op.lower()}"))
+        else:
+            nodes.append(helper.make_node(op, [name], [f"{name}_out"], name=f"{name}_{op.lower()}"))
+    nodes.append(helper.make_node("ArgMax", ["f32"], ["label"], name="label_argmax", axis=1, keepdims=0))
+    outputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]))
+    return helper.make_graph(nodes, "datatypes", inputs, outputs, initializer=inits)
+
+
+def datatype_rows(n: int, seed: int) -> dict[str, np.ndarray]:
+    """`n` rows of every input: edge values of each type first, then seeded ones."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for name, _, np_type, _, _ in DATATYPE_IO:
+        if name == "s":
+            words = ["", "a", "héllo", "line\nbreak", 'quote"d', "emoji \U0001f600", "tab\t"]
+            rows[name] = np.array([[words[int(i)] for i in rng.integers(0, len(words), 2)] for _ in range(n)], dtype=object)
+        elif name == "b":
+            rows[name] = rng.integers(0, 2, size=(n, 2)).astype(np.bool_)
+        elif np.issubdtype(np_type, np.floating):
+            rows[name] = np.round(rng.normal(0.0, 10.0, size=(n, 2)), 4).astype(np_type)
+        else:
+            info = np.iinfo(np_type)
+            # Plus one must not overflow, except for UINT64 which passes through.
+            high = info.max if name == "u64" else info.max - 1
+            rows[name] = rng.integers(info.min, high, size=(n, 2), dtype=np_type, endpoint=True)
+    # Edge values in the first row: exactness beyond 2^53, the extremes of each type.
+    rows["i64"][0] = [9007199254740993, -(2**62)]
+    rows["u64"][0] = [18446744073709551615, 9007199254740993]
+    rows["i8"][0] = [-128, 126]
+    rows["f32"][0] = [np.float32(0.1), np.float32(3.4028234e38) / np.float32(4)]
+    rows["f16"][0] = [np.float16(0.1), np.float16(65504)]
+    rows["s"][0] = ["héllo", ""]
+    return rows
+
+
+def typed_json(arr: np.ndarray) -> list:
+    """Tensor data as JSON values of its own type: integers, booleans, strings, and floats
+    as the shortest text of their own precision."""
+    flat = arr.reshape(-1)
+    if arr.dtype == object:
+        return [str(v) for v in flat]
+    if arr.dtype == np.bool_:
+        return [bool(v) for v in flat]
+    if np.issubdtype(arr.dtype, np.integer):
+        return [int(v) for v in flat]
+    # repr of a numpy float is its shortest round-trip text in its own precision.
+    return [float(repr(v.item()) if arr.dtype == np.float64 else np.format_float_positional(v, unique=True, trim="-")) for v in flat]
+
+
+def typed_tensor(name: str, datatype: str, arr: np.ndarray) -> dict:
+    return {"name": name, "datatype": datatype, "shape": [int(d) for d in arr.shape], "data": typed_json(arr)}
+
+
+def datatypes_files() -> dict[str, bytes]:
+    model = model_bytes(datatypes_graph())
+    check(model)
+    evaluator = ReferenceEvaluator(onnx.load_from_string(model))
+    files = {"datatypes.onnx": model}
+    out_types = {f"{n}_out": d for n, d, *_ in DATATYPE_IO} | {"label": "INT64"}
+
+    def case(rows: dict[str, np.ndarray]) -> dict:
+        results = evaluator.run(None, rows)
+        names = [o.name for o in onnx.load_from_string(model).graph.output]
+        return {
+            "inputs": [typed_tensor(n, d, rows[n]) for n, d, *_ in DATATYPE_IO],
+            "outputs": [typed_tensor(name, out_types[name], np.asarray(r)) for name, r in zip(names, results)],
+        }
+
+    golden = datatype_rows(1 + N_GOLDEN, seed=401)
+    cases = [case({n: v[i : i + 1] for n, v in golden.items()}) for i in range(N_GOLDEN)]
+    cases.append(case({n: v[1:4] for n, v in golden.items()}))
+    files["datatypes.golden.json"] = golden_text(cases).encode()
+    base = datatype_rows(40, seed=402)
+    lines = [
+        dumps({"inputs": [typed_tensor(n, d, base[n][i : i + 1]) for n, d, *_ in DATATYPE_IO]})
+        for i in range(len(base["f32"]))
+    ]
+    files["datatypes.baseline.jsonl"] = ("\n".join(lines) + "\n").encode()
     return files
 
 

@@ -20,7 +20,7 @@ use outpost_shared::golden::Golden;
 use outpost_shared::keys::SecretKey;
 use outpost_shared::manifest::{Lineage, Manifest, Task};
 use outpost_shared::model::{Model, build_profile};
-use outpost_shared::oip::{InferenceRequest, Tensor};
+use outpost_shared::oip::{Datatype, InferenceRequest, Tensor, TensorData};
 use outpost_shared::plan::{BundleRef, HealthPolicy, Plan};
 use outpost_shared::profile::DEFAULT_BINS;
 use outpost_shared::trust::{self, KeyGroup, TrustRoot};
@@ -230,8 +230,8 @@ impl Fixture {
         path
     }
 
-    /// The signed bundle of `model` (one of [`BUNDLE_MODELS`]) at `<dir>/<model>.bundle`,
-    /// built on first use.
+    /// The signed bundle of `model` (one of [`BUNDLE_MODELS`], or `datatypes`, the model with
+    /// an input and output of every OIP datatype) at `<dir>/<model>.bundle`, built on first use.
     pub fn bundle(&self, model: &str) -> PathBuf {
         let path = self.dir.join(format!("{model}.bundle"));
         if !path.exists() {
@@ -462,6 +462,7 @@ fn sign_root(root: &TrustRoot, keys: &[SecretKey]) -> Vec<u8> {
 fn task_of(model: &str) -> Task {
     match model {
         "regressor" => Task::Regression,
+        "datatypes" => Task::Other,
         _ => Task::Classification,
     }
 }
@@ -496,12 +497,15 @@ pub fn baseline(model_name: &str, model: &Model) -> (Vec<InferenceRequest>, Opti
                 })
                 .collect();
             let features = values.len() as u64;
-            InferenceRequest {
-                id: None,
+            let datatype = Datatype::parse(&spec.datatype).unwrap_or(Datatype::Fp32);
+            let data = TensorData::from_f64(datatype, &values)
+                .unwrap_or_else(|e| panic!("{csv:?}: {e:?} is not a valid {datatype}"));
+            InferenceRequest::new(vec![Tensor {
+                name: spec.name.clone(),
+                shape: vec![1, features],
+                data,
                 parameters: None,
-                inputs: vec![Tensor::new(&spec.name, &spec.datatype, vec![1, features], values)],
-                outputs: None,
-            }
+            }])
         })
         .collect();
     (requests, Some(header))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use outpost_shared::manifest::Task;
 use outpost_shared::model::InferError;
-use outpost_shared::oip::{InferenceRequest, InferenceResponse};
+use outpost_shared::oip::{InferenceRequest, InferenceResponse, TensorData};
 use outpost_shared::plan::HealthPolicy;
 use outpost_shared::profile::{FeatureSource, Profile, TensorView};
 use outpost_shared::stats::Histogram;
@@ -139,7 +139,8 @@ impl WatchStats {
                     return;
                 };
                 let classes = self.classes.len().max(1);
-                for row in output.data.chunks(classes) {
+                let values = output.data.to_f64_vec();
+                for row in values.chunks(classes) {
                     if let Some(slot) = argmax(row).and_then(|class| self.classes.get_mut(class)) {
                         *slot += 1;
                     }
@@ -152,9 +153,9 @@ impl WatchStats {
                     else {
                         continue;
                     };
-                    // The runtime's outputs are f32 values widened for JSON: narrowing them
-                    // back is exact, and the feature is then derived as the profile derived it.
-                    let data: Vec<f32> = tensor.data.iter().map(|v| *v as f32).collect();
+                    // The values as the window reads them, so the feature is derived as the
+                    // profile derived it.
+                    let data: Vec<f32> = tensor.data.to_f32_vec();
                     let shape: Vec<usize> = tensor.shape.iter().map(|d| *d as usize).collect();
                     let view = TensorView { name: &tensor.name, shape: &shape, data: &data };
                     for sample in 0..view.samples() {
@@ -265,13 +266,23 @@ pub fn agreement(
                 return false;
             }
             let classes = a.shape.last().copied().unwrap_or(1).max(1) as usize;
-            a.data.chunks(classes).zip(b.data.chunks(classes)).all(|(x, y)| argmax(x) == argmax(y))
+            let (a, b) = (a.data.to_f64_vec(), b.data.to_f64_vec());
+            a.chunks(classes).zip(b.chunks(classes)).all(|(x, y)| argmax(x) == argmax(y))
         }
         Task::Regression | Task::Other => {
             active.outputs.len() == candidate.outputs.len()
                 && active.outputs.iter().zip(&candidate.outputs).all(|(a, b)| {
                     a.shape == b.shape
-                        && a.data.iter().zip(&b.data).all(|(x, y)| (x - y).abs() <= tolerance)
+                        && match (&a.data, &b.data) {
+                            (TensorData::Bytes(x), TensorData::Bytes(y)) => x == y,
+                            (x, y) => {
+                                x.len() == y.len()
+                                    && x.to_f64_vec()
+                                        .iter()
+                                        .zip(&y.to_f64_vec())
+                                        .all(|(x, y)| (x - y).abs() <= tolerance)
+                            }
+                        }
                 })
         }
     }
@@ -554,7 +565,7 @@ mod tests {
         // An answer without the profiled output counts nothing.
         let mut other = WatchStats::new(Some(regressor_baseline()));
         other.count_outputs(&InferenceResponse {
-            outputs: vec![Tensor::new("z", "FP32", vec![1, 1], vec![7.0])],
+            outputs: vec![Tensor::new("z", vec![1, 1], vec![7.0f32])],
             ..response(vec![1, 1], vec![0.0])
         });
         assert_eq!(other.output_psi(), None, "no sample, no shift");
@@ -629,7 +640,7 @@ mod tests {
             model_name: "m".into(),
             model_version: None,
             id: None,
-            outputs: vec![Tensor::new("y", "FP32", shape, data)],
+            outputs: vec![Tensor::new("y", shape, data.iter().map(|v| *v as f32).collect::<Vec<f32>>())],
         }
     }
 

@@ -137,8 +137,9 @@ async fn batched_requests_and_nested_data_on_a_variable_batch_model() {
     let server = Server::tcp(Some(test.runtime("batched_classifier"))).await;
     let metadata = server.get("/v2/models/batched_classifier").await.json();
     assert_eq!(metadata["inputs"][0]["shape"], serde_json::json!([-1, 8]));
-    let rows: Vec<Vec<f64>> =
-        (0..3).map(|i| baseline_request("batched_classifier", i).inputs[0].data.clone()).collect();
+    let rows: Vec<Vec<f64>> = (0..3)
+        .map(|i| baseline_request("batched_classifier", i).inputs[0].data.to_f64_vec())
+        .collect();
     let body = serde_json::json!({
         "id": "batch-3",
         "inputs": [{"name": "features", "datatype": "FP32", "shape": [3, 8], "data": rows}],
@@ -158,7 +159,7 @@ async fn every_bad_request_gets_a_4xx_json_error_naming_the_problem() {
     let test = TestDir::new();
     let runtime = test.runtime("mlp_classifier");
     let server = Server::tcp(Some(Arc::clone(&runtime))).await;
-    let row = baseline_request("mlp_classifier", 0).inputs[0].data.clone();
+    let row = baseline_request("mlp_classifier", 0).inputs[0].data.to_f64_vec();
     let tensor = |datatype: &str, shape: serde_json::Value, data: serde_json::Value| {
         serde_json::json!({"inputs": [{"name": "features", "datatype": datatype, "shape": shape, "data": data}]})
             .to_string()
@@ -174,7 +175,8 @@ async fn every_bad_request_gets_a_4xx_json_error_naming_the_problem() {
         ("wrong rank", tensor("FP32", serde_json::json!([8]), serde_json::json!(row.clone())), 400, vec!["shape"]),
         ("data does not fill the shape", tensor("FP32", serde_json::json!([1, 8]), serde_json::json!(row[..5].to_vec())), 400, vec!["8 elements", "has 5"]),
         ("wrong datatype", tensor("INT64", serde_json::json!([1, 8]), serde_json::json!(row.clone())), 400, vec!["datatype INT64", "expects FP32"]),
-        ("unsupported datatype", tensor("BYTES", serde_json::json!([1, 8]), serde_json::json!(row.clone())), 400, vec!["unsupported datatype", "BYTES"]),
+        ("unsupported datatype", tensor("STRING", serde_json::json!([1, 8]), serde_json::json!(row.clone())), 400, vec!["unsupported datatype", "STRING"]),
+        ("text for numbers", tensor("BYTES", serde_json::json!([1, 8]), serde_json::json!(["a"; 8])), 400, vec!["datatype BYTES", "expects FP32"]),
         ("NaN as a string", tensor("FP32", serde_json::json!([1, 8]), with_string), 400, vec!["`features`", "element 3", "\"NaN\""]),
         ("infinity as a string", tensor("FP32", serde_json::json!([1, 8]), with_infinity), 400, vec!["element 0", "\"Infinity\""]),
         ("null element", tensor("FP32", serde_json::json!([1, 8]), with_null), 400, vec!["element 5", "null"]),
@@ -298,5 +300,192 @@ async fn without_a_model_the_agent_is_live_but_not_ready() {
     let ready = server.get("/v2/health/ready").await;
     assert_eq!((ready.status, ready.json()["ready"].as_bool()), (503, Some(false)));
     assert_refused(&server.post_json(INFER, &good_body(0)).await, 503, &["no model is loaded"]);
+    server.stop().await;
+}
+
+const DATATYPES_INFER: &str = "/v2/models/datatypes/infer";
+
+/// The `datatypes` model's golden case `case` as a request body (every input of every
+/// datatype) and the outputs it must produce.
+fn datatypes_case(test: &TestDir, case: usize) -> (serde_json::Value, serde_json::Value) {
+    let golden = &test.fixture.verified_bundle("datatypes").golden.cases[case];
+    let request = serde_json::json!({ "id": format!("case-{case}"), "inputs": golden.inputs });
+    (request, serde_json::to_value(&golden.outputs).expect("outputs"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int64_bool_and_bytes_round_trip_exactly_through_rest() {
+    let test = TestDir::new();
+    let runtime = test.runtime("datatypes");
+    let server = Server::tcp(Some(Arc::clone(&runtime))).await;
+    let metadata = server.get("/v2/models/datatypes").await.json();
+    let declared: Vec<&str> =
+        metadata["inputs"].as_array().expect("inputs").iter().filter_map(|i| i["datatype"].as_str()).collect();
+    for datatype in ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"] {
+        assert!(declared.contains(&datatype), "{datatype} missing from {declared:?}");
+    }
+    for case in 0..6 {
+        let (request, expected) = datatypes_case(&test, case);
+        let response = server.post_json(DATATYPES_INFER, request.to_string().as_bytes()).await;
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        let json = response.json();
+        assert_eq!(json["id"], format!("case-{case}"));
+        // The very JSON values the reference evaluator computed: integers as integers (2^53 + 1
+        // and UINT64's maximum included), booleans, text, floats in their own precision.
+        assert_eq!(json["outputs"], expected, "case {case}");
+    }
+    let text = String::from_utf8(
+        server
+            .post_json(DATATYPES_INFER, datatypes_case(&test, 0).0.to_string().as_bytes())
+            .await
+            .body,
+    )
+    .expect("utf-8");
+    assert!(text.contains("9007199254740994"), "INT64 2^53 + 2 printed exactly: {text}");
+    assert!(text.contains("18446744073709551615"), "UINT64 maximum printed exactly: {text}");
+    assert!(!text.contains("\"i64_out\",\"datatype\":\"INT64\",\"shape\":[1,2],\"data\":[9007199254740994.0"));
+    let window = runtime.cut_window(0, 1, 1);
+    assert_eq!(window.count, 7);
+    assert!(window.errors.is_empty(), "{:?}", window.errors);
+    server.stop().await;
+}
+
+/// A request body in the binary tensor data extension: the JSON, then each tensor's bytes.
+fn binary_body(json: &serde_json::Value, binary: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = json.to_string().into_bytes();
+    let length = body.len();
+    body.extend_from_slice(binary);
+    (body, length)
+}
+
+async fn post_binary(server: &Server, body: &[u8], header_length: usize) -> HttpResponse {
+    crate::http_with_headers(
+        &server.target,
+        "POST",
+        DATATYPES_INFER,
+        &[
+            ("Content-Type", "application/octet-stream".to_string()),
+            ("Inference-Header-Content-Length", header_length.to_string()),
+        ],
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_tensor_data_extension_works_both_ways() {
+    use outpost_shared::oip::{Datatype, TensorData, decode_request};
+    let test = TestDir::new();
+    let runtime = test.runtime("datatypes");
+    let server = Server::tcp(Some(Arc::clone(&runtime))).await;
+    let golden = test.fixture.verified_bundle("datatypes").golden.cases[5].clone();
+    // Every input in binary, every output asked for in binary.
+    let mut binary = Vec::new();
+    let mut inputs = Vec::new();
+    for tensor in &golden.inputs {
+        let before = binary.len();
+        tensor.data.write_binary(&mut binary);
+        inputs.push(serde_json::json!({
+            "name": tensor.name, "datatype": tensor.datatype().as_str(), "shape": tensor.shape,
+            "parameters": {"binary_data_size": binary.len() - before},
+        }));
+    }
+    let json = serde_json::json!({"id": "bin", "inputs": inputs, "parameters": {"binary_data_output": true}});
+    let (body, length) = binary_body(&json, &binary);
+    let response = post_binary(&server, &body, length).await;
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.content_type.as_deref(), Some("application/octet-stream"));
+    let header_length: usize = response
+        .header("inference-header-content-length")
+        .expect("Inference-Header-Content-Length")
+        .parse()
+        .expect("a length");
+    let answer: serde_json::Value =
+        serde_json::from_slice(&response.body[..header_length]).expect("JSON part");
+    assert_eq!(answer["id"], "bin");
+    let mut at = header_length;
+    for (output, expected) in answer["outputs"].as_array().expect("outputs").iter().zip(&golden.outputs) {
+        assert_eq!(output["name"], expected.name.as_str());
+        assert!(output.get("data").is_none(), "{output}");
+        let size = output["parameters"]["binary_data_size"].as_u64().expect("size") as usize;
+        let datatype = Datatype::parse(output["datatype"].as_str().expect("datatype")).expect("known");
+        let data = TensorData::read_binary(datatype, &response.body[at..at + size], expected.data.len())
+            .expect("binary output reads");
+        assert_eq!(data, expected.data, "output {}", expected.name);
+        at += size;
+    }
+    assert_eq!(at, response.body.len(), "nothing after the last output");
+    // The same request decoded in-process gives the same tensors the JSON golden case holds.
+    let decoded = decode_request(&body, Some(length), Some(runtime.inputs())).expect("decodes");
+    assert_eq!(decoded.inputs, golden.inputs);
+
+    // Broken binary requests are refused, naming the problem, and counted as client errors.
+    let short = post_binary(&server, &body[..body.len() - 1], length).await;
+    assert_refused(&short, 400, &["input `s`"]);
+    let mut long = body.clone();
+    long.extend_from_slice(b"xx");
+    assert_refused(&post_binary(&server, &long, length).await, 400, &["2 bytes after"]);
+    assert_refused(&post_binary(&server, &body, body.len() + 5).await, 400, &["Inference-Header-Content-Length"]);
+    let json_only = server.post_json(DATATYPES_INFER, json.to_string().as_bytes()).await;
+    assert_refused(&json_only, 400, &["no Inference-Header-Content-Length"]);
+    let gzip = crate::http_with_headers(
+        &server.target,
+        "POST",
+        DATATYPES_INFER,
+        &[("Content-Encoding", "gzip".to_string())],
+        &body,
+    )
+    .await;
+    assert_refused(&gzip, 415, &["Content-Encoding `gzip`"]);
+    let window = runtime.cut_window(0, 1, 1);
+    assert_eq!(window.count, 6);
+    assert_eq!(window.errors.values().sum::<u64>(), 5, "{:?}", window.errors);
+    assert!(!window.errors.contains_key("runtime"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_queue_for_a_permit_and_are_all_answered() {
+    // Sixteen clients send 1 MiB nested-array bodies at once to a server with 2 permits and a
+    // 4 MiB limit: every one is answered, row for row, and a body declaring a shape its data
+    // cannot fill is refused before anything is reserved for it.
+    let test = TestDir::new();
+    let runtime = test.runtime("batched_classifier");
+    let server = Server::start(
+        Some(Arc::clone(&runtime)),
+        ListenAddress::Tcp("127.0.0.1:0".parse().expect("addr")),
+        4 * 1024 * 1024,
+    )
+    .await;
+    let row: Vec<f64> = baseline_request("batched_classifier", 0).inputs[0].data.to_f64_vec();
+    let rows = 1024 * 1024 / serde_json::to_string(&row).expect("row").len();
+    let body = serde_json::json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [rows, 8], "data": vec![row.clone(); rows]}],
+    })
+    .to_string();
+    assert!(body.len() > 1_000_000);
+    let body = Arc::new(body.into_bytes());
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let target = server.target.clone();
+            let body = Arc::clone(&body);
+            tokio::spawn(async move {
+                http(&target, "POST", "/v2/models/batched_classifier/infer", Some("application/json"), &body).await
+            })
+        })
+        .collect();
+    for client in clients {
+        let response = client.await.expect("client");
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.json()["outputs"][0]["shape"], serde_json::json!([rows, 3]));
+    }
+    let huge = serde_json::json!({
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [u64::MAX / 16, 8], "data": row}],
+    });
+    let refused = server.post_json("/v2/models/batched_classifier/infer", huge.to_string().as_bytes()).await;
+    assert_refused(&refused, 400, &["holds", "elements but data has 8"]);
+    let window = runtime.cut_window(0, 1, 1);
+    assert_eq!(window.count, 17);
+    assert_eq!(window.errors.get("bad_shape"), Some(&1));
     server.stop().await;
 }

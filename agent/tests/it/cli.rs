@@ -501,3 +501,67 @@ fn run_refuses_bad_configs_unprovisioned_devices_and_tampered_slots() {
     let (_, stderr) = agent_exits(&["run", "--config", path(&config)], exit::REFUSED);
     assert!(stderr.contains("slot a"), "{stderr}");
 }
+
+/// The project's Python (the venv `cargo xtask test` creates), or `OUTPOST_PYTHON`.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("OUTPOST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = outpost_tests::repo_root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run `cargo xtask test` (it creates the venv) or set OUTPOST_PYTHON",
+        venv.display()
+    );
+    venv
+}
+
+/// tritonclient's HTTP client, unchanged, against a real agent serving the model with every OIP
+/// datatype: JSON and binary requests and answers, each value exact
+/// (`tests/oip/tritonclient_check.py` says what it checks).
+#[test]
+fn a_real_oip_client_library_gets_exact_answers_in_every_datatype() {
+    let test = TestDir::new();
+    let data_dir = test.fixture.provisioned_agent_dir("dev-oip", Some("datatypes"));
+    let config = test.fixture.agent_config(
+        &data_dir,
+        "dev-oip",
+        &BTreeMap::new(),
+        "127.0.0.1:0",
+        60.0,
+        NO_BROKER,
+    );
+    let mut agent = RunningAgent::start(&config);
+    let Target::Tcp(address) = agent.api_target() else { panic!("a TCP listener") };
+    agent.wait_for_line("agent ready");
+    let script = outpost_tests::repo_root().join("tests/oip/tritonclient_check.py");
+    let child = Command::new(python())
+        .arg(&script)
+        .arg(address.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tritonclient check");
+    let pid = child.id().to_string();
+    let (sender, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let output = match finished.recv_timeout(crate::NETWORK_TIMEOUT) {
+        Ok(output) => output.expect("the tritonclient check's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the tritonclient check did not finish within {:?}", crate::NETWORK_TIMEOUT);
+        }
+    };
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(" passed, 0 failed"),
+        "tritonclient check failed ({}):\n{stdout}\n{}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("binary in, binary out"), "{stdout}");
+    let (code, log) = agent.terminate();
+    assert_eq!(code, Some(0), "{}", log.join("\n"));
+}

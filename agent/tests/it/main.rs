@@ -77,10 +77,17 @@ pub enum Target {
 pub struct HttpResponse {
     pub status: u16,
     pub content_type: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl HttpResponse {
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!("response body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
@@ -105,16 +112,29 @@ pub async fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> HttpResponse {
+    let headers: Vec<(&str, String)> =
+        content_type.map(|c| ("Content-Type", c.to_string())).into_iter().collect();
+    http_with_headers(target, method, path, &headers, body).await
+}
+
+/// [`http`] with any request headers.
+pub async fn http_with_headers(
+    target: &Target,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> HttpResponse {
     let exchange = async {
         match target {
             Target::Tcp(address) => {
                 let stream = tokio::net::TcpStream::connect(address).await.expect("connect");
-                exchange(stream, method, path, content_type, body).await
+                exchange(stream, method, path, headers, body).await
             }
             Target::Unix(path_to_socket) => {
                 let stream =
                     tokio::net::UnixStream::connect(path_to_socket).await.expect("connect");
-                exchange(stream, method, path, content_type, body).await
+                exchange(stream, method, path, headers, body).await
             }
         }
     };
@@ -127,15 +147,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     method: &str,
     path: &str,
-    content_type: Option<&str>,
+    headers: &[(&str, String)],
     body: &[u8],
 ) -> HttpResponse {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(content_type) = content_type {
-        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");
     let mut request = head.into_bytes();
@@ -163,9 +183,11 @@ fn parse_response(raw: &[u8]) -> HttpResponse {
         .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
     let mut content_type = None;
     let mut chunked = false;
+    let mut headers = Vec::new();
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let name = name.trim().to_ascii_lowercase();
+            headers.push((name.clone(), value.trim().to_string()));
             if name == "content-type" {
                 content_type = Some(value.trim().to_string());
             }
@@ -178,7 +200,7 @@ fn parse_response(raw: &[u8]) -> HttpResponse {
     if chunked {
         body = dechunk(&body);
     }
-    HttpResponse { status, content_type, body }
+    HttpResponse { status, content_type, headers, body }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use outpost_shared::golden::Golden;
 use outpost_shared::model::InferError;
-use outpost_shared::oip::{InferenceRequest, RequestedOutput, Tensor};
+use outpost_shared::oip::{InferenceRequest, RequestedOutput, Tensor, TensorData};
 use outpost_tests::fixtures::{BUNDLE_MODELS, baseline_request};
 
 use crate::TestDir;
@@ -15,6 +15,14 @@ use crate::TestDir;
 fn golden(model: &str) -> Golden {
     let path = outpost_tests::models_dir().join(format!("{model}.golden.json"));
     serde_json::from_slice(&std::fs::read(path).expect("golden file")).expect("golden set")
+}
+
+/// The values of an FP32 tensor.
+fn fp32(data: &TensorData) -> &[f32] {
+    match data {
+        TensorData::Fp32(values) => values,
+        other => panic!("expected FP32 data, got {}", other.datatype()),
+    }
 }
 
 fn request(inputs: Vec<Tensor>) -> InferenceRequest {
@@ -61,9 +69,10 @@ fn metadata_names_inputs_and_outputs_with_variable_dimensions() {
 #[test]
 fn batches_run_where_the_batch_dimension_is_variable_and_are_refused_elsewhere() {
     let test = TestDir::new();
-    let rows: Vec<f64> =
-        (0..4).flat_map(|i| baseline_request("mlp_classifier", i).inputs[0].data.clone()).collect();
-    let batch = request(vec![Tensor::new("features", "FP32", vec![4, 8], rows.clone())]);
+    let rows: Vec<f32> = (0..4)
+        .flat_map(|i| fp32(&baseline_request("mlp_classifier", i).inputs[0].data).to_vec())
+        .collect();
+    let batch = request(vec![Tensor::new("features", vec![4, 8], rows.clone())]);
     let batched = test.runtime("batched_classifier");
     let response = batched.infer(&batch).expect("batch of 4");
     assert_eq!(response.outputs[0].shape, [4, 3]);
@@ -73,14 +82,12 @@ fn batches_run_where_the_batch_dimension_is_variable_and_are_refused_elsewhere()
         let one = single
             .infer(&request(vec![Tensor::new(
                 "features",
-                "FP32",
                 vec![1, 8],
                 rows[row * 8..row * 8 + 8].to_vec(),
             )]))
             .expect("single row");
-        for (a, b) in
-            one.outputs[0].data.iter().zip(&response.outputs[0].data[row * 3..row * 3 + 3])
-        {
+        let batch_row = &fp32(&response.outputs[0].data)[row * 3..row * 3 + 3];
+        for (a, b) in fp32(&one.outputs[0].data).iter().zip(batch_row) {
             assert!((a - b).abs() < 1e-5, "row {row}: {a} vs {b}");
         }
     }
@@ -96,45 +103,39 @@ fn refusals_are_typed_and_counted_by_kind() {
     let test = TestDir::new();
     let runtime = test.runtime("mlp_classifier");
     let good = baseline_request("mlp_classifier", 0);
-    let data = good.inputs[0].data.clone();
+    let data = fp32(&good.inputs[0].data).to_vec();
     let cases: Vec<(InferenceRequest, &str)> = vec![
+        (request(vec![Tensor::new("features", vec![1, 7], data[..7].to_vec())]), "bad_shape"),
+        (request(vec![Tensor::new("features", vec![1, 8], data[..7].to_vec())]), "bad_shape"),
+        (request(vec![Tensor::new("features", vec![1, 8], vec![1i32; 8])]), "bad_datatype"),
         (
-            request(vec![Tensor::new("features", "FP32", vec![1, 7], data[..7].to_vec())]),
-            "bad_shape",
-        ),
-        (
-            request(vec![Tensor::new("features", "FP32", vec![1, 8], data[..7].to_vec())]),
-            "bad_shape",
-        ),
-        (request(vec![Tensor::new("features", "INT32", vec![1, 8], data.clone())]), "bad_datatype"),
-        (
-            request(vec![Tensor::new("features", "STRING", vec![1, 8], data.clone())]),
+            request(vec![Tensor::new("features", vec![1, 8], vec![String::from("1"); 8])]),
             "bad_datatype",
         ),
         (request(vec![]), "bad_input_name"),
         (
-            request(vec![good.inputs[0].clone(), Tensor::new("extra", "FP32", vec![1], vec![0.0])]),
+            request(vec![good.inputs[0].clone(), Tensor::new("extra", vec![1], vec![0.0f32])]),
             "bad_input_name",
         ),
         (
-            request(vec![Tensor::new("features", "FP32", vec![1, 8], {
+            request(vec![Tensor::new("features", vec![1, 8], {
                 let mut d = data.clone();
-                d[3] = f64::NAN;
+                d[3] = f32::NAN;
                 d
             })]),
             "bad_value",
         ),
         (
-            request(vec![Tensor::new("features", "FP32", vec![1, 8], {
+            request(vec![Tensor::new("features", vec![1, 8], {
                 let mut d = data.clone();
-                d[0] = 1e39;
+                d[0] = f32::INFINITY;
                 d
             })]),
             "bad_value",
         ),
         (
             InferenceRequest {
-                outputs: Some(vec![RequestedOutput { name: "logits".into() }]),
+                outputs: Some(vec![RequestedOutput::new("logits")]),
                 ..good.clone()
             },
             "bad_output_name",
@@ -158,7 +159,7 @@ fn requested_outputs_are_filtered() {
     let test = TestDir::new();
     let runtime = test.runtime("mlp_classifier");
     let mut good = baseline_request("mlp_classifier", 1);
-    good.outputs = Some(vec![RequestedOutput { name: "probabilities".into() }]);
+    good.outputs = Some(vec![RequestedOutput::new("probabilities")]);
     let response = runtime.infer(&good).expect("infer");
     assert_eq!(response.outputs.len(), 1);
     assert_eq!(response.outputs[0].name, "probabilities");

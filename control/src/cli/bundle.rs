@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use outpost_shared::bundle::{self, RawBundle};
 use outpost_shared::golden::Golden;
 use outpost_shared::manifest::{Lineage, Manifest, Task, validate_name, validate_version};
 use outpost_shared::model::{Model, build_profile_with_sketches};
-use outpost_shared::oip::{InferenceRequest, Tensor};
+use outpost_shared::oip::{Datatype, InferenceRequest, Tensor, TensorData};
 use outpost_shared::profile::SketchSelection;
 use outpost_shared::verify::Role;
 use time::Duration;
@@ -93,12 +93,20 @@ fn read_baseline(
                 })
             })
             .collect::<Result<Vec<f64>>>()?;
-        requests.push(InferenceRequest {
-            id: None,
+        let datatype = Datatype::parse(&spec.datatype).unwrap_or(Datatype::Fp32);
+        let data = TensorData::from_f64(datatype, &values).map_err(|(index, value)| {
+            anyhow!(
+                "baseline {} line {line}, column `{}`: {value} is not a valid {datatype}",
+                path.display(),
+                header.get(index).map_or("?", String::as_str)
+            )
+        })?;
+        requests.push(InferenceRequest::new(vec![Tensor {
+            name: spec.name.clone(),
+            shape: vec![1, features as u64],
+            data,
             parameters: None,
-            inputs: vec![Tensor::new(&spec.name, &spec.datatype, vec![1, features as u64], values)],
-            outputs: None,
-        });
+        }]));
     }
     if requests.is_empty() {
         bail!("baseline {} has no rows", path.display());

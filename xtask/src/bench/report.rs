@@ -195,6 +195,13 @@ impl Report {
                 2,
             ),
             TargetCheck::at_most(
+                "Peak RSS while 16 clients send 4 MB nested-array requests at once".into(),
+                self.number("large_requests", &[], "vmhwm_kb").map(|kb| kb * 1024.0 / MB),
+                64.0,
+                "MB",
+                2,
+            ),
+            TargetCheck::at_most(
                 "Stripped release binary, aarch64".into(),
                 self.size("aarch64").map(|size| size.bytes as f64 / MB),
                 12.0,
@@ -326,6 +333,13 @@ impl Report {
             ),
             ("targets", Json::Array(targets.collect())),
             ("idle_rss_kb", Json::number(self.idle_rss_kb())),
+            (
+                "large_requests",
+                Json::object(
+                    ["clients", "body_bytes", "max_concurrency", "ready_vmrss_kb", "vmhwm_kb", "seconds"]
+                        .map(|key| (key, Json::number(self.number("large_requests", &[], key)))),
+                ),
+            ),
             ("models", Json::Object(models.collect())),
             ("binary_sizes", Json::Object(sizes.collect())),
         ]);
