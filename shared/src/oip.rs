@@ -685,7 +685,7 @@ impl JsonScalar<'_> {
     }
 }
 
-/// A JSON number's value as JSON prints it (`1e39`, not forty digits).
+/// A JSON number's value as JSON prints it (`1e+39`, not forty digits).
 fn float_text(v: f64) -> String {
     serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string())
 }
@@ -1331,7 +1331,7 @@ mod tests {
         let cases: Vec<(TensorData, &str)> = vec![
             (vec![2i64, -3, i64::MAX, i64::MIN].into(), "[2,-3,9223372036854775807,-9223372036854775808]"),
             (vec![u64::MAX, 0].into(), "[18446744073709551615,0]"),
-            (vec![0.1f32, 1.0 / 3.0, f32::MAX, f32::MIN_POSITIVE].into(), "[0.1,0.33333334,3.4028235e38,1.1754944e-38]"),
+            (vec![0.1f32, 1.0 / 3.0, f32::MAX, f32::MIN_POSITIVE].into(), "[0.1,0.33333334,3.4028235e+38,1.1754944e-38]"),
             (vec![0.1f64, 1.0 / 3.0].into(), "[0.1,0.3333333333333333]"),
             (vec![f16::from_f32(0.1), f16::from_f32(65504.0), f16::from_f32(-2.5)].into(), "[0.1,65500.0,-2.5]"),
             (vec![true, false].into(), "[true,false]"),
@@ -1376,7 +1376,7 @@ mod tests {
             ("[256]", Datatype::Uint8, "element 0 (256) is not a valid UINT8"),
             ("[-1]", Datatype::Uint64, "element 0 (-1) is not a valid UINT64"),
             ("[1.5]", Datatype::Int32, "element 0 (1.5) is not a valid INT32"),
-            ("[1e39]", Datatype::Fp32, "element 0 (1e39) is not a valid FP32"),
+            ("[1e39]", Datatype::Fp32, "element 0 (1e+39) is not a valid FP32"),
             ("[1, \"NaN\"]", Datatype::Fp32, "element 1 is the string \"NaN\", not a number"),
             ("[[1],[null]]", Datatype::Fp64, "element 1 is null"),
             ("[1]", Datatype::Bool, "element 0 is the number 1, not a boolean"),
@@ -1421,7 +1421,7 @@ mod tests {
 
         // One byte short, one byte too many, no header: each named.
         let short = decode_request(&body[..body.len() - 1], Some(json.len()), Some(&specs));
-        assert!(matches!(short, Err(DecodeError::Binary { .. })), "{short:?}");
+        assert!(matches!(short, Err(DecodeError::BinaryLayout { .. })), "{short:?}");
         let mut long = body.clone();
         long.push(0);
         let long = decode_request(&long, Some(json.len()), Some(&specs));

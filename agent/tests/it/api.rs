@@ -7,6 +7,7 @@ use std::sync::Arc;
 use outpost_agent::Runtime;
 use outpost_agent::api::{self, ActiveRuntime, BoundListener};
 use outpost_agent::config::{ApiConfig, ListenAddress};
+use outpost_shared::oip::Tensor;
 use outpost_tests::fixtures::baseline_request;
 use tokio::sync::oneshot;
 
@@ -176,12 +177,12 @@ async fn every_bad_request_gets_a_4xx_json_error_naming_the_problem() {
         ("data does not fill the shape", tensor("FP32", serde_json::json!([1, 8]), serde_json::json!(row[..5].to_vec())), 400, vec!["8 elements", "has 5"]),
         ("wrong datatype", tensor("INT64", serde_json::json!([1, 8]), serde_json::json!(row.clone())), 400, vec!["datatype INT64", "expects FP32"]),
         ("unsupported datatype", tensor("STRING", serde_json::json!([1, 8]), serde_json::json!(row.clone())), 400, vec!["unsupported datatype", "STRING"]),
-        ("text for numbers", tensor("BYTES", serde_json::json!([1, 8]), serde_json::json!(["a"; 8])), 400, vec!["datatype BYTES", "expects FP32"]),
+        ("text for numbers", tensor("BYTES", serde_json::json!([1, 8]), serde_json::json!(vec!["a"; 8])), 400, vec!["datatype BYTES", "expects FP32"]),
         ("NaN as a string", tensor("FP32", serde_json::json!([1, 8]), with_string), 400, vec!["`features`", "element 3", "\"NaN\""]),
         ("infinity as a string", tensor("FP32", serde_json::json!([1, 8]), with_infinity), 400, vec!["element 0", "\"Infinity\""]),
         ("null element", tensor("FP32", serde_json::json!([1, 8]), with_null), 400, vec!["element 5", "null"]),
         ("beyond FP32", tensor("FP32", serde_json::json!([1, 8]), serde_json::json!([1e39, 0, 0, 0, 0, 0, 0, 0])), 400, vec!["not a valid FP32"]),
-        ("number beyond f64", r#"{"inputs":[{"name":"features","datatype":"FP32","shape":[1,1],"data":[1e999]}]}"#.to_string(), 400, vec!["malformed JSON"]),
+        ("number beyond f64", r#"{"inputs":[{"name":"features","datatype":"FP32","shape":[1,8],"data":[1e999,0,0,0,0,0,0,0]}]}"#.to_string(), 400, vec!["malformed JSON", "out of range"]),
         ("missing input", serde_json::json!({"inputs": []}).to_string(), 400, vec!["missing input `features`"]),
         ("unknown input", serde_json::json!({"inputs": [{"name": "feature", "datatype": "FP32", "shape": [1, 8], "data": row.clone()}]}).to_string(), 400, vec!["unknown input `feature`", "features"]),
         ("unknown output", serde_json::json!({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 8], "data": row.clone()}], "outputs": [{"name": "logits"}]}).to_string(), 400, vec!["unknown output `logits`"]),
@@ -307,10 +308,10 @@ const DATATYPES_INFER: &str = "/v2/models/datatypes/infer";
 
 /// The `datatypes` model's golden case `case` as a request body (every input of every
 /// datatype) and the outputs it must produce.
-fn datatypes_case(test: &TestDir, case: usize) -> (serde_json::Value, serde_json::Value) {
+fn datatypes_case(test: &TestDir, case: usize) -> (serde_json::Value, Vec<Tensor>) {
     let golden = &test.fixture.verified_bundle("datatypes").golden.cases[case];
     let request = serde_json::json!({ "id": format!("case-{case}"), "inputs": golden.inputs });
-    (request, serde_json::to_value(&golden.outputs).expect("outputs"))
+    (request, golden.outputs.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,9 +331,15 @@ async fn int64_bool_and_bytes_round_trip_exactly_through_rest() {
         assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
         let json = response.json();
         assert_eq!(json["id"], format!("case-{case}"));
-        // The very JSON values the reference evaluator computed: integers as integers (2^53 + 1
-        // and UINT64's maximum included), booleans, text, floats in their own precision.
-        assert_eq!(json["outputs"], expected, "case {case}");
+        // The very values the reference evaluator computed, in each output's datatype:
+        // integers as integers (2^53 + 1 and UINT64's maximum included), booleans, text, floats
+        // in their own precision, and printed as the golden set prints them.
+        let outputs: Vec<Tensor> =
+            serde_json::from_value(json["outputs"].clone()).expect("typed outputs");
+        assert_eq!(outputs, expected, "case {case}");
+        let text = String::from_utf8_lossy(&response.body);
+        let printed = serde_json::to_string(&expected).expect("golden text");
+        assert!(text.contains(&printed[1..printed.len() - 1]), "case {case}: {text}");
     }
     let text = String::from_utf8(
         server
@@ -417,7 +424,10 @@ async fn the_binary_tensor_data_extension_works_both_ways() {
     assert_eq!(at, response.body.len(), "nothing after the last output");
     // The same request decoded in-process gives the same tensors the JSON golden case holds.
     let decoded = decode_request(&body, Some(length), Some(runtime.inputs())).expect("decodes");
-    assert_eq!(decoded.inputs, golden.inputs);
+    let plain = |tensors: &[Tensor]| -> Vec<(String, Vec<u64>, TensorData)> {
+        tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.data.clone())).collect()
+    };
+    assert_eq!(plain(&decoded.inputs), plain(&golden.inputs));
 
     // Broken binary requests are refused, naming the problem, and counted as client errors.
     let short = post_binary(&server, &body[..body.len() - 1], length).await;
