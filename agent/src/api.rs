@@ -39,8 +39,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use outpost_shared::model::InferError;
 use http_body_util::BodyExt as _;
+use outpost_shared::model::InferError;
 use outpost_shared::oip::{self, ErrorBody, InferenceRequest, InferenceResponse};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
@@ -318,15 +318,15 @@ async fn run_inference(
     };
     let header_length = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
         None => None,
-        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(
-            || {
+        Some(value) => Some(
+            value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
                 refuse(
                     refusal::MALFORMED_REQUEST,
                     StatusCode::BAD_REQUEST,
                     format!("Inference-Header-Content-Length {value:?} is not a byte count"),
                 )
-            },
-        )?),
+            })?,
+        ),
     };
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("");
@@ -446,7 +446,8 @@ fn encoded_response(encoded: oip::EncodedResponse) -> Response {
     let headers = response.headers_mut();
     match encoded.json_length {
         None => {
-            headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            headers
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
         }
         Some(length) => {
             headers.insert(
@@ -561,4 +562,3 @@ impl BoundListener {
         }
     }
 }
-

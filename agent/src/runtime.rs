@@ -297,11 +297,7 @@ impl Runtime {
             model_name: self.manifest.name.clone(),
             model_version: Some(self.manifest.version.clone()),
             id: request.id.clone(),
-            outputs: outputs
-                .into_iter()
-                .filter(wanted)
-                .map(Output::into_oip)
-                .collect(),
+            outputs: outputs.into_iter().filter(wanted).map(Output::into_oip).collect(),
         }
     }
 

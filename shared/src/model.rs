@@ -98,7 +98,11 @@ impl Output {
     }
 
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { name: &self.name, shape: &self.shape, data: numbers_of(&self.data, &self.numbers) }
+        TensorView {
+            name: &self.name,
+            shape: &self.shape,
+            data: numbers_of(&self.data, &self.numbers),
+        }
     }
 
     /// The OIP v2 tensor.
@@ -129,7 +133,11 @@ pub struct Input<'a> {
 
 impl Input<'_> {
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { name: self.name, shape: &self.shape, data: numbers_of(self.data, &self.numbers) }
+        TensorView {
+            name: self.name,
+            shape: &self.shape,
+            data: numbers_of(self.data, &self.numbers),
+        }
     }
 }
 
@@ -207,7 +215,9 @@ fn tract_tensor(shape: &[usize], data: &TensorData) -> TractResult<tract_onnx::p
         TensorData::Fp16(v) => T::from_shape(shape, v),
         TensorData::Fp32(v) => T::from_shape(shape, v),
         TensorData::Fp64(v) => T::from_shape(shape, v),
-        TensorData::Bytes(v) => Ok(tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()),
+        TensorData::Bytes(v) => {
+            Ok(tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor())
+        }
     }
 }
 
@@ -393,7 +403,8 @@ impl Model {
             if let Some(dt) = self.input_types.get(index).copied()
                 && dt != tensor.datum_type()
             {
-                tensor = tensor.cast_to_dt(dt).map_err(|e| InferError::Run(chain(&e)))?.into_owned();
+                tensor =
+                    tensor.cast_to_dt(dt).map_err(|e| InferError::Run(chain(&e)))?.into_owned();
             }
             values.push(TValue::from(tensor));
         }
@@ -442,16 +453,18 @@ impl Model {
                 let n: u64 = shape.iter().product();
                 let datatype = Datatype::parse(&spec.datatype).unwrap_or(Datatype::Fp32);
                 let data = match datatype {
-                    Datatype::Bytes => TensorData::Bytes((0..n).map(|i| (i % 10).to_string()).collect()),
+                    Datatype::Bytes => {
+                        TensorData::Bytes((0..n).map(|i| (i % 10).to_string()).collect())
+                    }
                     Datatype::Bool => TensorData::Bool((0..n).map(|i| i % 2 == 1).collect()),
                     dt if matches!(dt, Datatype::Fp16 | Datatype::Fp32 | Datatype::Fp64) => {
                         let values: Vec<f64> =
                             (0..n).map(|i| ((i * 7919) % 1000) as f64 / 1000.0).collect();
-                        TensorData::from_f64(dt, &values).unwrap_or_else(|_| TensorData::Fp64(values))
+                        TensorData::from_f64(dt, &values).unwrap_or(TensorData::Fp64(values))
                     }
                     dt => {
                         let values: Vec<f64> = (0..n).map(|i| ((i * 7919) % 10) as f64).collect();
-                        TensorData::from_f64(dt, &values).unwrap_or_else(|_| TensorData::Fp64(values))
+                        TensorData::from_f64(dt, &values).unwrap_or(TensorData::Fp64(values))
                     }
                 };
                 Tensor { name: spec.name.clone(), shape, data, parameters: None }
@@ -520,9 +533,8 @@ pub fn build_profile_with_sketches(
     for (row, request) in requests.iter().enumerate() {
         let inputs =
             model.prepare(request).map_err(|source| ProfileBuildError::Run { row, source })?;
-        let outputs = model
-            .run_prepared(&inputs)
-            .map_err(|source| ProfileBuildError::Run { row, source })?;
+        let outputs =
+            model.run_prepared(&inputs).map_err(|source| ProfileBuildError::Run { row, source })?;
         let input_views: Vec<TensorView<'_>> = inputs.iter().map(Input::view).collect();
         let output_views: Vec<TensorView<'_>> = outputs.iter().map(Output::view).collect();
         builder.observe(&input_views, &output_views);

@@ -418,8 +418,8 @@ impl TensorData {
                         return Err(BinaryError::Truncated { index });
                     }
                     let (element, tail) = tail.split_at(len);
-                    let text = std::str::from_utf8(element)
-                        .map_err(|_| BinaryError::NotUtf8 { index })?;
+                    let text =
+                        std::str::from_utf8(element).map_err(|_| BinaryError::NotUtf8 { index })?;
                     out.push(text.to_string());
                     rest = tail;
                 }
@@ -456,7 +456,9 @@ pub enum BinaryError {
     NotUtf8 { index: usize },
     #[error("binary data holds {actual} BYTES elements, the shape says {expected}")]
     Count { actual: usize, expected: usize },
-    #[error("binary data goes on for {extra} bytes after the {expected} BYTES elements of the shape")]
+    #[error(
+        "binary data goes on for {extra} bytes after the {expected} BYTES elements of the shape"
+    )]
     TrailingBytes { extra: usize, expected: usize },
 }
 
@@ -472,7 +474,10 @@ pub struct Tensor {
 /// Why a tensor is not acceptable as it stands.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
-    #[error("tensor `{name}`: unsupported datatype {datatype:?} (supported: {})", Datatype::names())]
+    #[error(
+        "tensor `{name}`: unsupported datatype {datatype:?} (supported: {})",
+        Datatype::names()
+    )]
     Datatype { name: String, datatype: String },
     #[error("tensor `{name}`: shape {shape:?} holds {expected} elements but data has {actual}")]
     ElementCount { name: String, shape: Vec<u64>, expected: u64, actual: usize },
@@ -625,9 +630,10 @@ impl<'de> Deserialize<'de> for Tensor {
                 Datatype::names()
             ))
         })?;
-        let raw = header.data.as_deref().ok_or_else(|| {
-            de::Error::custom(format!("tensor `{}` has no `data`", header.name))
-        })?;
+        let raw = header
+            .data
+            .as_deref()
+            .ok_or_else(|| de::Error::custom(format!("tensor `{}` has no `data`", header.name)))?;
         let expected = elements_of(&header.shape).unwrap_or(u64::MAX);
         let data = parse_json_data(raw.get(), datatype, expected)
             .map_err(|e| de::Error::custom(format!("tensor `{}`: {e}", header.name)))?;
@@ -725,7 +731,8 @@ integer_element!(u8 => Uint8, u16 => Uint16, u32 => Uint32, u64 => Uint64, i8 =>
 
 impl Element for f32 {
     const DATATYPE: Datatype = Datatype::Fp32;
-    const WANTED: &'static str = "a number (tensor data must be finite JSON numbers; NaN and infinities are refused)";
+    const WANTED: &'static str =
+        "a number (tensor data must be finite JSON numbers; NaN and infinities are refused)";
     fn from_json(value: JsonScalar<'_>) -> Option<Self> {
         let v = match value {
             JsonScalar::Unsigned(v) => v as f32,
@@ -804,7 +811,9 @@ impl<T: Element> Leaves<'_, T> {
             }
             None => {
                 *self.error = Some(match value.number_text() {
-                    Some(text) if T::DATATYPE != Datatype::Bool && T::DATATYPE != Datatype::Bytes => {
+                    Some(text)
+                        if T::DATATYPE != Datatype::Bool && T::DATATYPE != Datatype::Bytes =>
+                    {
                         DataError::NotRepresentable { index, value: text, datatype: T::DATATYPE }
                     }
                     _ => DataError::WrongKind { index, found: value.describe(), wanted: T::WANTED },
@@ -815,8 +824,11 @@ impl<T: Element> Leaves<'_, T> {
     }
 
     fn refuse<E: de::Error>(self, found: &str) -> Result<(), E> {
-        *self.error =
-            Some(DataError::WrongKind { index: self.out.len(), found: found.into(), wanted: T::WANTED });
+        *self.error = Some(DataError::WrongKind {
+            index: self.out.len(),
+            found: found.into(),
+            wanted: T::WANTED,
+        });
         Err(E::custom("element refused"))
     }
 }
@@ -1025,9 +1037,7 @@ pub enum DecodeError {
     MalformedJson(String),
     #[error("not an inference request: {0}")]
     NotARequest(String),
-    #[error(
-        "Inference-Header-Content-Length is {length} but the body has only {body} bytes"
-    )]
+    #[error("Inference-Header-Content-Length is {length} but the body has only {body} bytes")]
     HeaderLength { length: usize, body: usize },
     #[error("unknown input `{name}` (the model's inputs are: {expected})")]
     UnknownInput { name: String, expected: String },
@@ -1135,9 +1145,11 @@ pub fn decode_request(
         if tensors.iter().any(|t: &Tensor| t.name == name) {
             return Err(DecodeError::DuplicateInput(name));
         }
-        let datatype = Datatype::parse(&tensor.datatype).ok_or_else(|| {
-            DecodeError::UnsupportedDatatype { name: name.clone(), datatype: tensor.datatype.clone() }
-        })?;
+        let datatype =
+            Datatype::parse(&tensor.datatype).ok_or_else(|| DecodeError::UnsupportedDatatype {
+                name: name.clone(),
+                datatype: tensor.datatype.clone(),
+            })?;
         if let Some(specs) = inputs {
             let Some(spec) = specs.iter().find(|s| s.name == name) else {
                 return Err(DecodeError::UnknownInput {
@@ -1288,7 +1300,8 @@ pub fn encode_response(
     request: &InferenceRequest,
     response: &InferenceResponse,
 ) -> Result<EncodedResponse, serde_json::Error> {
-    let binary: Vec<bool> = response.outputs.iter().map(|o| request.wants_binary(&o.name)).collect();
+    let binary: Vec<bool> =
+        response.outputs.iter().map(|o| request.wants_binary(&o.name)).collect();
     let binary_bytes: usize = response
         .outputs
         .iter()
@@ -1329,11 +1342,20 @@ mod tests {
     #[test]
     fn every_datatype_prints_exactly() {
         let cases: Vec<(TensorData, &str)> = vec![
-            (vec![2i64, -3, i64::MAX, i64::MIN].into(), "[2,-3,9223372036854775807,-9223372036854775808]"),
+            (
+                vec![2i64, -3, i64::MAX, i64::MIN].into(),
+                "[2,-3,9223372036854775807,-9223372036854775808]",
+            ),
             (vec![u64::MAX, 0].into(), "[18446744073709551615,0]"),
-            (vec![0.1f32, 1.0 / 3.0, f32::MAX, f32::MIN_POSITIVE].into(), "[0.1,0.33333334,3.4028235e+38,1.1754944e-38]"),
+            (
+                vec![0.1f32, 1.0 / 3.0, f32::MAX, f32::MIN_POSITIVE].into(),
+                "[0.1,0.33333334,3.4028235e+38,1.1754944e-38]",
+            ),
             (vec![0.1f64, 1.0 / 3.0].into(), "[0.1,0.3333333333333333]"),
-            (vec![f16::from_f32(0.1), f16::from_f32(65504.0), f16::from_f32(-2.5)].into(), "[0.1,65500.0,-2.5]"),
+            (
+                vec![f16::from_f32(0.1), f16::from_f32(65504.0), f16::from_f32(-2.5)].into(),
+                "[0.1,65500.0,-2.5]",
+            ),
             (vec![true, false].into(), "[true,false]"),
             (vec![-128i8, 127].into(), "[-128,127]"),
             (vec![65535u16].into(), "[65535]"),
@@ -1367,10 +1389,16 @@ mod tests {
         let read = |raw: &str, dt: Datatype, n: u64| parse_json_data(raw, dt, n);
         assert_eq!(read("[[1,2],[3,4]]", Datatype::Int64, 4), Ok(vec![1i64, 2, 3, 4].into()));
         assert_eq!(read("[2.0]", Datatype::Int64, 1), Ok(vec![2i64].into()));
-        assert_eq!(read("[9007199254740993]", Datatype::Int64, 1), Ok(vec![9_007_199_254_740_993i64].into()));
+        assert_eq!(
+            read("[9007199254740993]", Datatype::Int64, 1),
+            Ok(vec![9_007_199_254_740_993i64].into())
+        );
         assert_eq!(read("[18446744073709551615]", Datatype::Uint64, 1), Ok(vec![u64::MAX].into()));
         assert_eq!(read("[true,false]", Datatype::Bool, 2), Ok(vec![true, false].into()));
-        assert_eq!(read(r#"["x","y"]"#, Datatype::Bytes, 2), Ok(vec!["x".to_string(), "y".to_string()].into()));
+        assert_eq!(
+            read(r#"["x","y"]"#, Datatype::Bytes, 2),
+            Ok(vec!["x".to_string(), "y".to_string()].into())
+        );
         assert_eq!(read("[0.1]", Datatype::Fp32, 1), Ok(vec![0.1f32].into()));
         for (raw, dt, expected) in [
             ("[256]", Datatype::Uint8, "element 0 (256) is not a valid UINT8"),
@@ -1437,18 +1465,62 @@ mod tests {
         let specs = specs();
         let decode = |body: &str| decode_request(body.as_bytes(), None, Some(&specs));
         for (body, kind, text) in [
-            (r#"{"inputs":[{"name":"q","shape":[1],"datatype":"FP32","data":[1]}]}"#, "bad_input_name", "unknown input `q`"),
-            (r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]}]}"#, "bad_datatype", "datatype FP64, the model expects FP32"),
-            (r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"STRING","data":[1,2]}]}"#, "bad_datatype", "unsupported datatype \"STRING\""),
-            (r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#, "bad_shape", "does not fit the model's [-1, 2]"),
+            (
+                r#"{"inputs":[{"name":"q","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+                "bad_input_name",
+                "unknown input `q`",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP64","data":[1,2]}]}"#,
+                "bad_datatype",
+                "datatype FP64, the model expects FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"STRING","data":[1,2]}]}"#,
+                "bad_datatype",
+                "unsupported datatype \"STRING\"",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+                "bad_shape",
+                "does not fit the model's [-1, 2]",
+            ),
             // A huge declared batch with tiny data: refused without reserving room for it.
-            (r#"{"inputs":[{"name":"x","shape":[4611686018427387903,2],"datatype":"FP32","data":[1,2]}]}"#, "bad_shape", "holds 9223372036854775806 elements but data has 2"),
-            (r#"{"inputs":[{"name":"x","shape":[9223372036854775807,4],"datatype":"FP32","data":[1,2]}]}"#, "bad_shape", "does not fit"),
-            (r#"{"inputs":[{"name":"n","shape":[2],"datatype":"INT64","data":[1]}]}"#, "bad_shape", "holds 2 elements but data has 1"),
-            (r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1.5]}]}"#, "bad_value", "element 0 (1.5) is not a valid INT64"),
-            (r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64"}]}"#, "malformed_request", "has no `data`"),
-            (r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1]},{"name":"n","shape":[1],"datatype":"INT64","data":[1]}]}"#, "bad_input_name", "given twice"),
-            (r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1]}],"outputs":[{"name":"y","parameters":{"classification":2}}]}"#, "unsupported_parameter", "classification"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[4611686018427387903,2],"datatype":"FP32","data":[1,2]}]}"#,
+                "bad_shape",
+                "holds 9223372036854775806 elements but data has 2",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[9223372036854775807,4],"datatype":"FP32","data":[1,2]}]}"#,
+                "bad_shape",
+                "does not fit",
+            ),
+            (
+                r#"{"inputs":[{"name":"n","shape":[2],"datatype":"INT64","data":[1]}]}"#,
+                "bad_shape",
+                "holds 2 elements but data has 1",
+            ),
+            (
+                r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1.5]}]}"#,
+                "bad_value",
+                "element 0 (1.5) is not a valid INT64",
+            ),
+            (
+                r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64"}]}"#,
+                "malformed_request",
+                "has no `data`",
+            ),
+            (
+                r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1]},{"name":"n","shape":[1],"datatype":"INT64","data":[1]}]}"#,
+                "bad_input_name",
+                "given twice",
+            ),
+            (
+                r#"{"inputs":[{"name":"n","shape":[1],"datatype":"INT64","data":[1]}],"outputs":[{"name":"y","parameters":{"classification":2}}]}"#,
+                "unsupported_parameter",
+                "classification",
+            ),
             (r#"{"inputs": ["#, "malformed_request", "malformed JSON"),
             (r#"[]"#, "malformed_request", "not an inference request"),
             (r#"{"inputs":{}}"#, "malformed_request", "not an inference request"),
@@ -1477,7 +1549,8 @@ mod tests {
             String::from_utf8(plain.body).expect("utf-8"),
             r#"{"model_name":"m","id":"r","outputs":[{"name":"label","datatype":"INT64","shape":[2],"data":[3,1]},{"name":"p","datatype":"FP32","shape":[2],"data":[0.25,0.75]}]}"#
         );
-        request.parameters = Some(serde_json::from_str(r#"{"binary_data_output":true}"#).expect("map"));
+        request.parameters =
+            Some(serde_json::from_str(r#"{"binary_data_output":true}"#).expect("map"));
         request.outputs = Some(vec![RequestedOutput {
             name: "p".into(),
             parameters: Some(serde_json::from_str(r#"{"binary_data":false}"#).expect("map")),

@@ -77,9 +77,8 @@ fn unloadable_models_name_the_reason() {
 fn batches_run_when_the_model_allows() {
     let model = load("batched_classifier.onnx");
     let data: Vec<f32> = (0..24).map(|i| i as f32 / 10.0).collect();
-    let outputs = model
-        .infer(&request(vec![Tensor::new("features", vec![3, 8], data)]))
-        .expect("batch of 3");
+    let outputs =
+        model.infer(&request(vec![Tensor::new("features", vec![3, 8], data)])).expect("batch of 3");
     assert_eq!(outputs[0].shape, vec![3, 3]);
     let TensorData::Fp32(probabilities) = &outputs[0].data else { panic!("FP32 output") };
     for row in probabilities.chunks(3) {
@@ -109,11 +108,7 @@ fn bad_requests_are_refused_with_the_reason() {
         "bad_input_name",
         "unknown input `extra`",
     );
-    check(
-        vec![Tensor::new("features", vec![1, 7], vec![0.5f32; 7])],
-        "bad_shape",
-        "shape [1, 7]",
-    );
+    check(vec![Tensor::new("features", vec![1, 7], vec![0.5f32; 7])], "bad_shape", "shape [1, 7]");
     check(
         vec![Tensor::new("features", vec![1, 8], vec![0.5f32; 7])],
         "bad_shape",
@@ -131,7 +126,11 @@ fn bad_requests_are_refused_with_the_reason() {
     );
     let mut values = vec![0.5f32; 8];
     values[3] = f32::NAN;
-    check(vec![Tensor::new("features", vec![1, 8], values)], "bad_value", "element 3 is not a finite number");
+    check(
+        vec![Tensor::new("features", vec![1, 8], values)],
+        "bad_value",
+        "element 3 is not a finite number",
+    );
     let mut values = vec![0.5f32; 8];
     values[0] = f32::INFINITY;
     check(vec![Tensor::new("features", vec![1, 8], values)], "bad_value", "element 0");

@@ -640,7 +640,11 @@ mod tests {
             model_name: "m".into(),
             model_version: None,
             id: None,
-            outputs: vec![Tensor::new("y", shape, data.iter().map(|v| *v as f32).collect::<Vec<f32>>())],
+            outputs: vec![Tensor::new(
+                "y",
+                shape,
+                data.iter().map(|v| *v as f32).collect::<Vec<f32>>(),
+            )],
         }
     }
 

@@ -320,9 +320,16 @@ async fn int64_bool_and_bytes_round_trip_exactly_through_rest() {
     let runtime = test.runtime("datatypes");
     let server = Server::tcp(Some(Arc::clone(&runtime))).await;
     let metadata = server.get("/v2/models/datatypes").await.json();
-    let declared: Vec<&str> =
-        metadata["inputs"].as_array().expect("inputs").iter().filter_map(|i| i["datatype"].as_str()).collect();
-    for datatype in ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"] {
+    let declared: Vec<&str> = metadata["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .filter_map(|i| i["datatype"].as_str())
+        .collect();
+    for datatype in [
+        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+        "FP32", "FP64", "BYTES",
+    ] {
         assert!(declared.contains(&datatype), "{datatype} missing from {declared:?}");
     }
     for case in 0..6 {
@@ -350,7 +357,9 @@ async fn int64_bool_and_bytes_round_trip_exactly_through_rest() {
     .expect("utf-8");
     assert!(text.contains("9007199254740994"), "INT64 2^53 + 2 printed exactly: {text}");
     assert!(text.contains("18446744073709551615"), "UINT64 maximum printed exactly: {text}");
-    assert!(!text.contains("\"i64_out\",\"datatype\":\"INT64\",\"shape\":[1,2],\"data\":[9007199254740994.0"));
+    assert!(!text.contains(
+        "\"i64_out\",\"datatype\":\"INT64\",\"shape\":[1,2],\"data\":[9007199254740994.0"
+    ));
     let window = runtime.cut_window(0, 1, 1);
     assert_eq!(window.count, 7);
     assert!(window.errors.is_empty(), "{:?}", window.errors);
@@ -411,13 +420,17 @@ async fn the_binary_tensor_data_extension_works_both_ways() {
         serde_json::from_slice(&response.body[..header_length]).expect("JSON part");
     assert_eq!(answer["id"], "bin");
     let mut at = header_length;
-    for (output, expected) in answer["outputs"].as_array().expect("outputs").iter().zip(&golden.outputs) {
+    for (output, expected) in
+        answer["outputs"].as_array().expect("outputs").iter().zip(&golden.outputs)
+    {
         assert_eq!(output["name"], expected.name.as_str());
         assert!(output.get("data").is_none(), "{output}");
         let size = output["parameters"]["binary_data_size"].as_u64().expect("size") as usize;
-        let datatype = Datatype::parse(output["datatype"].as_str().expect("datatype")).expect("known");
-        let data = TensorData::read_binary(datatype, &response.body[at..at + size], expected.data.len())
-            .expect("binary output reads");
+        let datatype =
+            Datatype::parse(output["datatype"].as_str().expect("datatype")).expect("known");
+        let data =
+            TensorData::read_binary(datatype, &response.body[at..at + size], expected.data.len())
+                .expect("binary output reads");
         assert_eq!(data, expected.data, "output {}", expected.name);
         at += size;
     }
@@ -435,7 +448,11 @@ async fn the_binary_tensor_data_extension_works_both_ways() {
     let mut long = body.clone();
     long.extend_from_slice(b"xx");
     assert_refused(&post_binary(&server, &long, length).await, 400, &["2 bytes after"]);
-    assert_refused(&post_binary(&server, &body, body.len() + 5).await, 400, &["Inference-Header-Content-Length"]);
+    assert_refused(
+        &post_binary(&server, &body, body.len() + 5).await,
+        400,
+        &["Inference-Header-Content-Length"],
+    );
     let json_only = server.post_json(DATATYPES_INFER, json.to_string().as_bytes()).await;
     assert_refused(&json_only, 400, &["no Inference-Header-Content-Length"]);
     let gzip = crate::http_with_headers(
@@ -480,7 +497,14 @@ async fn large_bodies_queue_for_a_permit_and_are_all_answered() {
             let target = server.target.clone();
             let body = Arc::clone(&body);
             tokio::spawn(async move {
-                http(&target, "POST", "/v2/models/batched_classifier/infer", Some("application/json"), &body).await
+                http(
+                    &target,
+                    "POST",
+                    "/v2/models/batched_classifier/infer",
+                    Some("application/json"),
+                    &body,
+                )
+                .await
             })
         })
         .collect();
@@ -492,7 +516,8 @@ async fn large_bodies_queue_for_a_permit_and_are_all_answered() {
     let huge = serde_json::json!({
         "inputs": [{"name": "features", "datatype": "FP32", "shape": [u64::MAX / 16, 8], "data": row}],
     });
-    let refused = server.post_json("/v2/models/batched_classifier/infer", huge.to_string().as_bytes()).await;
+    let refused =
+        server.post_json("/v2/models/batched_classifier/infer", huge.to_string().as_bytes()).await;
     assert_refused(&refused, 400, &["holds", "elements but data has 8"]);
     let window = runtime.cut_window(0, 1, 1);
     assert_eq!(window.count, 17);

@@ -336,8 +336,15 @@ impl Report {
             (
                 "large_requests",
                 Json::object(
-                    ["clients", "body_bytes", "max_concurrency", "ready_vmrss_kb", "vmhwm_kb", "seconds"]
-                        .map(|key| (key, Json::number(self.number("large_requests", &[], key)))),
+                    [
+                        "clients",
+                        "body_bytes",
+                        "max_concurrency",
+                        "ready_vmrss_kb",
+                        "vmhwm_kb",
+                        "seconds",
+                    ]
+                    .map(|key| (key, Json::number(self.number("large_requests", &[], key)))),
                 ),
             ),
             ("models", Json::Object(models.collect())),
