@@ -639,6 +639,7 @@ not a record line
                 ("4.10 %".to_string(), Some(false)),
                 ("69.8 µs".to_string(), Some(true)),
                 ("9.22 MB".to_string(), Some(true)),
+                ("not measured".to_string(), None),
                 ("11.50 MB".to_string(), Some(true)),
             ]
         );
