@@ -31,7 +31,6 @@ use crate::tamper;
 
 mod fleet;
 mod http;
-mod json;
 
 use fleet::{DEVICES, Fleet, FleetAction};
 
