@@ -985,7 +985,9 @@ fn run_outpost(
 /// `OUTPOST_TOKEN`).
 fn uses_api(args: &[String]) -> bool {
     match args.first().map(String::as_str) {
-        Some("model" | "devices" | "users" | "assign" | "broker-config" | "rollout") => true,
+        Some("model" | "devices" | "users" | "tokens" | "assign" | "broker-config" | "rollout") => {
+            true
+        }
         // `outpost audit verify` works offline on an export; the rest asks the server.
         Some("audit") => args.get(1).is_some_and(|sub| sub != "verify"),
         // `outpost drift` on CSV files is local; its subcommands ask the server.
