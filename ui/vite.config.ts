@@ -12,7 +12,8 @@ const sameOriginAssets = {
 
 export default defineConfig(({ mode }) => ({
   root: "frontend",
-  plugins: [svelte(), sameOriginAssets],
+  // The Svelte config sits beside this file, not in the Vite root.
+  plugins: [svelte({ configFile: "../svelte.config.js" }), sameOriginAssets],
   clearScreen: false,
   server: { port: 1420, strictPort: true },
   build: {

@@ -59,6 +59,11 @@ pub struct RawApi {
     pub listen: String,
     pub tls_cert: String,
     pub tls_key: String,
+    pub token_lifetime_days: u32,
+    pub max_token_lifetime_days: u32,
+    pub denied_burst: u32,
+    pub denied_per_minute: u32,
+    pub denied_audit_interval_seconds: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +329,10 @@ pub struct DatabaseConfig {
 pub struct ApiConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsFiles>,
+    /// Lifetimes of the tokens the API issues.
+    pub tokens: crate::api::users::TokenPolicy,
+    /// The per-source limit on denied requests and how often their counts are audited.
+    pub denials: crate::api::denials::DenialConfig,
 }
 
 /// A PEM certificate chain and its private key.
@@ -502,6 +511,62 @@ fn tls_pair(
     }
 }
 
+fn token_policy(raw: &RawApi) -> Result<crate::api::users::TokenPolicy, ConfigError> {
+    let value = |key: &str, reason: String| ConfigError::Value { key: key.into(), reason };
+    let most = crate::store::users::MAX_TOKEN_LIFETIME_DAYS;
+    if !(1..=most).contains(&raw.max_token_lifetime_days) {
+        return Err(value(
+            "api.max_token_lifetime_days",
+            format!("{} must be between 1 and {most}", raw.max_token_lifetime_days),
+        ));
+    }
+    if !(1..=raw.max_token_lifetime_days).contains(&raw.token_lifetime_days) {
+        return Err(value(
+            "api.token_lifetime_days",
+            format!(
+                "{} must be between 1 and api.max_token_lifetime_days ({})",
+                raw.token_lifetime_days, raw.max_token_lifetime_days
+            ),
+        ));
+    }
+    Ok(crate::api::users::TokenPolicy {
+        default_days: raw.token_lifetime_days,
+        max_days: raw.max_token_lifetime_days,
+    })
+}
+
+fn denial_config(raw: &RawApi) -> Result<crate::api::denials::DenialConfig, ConfigError> {
+    let value = |key: &str, reason: String| ConfigError::Value { key: key.into(), reason };
+    if !(1..=1_000_000).contains(&raw.denied_burst) {
+        return Err(value(
+            "api.denied_burst",
+            format!("{} must be between 1 and 1000000", raw.denied_burst),
+        ));
+    }
+    if !(1..=1_000_000).contains(&raw.denied_per_minute) {
+        return Err(value(
+            "api.denied_per_minute",
+            format!("{} must be between 1 and 1000000", raw.denied_per_minute),
+        ));
+    }
+    let audit_interval = std::time::Duration::try_from_secs_f64(raw.denied_audit_interval_seconds)
+        .ok()
+        .filter(|d| {
+            *d >= std::time::Duration::from_millis(50) && *d <= std::time::Duration::from_secs(3600)
+        })
+        .ok_or_else(|| {
+            value(
+                "api.denied_audit_interval_seconds",
+                format!("{} must be between 0.05 and 3600", raw.denied_audit_interval_seconds),
+            )
+        })?;
+    Ok(crate::api::denials::DenialConfig {
+        burst: raw.denied_burst,
+        per_minute: raw.denied_per_minute,
+        audit_interval,
+    })
+}
+
 fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
     let data_dir = non_empty(&raw.data_dir).ok_or_else(|| ConfigError::Value {
         key: "data_dir".into(),
@@ -525,6 +590,8 @@ fn validate(raw: RawConfig) -> Result<ServerConfig, ConfigError> {
     let api = ApiConfig {
         listen: socket_address("api.listen", &raw.api.listen)?,
         tls: tls_pair("api.tls_cert / api.tls_key", &raw.api.tls_cert, &raw.api.tls_key)?,
+        tokens: token_policy(&raw.api)?,
+        denials: denial_config(&raw.api)?,
     };
     let target = match non_empty(&raw.broker.url) {
         None => BrokerTarget::Embedded {

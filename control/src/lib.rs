@@ -7,6 +7,7 @@
 //!   their offline verification.
 //! - [`files`]: atomic writes and key file handling.
 //! - [`fleet_drift`]: merged windows compared with the baseline profile (fleet drift).
+//! - [`panics`]: the panic strategy of `outpost serve`: count, log, answer 500, restart.
 //! - [`rollout`]: staged rollouts: spec, lifecycle state machine, gates, the driver task.
 //! - [`server`] (`outpost serve`), [`config`], [`store`] (SQLite / PostgreSQL), [`api`] (REST,
 //!   route table with roles, OpenAPI, and the client the CLI uses).
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod fleet_drift;
+pub mod panics;
 pub mod rollout;
 pub mod server;
 pub mod store;

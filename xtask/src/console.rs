@@ -1,5 +1,5 @@
 //! The Outpost Console (`ui/`) in the developer commands: its npm dependencies and Vite build,
-//! its frontend checks (Vitest, svelte-check), its end-to-end suite through tauri-driver and
+//! its frontend checks (Prettier, ESLint, svelte-check, Vitest), its end-to-end suite through tauri-driver and
 //! WebKitWebDriver under Xvfb (`cargo xtask console-e2e`, and a check of `cargo xtask test`),
 //! and opening it on the demo fleet (`cargo xtask demo`, when a display is present).
 //!
@@ -60,9 +60,15 @@ pub fn build_frontend(repo: &Path) -> Result<()> {
     run("building the console frontend (vite build)", npm(repo).args(["run", "build"]))
 }
 
-/// The frontend's own checks: TypeScript and Svelte (`svelte-check`), then Vitest.
+/// The frontend's own checks: formatting (Prettier), lints (ESLint), TypeScript and Svelte
+/// (`svelte-check`), then Vitest.
 pub fn frontend_checks(repo: &Path) -> Result<()> {
     ensure_npm_dependencies(repo)?;
+    run(
+        "checking the console frontend's formatting (prettier)",
+        npm(repo).args(["run", "format:check"]),
+    )?;
+    run("linting the console frontend (eslint)", npm(repo).args(["run", "lint"]))?;
     run("type-checking the console frontend (svelte-check)", npm(repo).args(["run", "check"]))?;
     run("running the console's component tests (vitest)", npm(repo).args(["test"]))
 }

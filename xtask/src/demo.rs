@@ -31,7 +31,6 @@ use crate::tamper;
 
 mod fleet;
 mod http;
-mod json;
 
 use fleet::{DEVICES, Fleet, FleetAction};
 
@@ -742,7 +741,31 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "m. Losing a device",
+            title: "m. Users and tokens",
+            story: "People reach the control through tokens that expire, can be revoked and \
+                    rotated, and users that change role or leave; the last admin always stays. \
+                    Tokens are named by a public id, never shown again after they are made, and \
+                    every change is in the audit log.",
+            steps: vec![
+                outpost(
+                    "add an auditor (token: 7 days)",
+                    "users add dana --role auditor --expires-in-days 7",
+                    ACCEPTED,
+                ),
+                outpost(
+                    "issue dana a second token",
+                    "tokens issue dana --expires-in-days 1",
+                    ACCEPTED,
+                ),
+                outpost("list dana's tokens", "tokens list dana", ACCEPTED),
+                outpost("make dana an approver", "users set-role dana approver", ACCEPTED),
+                outpost("remove dana (tokens revoked)", "users remove dana", ACCEPTED),
+                outpost("remove the last admin", "users remove admin", REFUSED),
+                outpost("the changes, audited", "audit list --action user.remove", ACCEPTED),
+            ],
+        },
+        Chapter {
+            title: "n. Losing a device",
             story: "paris-2 loses power: SIGKILL, no goodbye. The broker notices the dead \
                     connection and publishes the agent's Last Will, and the control server marks \
                     the device offline.",
@@ -753,7 +776,7 @@ fn fleet_chapters() -> Vec<Chapter> {
             ],
         },
         Chapter {
-            title: "n. Shutdown",
+            title: "o. Shutdown",
             story: "SIGTERM is how systemd stops a service: the agents say goodbye (offline) \
                     and the server stops its API and broker; each must exit 0 within 10 s.",
             steps: vec![
@@ -961,7 +984,9 @@ fn run_outpost(
 /// `OUTPOST_TOKEN`).
 fn uses_api(args: &[String]) -> bool {
     match args.first().map(String::as_str) {
-        Some("model" | "devices" | "users" | "assign" | "broker-config" | "rollout") => true,
+        Some("model" | "devices" | "users" | "tokens" | "assign" | "broker-config" | "rollout") => {
+            true
+        }
         // `outpost audit verify` works offline on an export; the rest asks the server.
         Some("audit") => args.get(1).is_some_and(|sub| sub != "verify"),
         // `outpost drift` on CSV files is local; its subcommands ask the server.
@@ -1233,10 +1258,10 @@ mod tests {
             }
         }
         // Each refusal the brief names is in the story, the tampered update plan, the drift
-        // check that fails on berlin-2, a rollout started with too few approvals and a
-        // rewritten audit record.
+        // check that fails on berlin-2, a rollout started with too few approvals, a
+        // rewritten audit record and removing the last admin.
         let refusals = steps.iter().filter(|step| step.expect == REFUSED).count();
-        assert_eq!(refusals, 15);
+        assert_eq!(refusals, 16);
         // The fleet starts before it is used and is stopped at the end.
         let fleet_actions: Vec<FleetAction> = steps
             .iter()

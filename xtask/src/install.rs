@@ -27,6 +27,8 @@ pub const TEST_APT_PACKAGES: &[&str] = &[
     "webkit2gtk-driver",
     // The PostgreSQL storage tests start their own server from these binaries.
     "postgresql",
+    // A clock days ahead for one process (`faketime -f +2d outpost serve`): token expiry.
+    "faketime",
 ];
 
 /// The apt package that lets Debian's own `python3` create virtual environments. Only needed

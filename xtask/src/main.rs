@@ -31,6 +31,7 @@ mod bench;
 mod console;
 mod cross;
 mod demo;
+mod deny;
 mod install;
 mod models;
 mod process;

@@ -30,7 +30,12 @@ impl Venv {
     }
 
     pub fn python(&self) -> PathBuf {
-        self.dir.join("bin").join("python")
+        self.bin("python")
+    }
+
+    /// A program the venv's packages installed (`bin/<name>`).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join("bin").join(name)
     }
 
     /// Whether the venv exists and its Python runs pip (a venv made without `ensurepip`, or

@@ -7,7 +7,8 @@
 //! set: CI runs on a fresh clone, maybe on a fresh machine.
 //!
 //! Checks, all run even when an earlier one fails, so one run shows every problem:
-//! the committed test models are reproducible, the console frontend builds and its component
+//! the committed test models are reproducible, the supply-chain policy holds (`cargo deny`,
+//! [`crate::deny`]), the console frontend builds and its component
 //! tests pass (Vitest, svelte-check), `cargo fmt --check`, `cargo clippy -D
 //! warnings`, the tests (cargo-nextest when installed, else `cargo test`) with
 //! `OUTPOST_SLOW_TESTS=1` unless `--quick`, the doc tests, the console end to end in a real
@@ -26,7 +27,7 @@ use crate::install::{
 };
 use crate::process::{cargo, repo_root, run, step, succeeds};
 use crate::python::Venv;
-use crate::{console, cross, models};
+use crate::{console, cross, deny, models};
 
 /// The environment variable slow test suites check before they run.
 pub const SLOW_TESTS_ENV: &str = "OUTPOST_SLOW_TESTS";
@@ -65,10 +66,13 @@ pub fn run_test(options: &TestOptions) -> Result<()> {
         install(&repo, &venv, !options.skip_lint)?;
     }
 
-    let mut checks = vec![Check {
-        name: "test models reproducible",
-        run: Box::new(|| models::check_reproducible(&repo, &venv)),
-    }];
+    let mut checks = vec![
+        Check {
+            name: "test models reproducible",
+            run: Box::new(|| models::check_reproducible(&repo, &venv)),
+        },
+        Check { name: "supply chain (cargo deny)", run: Box::new(|| deny::run_checks(&venv)) },
+    ];
     // Before clippy and the tests: the console binary embeds the built frontend.
     checks.push(Check {
         name: "console frontend build and component tests",

@@ -42,8 +42,8 @@ pub async fn aggregates(
         let models = state.store.aggregate_models(kind, &key).await?;
         return Ok(Json(json!({ "kind": kind_name, "key": key, "models": models })));
     };
-    let from_ms = query.from_ms.unwrap_or(0);
-    let to_ms = query.to_ms.unwrap_or(i64::MAX);
+    let from_ms = super::input::optional_time_ms("from_ms", query.from_ms)?.unwrap_or(0);
+    let to_ms = super::input::optional_time_ms("to_ms", query.to_ms)?.unwrap_or(i64::MAX);
     let buckets = state.store.aggregates(kind, &model, &key, from_ms, to_ms).await?;
     let total =
         AggregateWindow::merge_all(buckets.iter().map(|b| &b.aggregate)).map_err(|error| {

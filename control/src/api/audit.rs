@@ -10,7 +10,7 @@
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::input::{self, JsonBody};
 use super::routes::{self, Route};
 use super::{ApiError, ApiState};
 use crate::audit::export::{ExportAnswer, ExportFilters};
@@ -28,12 +29,46 @@ use crate::store::audit::{AuditFilter, NewAuditEvent, in_scope};
 
 /// Largest error body read back to record its text.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Longest request path kept in a record's subject, in bytes.
+const MAX_SUBJECT_PATH: usize = 1024;
+/// Longest refusal text kept in a record's reason, in bytes.
+const MAX_REASON: usize = 4096;
+/// Longest text filter of an export or listing (actor, device, model, action), in bytes.
+const MAX_FILTER_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
+/// A text filter: absent when empty; refused when longer than any stored value can be.
+fn text_filter(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
+    match value.filter(|value| !value.is_empty()) {
+        Some(value) if value.len() > MAX_FILTER_BYTES => Err(ApiError::BadRequest(format!(
+            "the {name} filter is {} bytes long, more than any recorded {name} ({MAX_FILTER_BYTES})",
+            value.len()
+        ))),
+        other => Ok(other),
+    }
+}
 
 /// The audit action of a route: its own event's action for the routes whose handlers record
 /// one, else `api.<operationId>`.
 pub fn route_action(route: &Route) -> String {
     let known = match route.operation_id {
         "createUser" => "user.create",
+        "setUserRole" => "user.role",
+        "removeUser" => "user.remove",
+        "issueUserToken" => "token.create",
+        "revokeToken" => "token.revoke",
+        "rotateToken" => "token.rotate",
         "pushModel" => "model.publish",
         "reviewDriftAlert" => "drift.alert.review",
         "requestRetrain" => "drift.retrain.request",
@@ -91,11 +126,15 @@ pub async fn record_unaudited(
     let event = NewAuditEvent {
         actor,
         action: route.map_or_else(|| "api.unknown".to_string(), route_action),
-        subject: format!("{method} {path}"),
+        subject: format!("{method} {}", bounded(&path, MAX_SUBJECT_PATH)),
         outcome: status.as_u16().to_string(),
-        reason,
+        reason: bounded(&reason, MAX_REASON).to_string(),
         source: "api".into(),
-        device: route.and_then(|route| path_parameter(route, &path, "device")),
+        // Only a well-formed device id goes into the indexed column; the subject keeps the
+        // path as it was sent.
+        device: route
+            .and_then(|route| path_parameter(route, &path, "device"))
+            .filter(|device| outpost_shared::wire::DeviceId::new(device.clone()).is_ok()),
         ..Default::default()
     };
     if let Err(error) = state.store.record_audit_event(&event).await {
@@ -117,24 +156,20 @@ pub struct ListQuery {
     pub limit: Option<u32>,
 }
 
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.filter(|value| !value.is_empty())
-}
-
 /// `GET /v1/audit/events`.
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = input::limit("limit", query.limit, 100, 1000)?;
     let filter = AuditFilter {
-        action: non_empty(query.action),
-        actor: non_empty(query.actor),
-        device: non_empty(query.device),
-        model: non_empty(query.model),
-        from_ms: query.from_ms,
-        to_ms: query.to_ms,
+        action: text_filter("action", query.action)?,
+        actor: text_filter("actor", query.actor)?,
+        device: text_filter("device", query.device)?,
+        model: text_filter("model", query.model)?,
+        from_ms: input::optional_time_ms("from_ms", query.from_ms)?,
+        to_ms: input::optional_time_ms("to_ms", query.to_ms)?,
     };
     let events = state.store.audit_events_matching(&filter, limit).await?;
     Ok(Json(json!({ "events": events })))
@@ -171,15 +206,15 @@ pub struct ExportRequest {
 pub async fn export(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    body: Result<Json<ExportRequest>, JsonRejection>,
+    body: Result<JsonBody<ExportRequest>, ApiError>,
 ) -> Result<Json<ExportAnswer>, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let JsonBody(request) = body?;
     let filters = ExportFilters {
-        from_ms: request.from_ms,
-        to_ms: request.to_ms,
-        actor: non_empty(request.actor),
-        device: non_empty(request.device),
-        model: non_empty(request.model),
+        from_ms: input::optional_time_ms("from_ms", request.from_ms)?,
+        to_ms: input::optional_time_ms("to_ms", request.to_ms)?,
+        actor: text_filter("actor", request.actor)?,
+        device: text_filter("device", request.device)?,
+        model: text_filter("model", request.model)?,
     };
     let result = match (filters.from_ms, filters.to_ms) {
         (Some(from), Some(to)) if from >= to => Err(ApiError::BadRequest(format!(

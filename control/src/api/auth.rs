@@ -1,21 +1,34 @@
 //! Authentication (bearer tokens) and authorization (the route table's roles), as one layer in
-//! front of every route. A denied request (401 or 403) is recorded in `audit_events` as
-//! `auth.denied` with who, what and why, and counted in the metrics.
+//! front of every route. A denied request (401, 403, or 429 for a source denied too often) is
+//! counted in the metrics and recorded in the audit log as `auth.denied`, aggregated per kind
+//! and source by [`super::denials`].
 
-use axum::extract::{MatchedPath, Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::denials::{Denial, source_of};
 use super::routes::{self, Access, Route};
 use super::{ApiError, ApiState};
 use crate::server::metrics::bump;
-use crate::store::audit::NewAuditEvent;
-use crate::store::users::User;
+use crate::store::now_ms;
+use crate::store::users::{Authentication, User};
 
 /// The authenticated caller, placed in the request's extensions for handlers.
 #[derive(Debug, Clone)]
 pub struct Caller(pub User);
+
+/// The token the caller authenticated with, placed beside [`Caller`].
+#[derive(Debug, Clone)]
+pub struct CallerToken {
+    pub id: String,
+    pub expires_ms: Option<i64>,
+    /// When a rotation's grace period ends it.
+    pub revoked_ms: Option<i64>,
+}
 
 /// The decision for one request, made without IO from the route and the caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,7 +45,8 @@ pub enum Decision {
 pub enum Credentials {
     Missing,
     Malformed,
-    Unknown,
+    /// A token the server does not know, or one that is no longer valid (the reason).
+    Invalid(String),
     Valid(User),
 }
 
@@ -48,7 +62,7 @@ pub fn decide(route: &Route, credentials: &Credentials) -> Decision {
         Credentials::Malformed => {
             Decision::Unauthenticated("the Authorization header is not `Bearer <token>`".into())
         }
-        Credentials::Unknown => Decision::Unauthenticated("the token is unknown or revoked".into()),
+        Credentials::Invalid(reason) => Decision::Unauthenticated(reason.clone()),
         Credentials::Valid(user) if roles.contains(&user.role) => Decision::Allow,
         Credentials::Valid(user) => Decision::Forbidden(format!(
             "role {} may not {} {}; allowed: {}",
@@ -60,7 +74,8 @@ pub fn decide(route: &Route, credentials: &Credentials) -> Decision {
     }
 }
 
-/// The layer: look the route up, authenticate, decide, record denials.
+/// The layer: look the route up, hold back sources denied too often, authenticate, decide,
+/// record denials.
 pub async fn authorize(
     State(state): State<ApiState>,
     mut request: Request,
@@ -73,12 +88,32 @@ pub async fn authorize(
         tracing::error!(%method, path = ?matched, "route missing from the route table");
         return ApiError::Internal("route missing from the route table".into()).into_response();
     };
+    if route.access == Access::Public {
+        return next.run(request).await;
+    }
+    let source =
+        source_of(request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip()));
+    let subject = format!("{} {}", route.method.as_str(), route.path);
+    if let Err(retry_after_seconds) = state.denials.check(&source) {
+        bump(&state.metrics.http_rate_limited);
+        let refusal =
+            ApiError::TooManyRequests { source_address: source.clone(), retry_after_seconds };
+        let denial = Denial {
+            actor: "anonymous".into(),
+            subject,
+            outcome: "429".into(),
+            reason: "too many denied requests from this source".into(),
+            source,
+        };
+        record(&state, denial).await;
+        return refusal.into_response();
+    }
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().map(str::to_string).unwrap_or_default());
-    let credentials = match credentials(&state, authorization).await {
-        Ok(credentials) => credentials,
+    let (credentials, token) = match credentials(&state, authorization).await {
+        Ok(found) => found,
         Err(error) => return error.into_response(),
     };
     let actor = match &credentials {
@@ -89,6 +124,9 @@ pub async fn authorize(
         Decision::Allow => {
             if let Credentials::Valid(user) = credentials {
                 request.extensions_mut().insert(Caller(user));
+            }
+            if let Some(token) = token {
+                request.extensions_mut().insert(token);
             }
             return next.run(request).await;
         }
@@ -101,28 +139,33 @@ pub async fn authorize(
             ApiError::Forbidden(reason)
         }
     };
-    let event = NewAuditEvent {
+    let recorded = Denial {
         actor,
-        action: "auth.denied".into(),
-        subject: format!("{} {}", route.method.as_str(), route.path),
+        subject,
         outcome: denial.status().as_u16().to_string(),
         reason: denial.to_string(),
-        source: "api".into(),
-        ..Default::default()
+        source,
     };
-    if let Err(error) = state.store.record_audit_event(&event).await {
+    record(&state, recorded).await;
+    denial.into_response()
+}
+
+/// Counts a denial; writes its audit record now when it is the first of its kind.
+async fn record(state: &ApiState, denial: Denial) {
+    if let Some(event) = state.denials.record(denial, now_ms())
+        && let Err(error) = state.store.record_audit_event(&event).await
+    {
         tracing::error!(%error, "cannot record a denied request in the audit log");
     }
-    denial.into_response()
 }
 
 /// Authenticates the `Authorization` header's value (text; empty when it was not text).
 async fn credentials(
     state: &ApiState,
     authorization: Option<String>,
-) -> Result<Credentials, ApiError> {
+) -> Result<(Credentials, Option<CallerToken>), ApiError> {
     let Some(value) = authorization else {
-        return Ok(Credentials::Missing);
+        return Ok((Credentials::Missing, None));
     };
     let token = value
         .strip_prefix("Bearer ")
@@ -130,11 +173,25 @@ async fn credentials(
         .map(str::trim)
         .filter(|token| !token.is_empty());
     let Some(token) = token else {
-        return Ok(Credentials::Malformed);
+        return Ok((Credentials::Malformed, None));
     };
-    Ok(match state.store.user_for_token(token).await? {
-        Some(user) => Credentials::Valid(user),
-        None => Credentials::Unknown,
+    Ok(match state.store.authenticate(token).await? {
+        Authentication::Valid { user, token_id, expires_ms, revoked_ms } => {
+            (Credentials::Valid(user), Some(CallerToken { id: token_id, expires_ms, revoked_ms }))
+        }
+        Authentication::Unknown => (Credentials::Invalid("the token is unknown".into()), None),
+        Authentication::Expired { token_id, .. } => (
+            Credentials::Invalid(format!(
+                "token {token_id} has expired: ask an admin for a new one (`outpost tokens issue`)"
+            )),
+            None,
+        ),
+        Authentication::Revoked { token_id, .. } => {
+            (Credentials::Invalid(format!("token {token_id} was revoked")), None)
+        }
+        Authentication::UserRemoved { token_id, .. } => {
+            (Credentials::Invalid(format!("token {token_id} belongs to a removed user")), None)
+        }
     })
 }
 
@@ -168,7 +225,7 @@ mod tests {
             let anonymous = decide(route, &Credentials::Missing);
             assert_eq!(anonymous == Decision::Allow, route.access == Access::Public);
             assert!(matches!(
-                decide(route, &Credentials::Unknown),
+                decide(route, &Credentials::Invalid("unknown".into())),
                 Decision::Allow | Decision::Unauthenticated(_)
             ));
         }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::input::{self, JsonBody};
 use super::{ApiError, ApiState};
 use crate::fleet_drift::{self, WindowDrift};
 use crate::store::drift::{AlertState, Review};
@@ -48,6 +49,8 @@ pub struct OverviewQuery {
 }
 
 fn range(from_ms: Option<i64>, to_ms: Option<i64>) -> Result<(i64, i64), ApiError> {
+    let from_ms = input::optional_time_ms("from_ms", from_ms)?;
+    let to_ms = input::optional_time_ms("to_ms", to_ms)?;
     let to_ms = to_ms.unwrap_or_else(|| now_ms().saturating_add(1));
     let from_ms = from_ms.unwrap_or_else(|| to_ms.saturating_sub(DEFAULT_RANGE_MS));
     if from_ms >= to_ms {
@@ -201,7 +204,7 @@ pub async fn alerts(
             )));
         }
     };
-    let limit = query.limit.unwrap_or(500).clamp(1, 10_000);
+    let limit = input::limit("limit", query.limit, 500, 10_000)?;
     let alerts = state.store.drift_alerts(wanted, query.model.as_deref(), limit).await?;
     Ok(Json(json!({ "alerts": alerts })))
 }
@@ -222,12 +225,12 @@ pub async fn review(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
-    body: Result<Json<ReviewRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<ReviewRequest>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("alert id must be a number, not {id:?}")))?;
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let JsonBody(request) = body?;
     let note = request.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
     if note.is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
         return Err(ApiError::BadRequest(format!("the note is over {MAX_NOTE_BYTES} bytes")));
@@ -264,9 +267,9 @@ pub struct RetrainRequest {
 pub async fn request_retrain(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    body: Result<Json<RetrainRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<JsonBody<RetrainRequest>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let JsonBody(request) = body?;
     if request.note.len() > MAX_NOTE_BYTES {
         return Err(ApiError::BadRequest(format!("the note is over {MAX_NOTE_BYTES} bytes")));
     }

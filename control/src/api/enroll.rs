@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use outpost_shared::selector::valid_token;
@@ -16,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::input::JsonBody;
 use super::{ApiError, ApiState};
 use crate::ca::{CaError, DEFAULT_VALID_DAYS, Identity, IssuedCertificate};
 use crate::store::enrollment::IssuedRecord;
@@ -30,6 +30,11 @@ impl From<CaError> for ApiError {
         }
     }
 }
+
+/// Most tags an enrollment records.
+pub const MAX_ENROLL_TAGS: usize = 64;
+/// Most host names of one broker certificate.
+pub const MAX_BROKER_HOSTS: usize = 64;
 
 /// The body of `POST /v1/enrollments`.
 #[derive(Debug, Deserialize)]
@@ -75,16 +80,22 @@ fn record_of(identity: &Identity, issued: &IssuedCertificate) -> IssuedRecord {
     }
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value).map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+fn body<T>(body: Result<JsonBody<T>, ApiError>) -> Result<T, ApiError> {
+    body.map(|JsonBody(value)| value)
 }
 
 pub async fn enroll(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    request: Result<Json<EnrollRequest>, JsonRejection>,
+    request: Result<JsonBody<EnrollRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = body(request)?;
+    if request.tags.len() > MAX_ENROLL_TAGS {
+        return Err(ApiError::BadRequest(format!(
+            "{} tags: a device is enrolled with at most {MAX_ENROLL_TAGS}",
+            request.tags.len()
+        )));
+    }
     let device = DeviceId::new(request.device_id.clone())
         .map_err(|error| ApiError::BadRequest(error.to_string()))?;
     if let Some((key, value)) =
@@ -178,9 +189,15 @@ pub async fn list_enrollments(State(state): State<ApiState>) -> Result<Json<Valu
 pub async fn issue_broker_certificate(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    request: Result<Json<BrokerCertificateRequest>, JsonRejection>,
+    request: Result<JsonBody<BrokerCertificateRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request = body(request)?;
+    if request.hosts.len() > MAX_BROKER_HOSTS {
+        return Err(ApiError::BadRequest(format!(
+            "{} hosts: a broker certificate names at most {MAX_BROKER_HOSTS}",
+            request.hosts.len()
+        )));
+    }
     let identity = match (request.kind.as_str(), &request.instance) {
         ("broker", None) => Identity::broker(&request.hosts)?,
         ("control", Some(instance)) if request.hosts.is_empty() => Identity::control(instance)?,

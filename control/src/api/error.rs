@@ -13,7 +13,8 @@ use crate::store::StoreError;
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// 401: no token, or a token that is unknown or revoked.
+    /// 401: no token, or a token that is unknown, expired or revoked, or whose user was
+    /// removed.
     #[error("authentication required: {0}")]
     Unauthenticated(String),
     /// 403: the user's role may not call this route.
@@ -31,6 +32,15 @@ pub enum ApiError {
     /// 413: the body is over the configured limit.
     #[error("bundle is too large: {0}")]
     PayloadTooLarge(String),
+    /// 413: a JSON body over the API's body limit.
+    #[error("the body is too large: {0}")]
+    BodyTooLarge(String),
+    /// 415: the body is not JSON where a route takes JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 429: the source was denied too often; it may try again after the given seconds.
+    #[error("too many denied requests from {source_address}: try again in {retry_after_seconds} s")]
+    TooManyRequests { source_address: String, retry_after_seconds: u64 },
     /// 422: the bundle failed verification; the reason names the check.
     #[error("bundle refused ({code}): {error}", code = .0.code(), error = .0)]
     BundleRefused(VerifyError),
@@ -67,7 +77,11 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BundleRefused(_) | ApiError::PlanRefused(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -84,7 +98,9 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::PayloadTooLarge(_) | ApiError::BodyTooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::BundleRefused(error) | ApiError::PlanRefused(error) => error.code(),
             ApiError::RegistryDisabled => "registry_disabled",
             ApiError::Store(_) | ApiError::Internal(_) => "internal",
@@ -108,6 +124,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after_seconds, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
         }
         response
     }

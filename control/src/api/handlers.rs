@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -19,7 +18,6 @@ use super::{ApiError, ApiState};
 use crate::server::metrics::bump;
 use crate::store::inventory::DeviceFilter;
 use crate::store::registry::{BundleRecord, PushOutcome};
-use crate::store::users::UserRole;
 
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -37,30 +35,14 @@ pub async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse,
     ))
 }
 
-pub async fn whoami(Extension(Caller(user)): Extension<Caller>) -> Json<Value> {
-    Json(json!({ "name": user.name, "role": user.role }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateUserRequest {
-    pub name: String,
-    pub role: String,
-}
-
-pub async fn create_user(
-    State(state): State<ApiState>,
-    Extension(Caller(caller)): Extension<Caller>,
-    body: Result<Json<CreateUserRequest>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
-    let role: UserRole = request.role.parse().map_err(ApiError::BadRequest)?;
-    let token = state.store.create_user(&request.name, role, &caller.name).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": request.name, "role": role, "token": token }))))
-}
-
-pub async fn list_users(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "users": state.store.list_users().await? })))
+pub async fn whoami(
+    Extension(Caller(user)): Extension<Caller>,
+    token: Option<Extension<super::auth::CallerToken>>,
+) -> Json<Value> {
+    let token = token.map(|Extension(token)| {
+        json!({ "id": token.id, "expires_ms": token.expires_ms, "revoked_ms": token.revoked_ms })
+    });
+    Json(json!({ "name": user.name, "role": user.role, "token": token }))
 }
 
 /// Reads the bundle body with the configured limit, verifies it off the async threads, stores it.

@@ -11,7 +11,6 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use outpost_shared::dsse::{Envelope, PLAN_TYPE, Signature};
@@ -23,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::input::JsonBody;
 use super::{ApiError, ApiState};
 use crate::rollout::driver::shape_of;
 use crate::rollout::machine::{Command, RolloutState};
@@ -32,8 +32,8 @@ use crate::store::now_ms;
 use crate::store::registry::BundleRecord;
 use crate::store::rollouts::{Change, RolloutRecord};
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value).map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+fn body<T>(body: Result<JsonBody<T>, ApiError>) -> Result<T, ApiError> {
+    body.map(|JsonBody(value)| value)
 }
 
 fn trust(state: &ApiState) -> Result<&Verified<TrustRoot>, ApiError> {
@@ -106,7 +106,7 @@ fn bundle_ref(record: &BundleRecord) -> BundleRef {
 pub async fn create(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    request: Result<Json<RolloutSpec>, JsonRejection>,
+    request: Result<JsonBody<RolloutSpec>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let result = create_inner(&state, &caller.name, request).await;
     if let Err(error) = &result {
@@ -118,7 +118,7 @@ pub async fn create(
 async fn create_inner(
     state: &ApiState,
     actor: &str,
-    request: Result<Json<RolloutSpec>, JsonRejection>,
+    request: Result<JsonBody<RolloutSpec>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut spec = body(request)?;
     spec.validate().map_err(ApiError::BadRequest)?;
@@ -138,6 +138,15 @@ async fn create_inner(
     crate::rollout::spec::check_id(&id).map_err(ApiError::BadRequest)?;
     spec.id = Some(id.clone());
     let created = time::OffsetDateTime::now_utc();
+    // Checked as well as bounded by `validate`: date arithmetic never panics.
+    let expires = created
+        .checked_add(time::Duration::hours(i64::from(spec.expires_in_hours)))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "expires_in_hours {} reaches past the year 9999",
+                spec.expires_in_hours
+            ))
+        })?;
     let plan_for = |seq: u64| -> Result<String, String> {
         let plan = Plan {
             v: 1,
@@ -148,7 +157,7 @@ async fn create_inner(
             cohort: spec.cohort.clone(),
             health: spec.health.clone(),
             created,
-            expires: created + time::Duration::hours(i64::from(spec.expires_in_hours)),
+            expires,
         };
         plan.validate().map_err(|error| error.to_string())?;
         String::from_utf8(plan.to_envelope().to_vec()).map_err(|error| error.to_string())
@@ -234,7 +243,7 @@ pub async fn approve(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
     Path(id): Path<String>,
-    request: Result<Json<ApproveRequest>, JsonRejection>,
+    request: Result<JsonBody<ApproveRequest>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let result = approve_inner(&state, &caller.name, &id, request).await;
     if let Err(error) = &result {
@@ -248,7 +257,7 @@ async fn approve_inner(
     state: &ApiState,
     actor: &str,
     id: &str,
-    request: Result<Json<ApproveRequest>, JsonRejection>,
+    request: Result<JsonBody<ApproveRequest>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     let request = body(request)?;
     let trust = trust(state)?;

@@ -17,8 +17,17 @@ pub const RECORD_VERSION: u32 = 1;
 /// The actions recorded, by family. Events record one of these (or, for a mutating API route
 /// without its own event, `api.<operationId>`).
 pub const ACTIONS: &[(&str, &str)] = &[
-    ("auth.denied", "a request refused for authentication (401) or authorization (403)"),
+    (
+        "auth.denied",
+        "requests refused for authentication (401), authorization (403) or a source denied too \
+         often (429), counted per kind and source",
+    ),
     ("user.create", "a user and token were created"),
+    ("user.role", "a user's role was changed"),
+    ("user.remove", "a user was removed and its tokens revoked"),
+    ("token.create", "another token was issued for a user"),
+    ("token.revoke", "a token was revoked"),
+    ("token.rotate", "a user replaced its token with a new one"),
     ("model.publish", "a signed bundle was pushed to the registry"),
     ("rollout.assign", "a signed plan was published to one device"),
     ("device.enroll", "a device was enrolled (certificate from the fleet CA)"),

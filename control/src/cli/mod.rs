@@ -53,9 +53,12 @@ pub enum Command {
     /// The server's fleet inventory.
     #[command(subcommand)]
     Devices(devices::DevicesCommand),
-    /// API users and their tokens.
+    /// API users: add, list, change a role, remove.
     #[command(subcommand)]
     Users(users::UsersCommand),
+    /// API tokens: list a user's, issue another, revoke one, rotate your own.
+    #[command(subcommand)]
+    Tokens(users::TokensCommand),
     /// Publish a signed rollout plan to one device (verified by the server first).
     Assign(assign::AssignArgs),
     /// Staged rollouts: create, approve (sign the plan with your key), start, pause, resume,
@@ -347,6 +350,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model(command) => model::run(command),
         Command::Devices(command) => devices::run(command),
         Command::Users(command) => users::run(command),
+        Command::Tokens(command) => users::run_tokens(command),
         Command::Assign(args) => assign::run(args),
         Command::Rollout(command) => rollout::run(command),
         Command::BrokerConfig(command) => broker_config::run(command),

@@ -30,6 +30,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let config = config::load(args.config.as_deref()).context("loading the configuration")?;
     init_logging();
+    // A panic is logged (through the log above) and counted, and ends only its task.
+    crate::panics::install_hook(false);
     runtime()?.block_on(crate::server::run(config)).context("outpost serve")
 }
 

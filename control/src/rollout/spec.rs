@@ -128,6 +128,24 @@ impl Default for GateThresholds {
     }
 }
 
+/// The bounds of every number a rollout specification holds. Generous for any real rollout,
+/// and far from where date or counter arithmetic could overflow.
+pub mod bounds {
+    /// Longest a plan stays valid: ten years.
+    pub const MAX_EXPIRES_IN_HOURS: u32 = 87_600;
+    /// Longest soak of a wave, device timeout and health watch: a year, in seconds.
+    pub const MAX_SECONDS: u64 = 366 * 86_400;
+    /// Largest device count or request count a rollout names.
+    pub const MAX_COUNT: u64 = 1_000_000_000;
+    /// Largest latency ratio or PSI threshold.
+    pub const MAX_RATIO: f64 = 1_000_000.0;
+}
+
+/// Checks `value` is at most `max`.
+fn at_most(name: &str, value: u64, max: u64) -> Result<(), String> {
+    if value > max { Err(format!("{name} {value} must be at most {max}")) } else { Ok(()) }
+}
+
 impl GateThresholds {
     fn validate(&self, wave: usize) -> Result<(), String> {
         let share = |name: &str, value: Option<f64>| match value {
@@ -137,11 +155,18 @@ impl GateThresholds {
             _ => Ok(()),
         };
         let positive = |name: &str, value: Option<f64>| match value {
-            Some(v) if !(v.is_finite() && v > 0.0) => {
-                Err(format!("wave {wave}: {name} {v} must be a positive number"))
-            }
+            Some(v) if !(v.is_finite() && v > 0.0 && v <= bounds::MAX_RATIO) => Err(format!(
+                "wave {wave}: {name} {v} must be a positive number up to {}",
+                bounds::MAX_RATIO
+            )),
             _ => Ok(()),
         };
+        at_most(
+            &format!("wave {wave}: min_devices_reporting"),
+            self.min_devices_reporting,
+            bounds::MAX_COUNT,
+        )?;
+        at_most(&format!("wave {wave}: min_requests"), self.min_requests, bounds::MAX_COUNT)?;
         share("max_install_failure_rate", self.max_install_failure_rate)?;
         share("max_error_rate", self.max_error_rate)?;
         share("min_shadow_agreement", self.min_shadow_agreement)?;
@@ -263,6 +288,14 @@ impl RolloutSpec {
             return Err(format!("{} waves is more than the 32 allowed", self.waves.len()));
         }
         for (index, wave) in self.waves.iter().enumerate() {
+            if let WaveSize::Count(count) = wave.size {
+                at_most(&format!("wave {index}: size"), count, bounds::MAX_COUNT)?;
+            }
+            at_most(
+                &format!("wave {index}: soak_seconds"),
+                wave.soak_seconds,
+                bounds::MAX_SECONDS,
+            )?;
             wave.gates.validate(index)?;
         }
         if !matches!(self.waves.last().map(|w| w.size), Some(WaveSize::Percent(p)) if p >= 100.0) {
@@ -274,8 +307,48 @@ impl RolloutSpec {
                 self.holdout_percent
             ));
         }
-        if self.expires_in_hours == 0 {
-            return Err("expires_in_hours must be at least 1".into());
+        if self.expires_in_hours == 0 || self.expires_in_hours > bounds::MAX_EXPIRES_IN_HOURS {
+            return Err(format!(
+                "expires_in_hours {} must be between 1 and {} (ten years)",
+                self.expires_in_hours,
+                bounds::MAX_EXPIRES_IN_HOURS
+            ));
+        }
+        at_most("device_timeout_seconds", self.device_timeout_seconds, bounds::MAX_SECONDS)?;
+        let health = &self.health;
+        at_most("health.watch_seconds", health.watch_seconds, bounds::MAX_SECONDS)?;
+        at_most("health.min_requests", health.min_requests, bounds::MAX_COUNT)?;
+        if !(0.0..=1.0).contains(&health.max_error_rate) {
+            return Err(format!(
+                "health.max_error_rate {} must be between 0 and 1",
+                health.max_error_rate
+            ));
+        }
+        for (name, value) in [
+            ("health.max_p95_latency_ratio", Some(health.max_p95_latency_ratio)),
+            ("health.max_output_psi", health.max_output_psi),
+        ] {
+            if let Some(value) = value
+                && !(value.is_finite() && value > 0.0 && value <= bounds::MAX_RATIO)
+            {
+                return Err(format!(
+                    "{name} {value} must be a positive number up to {}",
+                    bounds::MAX_RATIO
+                ));
+            }
+        }
+        if let Some(shadow) = &health.shadow {
+            at_most("health.shadow.requests", shadow.requests, bounds::MAX_COUNT)?;
+            at_most("health.shadow.seconds", shadow.seconds, bounds::MAX_SECONDS)?;
+            if !(shadow.tolerance.is_finite()
+                && (0.0..=bounds::MAX_RATIO).contains(&shadow.tolerance))
+            {
+                return Err(format!(
+                    "health.shadow.tolerance {} must be between 0 and {}",
+                    shadow.tolerance,
+                    bounds::MAX_RATIO
+                ));
+            }
         }
         if self.on_gate_fail == OnGateFail::Rollback && self.fallback.is_none() {
             return Err("on_gate_fail `rollback` needs a fallback bundle to go back to".into());
@@ -324,8 +397,26 @@ mod tests {
         let mut bad = spec.clone();
         bad.on_gate_fail = OnGateFail::Rollback;
         assert!(bad.validate().expect_err("fallback").contains("fallback"));
-        let mut bad = spec;
+        let mut bad = spec.clone();
         bad.waves[0].gates.max_error_rate = Some(2.0);
         assert!(bad.validate().expect_err("rate").contains("max_error_rate"));
+        // Every number at its type's extreme is refused by name, never used in arithmetic.
+        type Change = fn(&mut RolloutSpec);
+        let extremes: [(&str, Change); 9] = [
+            ("expires_in_hours", |s| s.expires_in_hours = u32::MAX),
+            ("device_timeout_seconds", |s| s.device_timeout_seconds = u64::MAX),
+            ("soak_seconds", |s| s.waves[0].soak_seconds = u64::MAX),
+            ("size", |s| s.waves[0].size = WaveSize::Count(u64::MAX)),
+            ("min_requests", |s| s.waves[0].gates.min_requests = u64::MAX),
+            ("min_devices_reporting", |s| s.waves[0].gates.min_devices_reporting = u64::MAX),
+            ("max_drift_psi", |s| s.waves[0].gates.max_drift_psi = Some(f64::MAX)),
+            ("watch_seconds", |s| s.health.watch_seconds = u64::MAX),
+            ("max_p95_latency_ratio", |s| s.health.max_p95_latency_ratio = f64::INFINITY),
+        ];
+        for (name, change) in extremes {
+            let mut bad = spec.clone();
+            change(&mut bad);
+            assert!(bad.validate().expect_err(name).contains(name), "{name}");
+        }
     }
 }

@@ -15,7 +15,6 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use outpost_shared::dsse::{Envelope, MAX_ENVELOPE_BYTES};
 use outpost_shared::wire::{
@@ -25,6 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::auth::Caller;
+use crate::api::input::JsonBody;
 use crate::api::{ApiError, ApiState};
 use crate::store::audit::NewAuditEvent;
 use crate::store::now_ms;
@@ -50,9 +50,9 @@ pub struct AssignRequest {
 pub async fn assign(
     State(state): State<ApiState>,
     Extension(Caller(caller)): Extension<Caller>,
-    body: Result<Json<AssignRequest>, JsonRejection>,
+    body: Result<JsonBody<AssignRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let JsonBody(request) = body?;
     let result = assign_inner(&state, &request).await;
     let (outcome, reason) = match &result {
         Ok(answer) => ("ok".to_string(), format!("published {}", answer["topic"])),

@@ -8,18 +8,34 @@
 //! resolved first (port 0 becomes a free port chosen here) and the broker then runs on its own
 //! threads for the life of the process.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+#[cfg(feature = "embedded-broker")]
+use std::net::{TcpListener, TcpStream};
+#[cfg(feature = "embedded-broker")]
 use std::time::{Duration, Instant};
 
 use super::ServerError;
 
 /// Largest MQTT packet the embedded broker accepts: a chunk frame or JSON message with room.
+#[cfg(feature = "embedded-broker")]
 const MAX_PAYLOAD_BYTES: usize = 2 * 1024 * 1024;
 
 /// How long the broker may take to accept connections after it is started.
+#[cfg(feature = "embedded-broker")]
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Without the `embedded-broker` cargo feature there is no broker to start: the configuration
+/// must name an external one.
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, ServerError> {
+    Err(ServerError::Broker(format!(
+        "this build of outpost has no embedded MQTT broker (cargo feature `embedded-broker`), so \
+         it cannot listen on {listen}: set broker.url to an MQTT broker"
+    )))
+}
+
 /// Starts rumqttd on `listen` and returns the address it accepts connections on.
+#[cfg(feature = "embedded-broker")]
 pub fn start_embedded(listen: SocketAddr) -> Result<SocketAddr, ServerError> {
     // Binding here first gives a clear error for a taken port and turns port 0 into a real one.
     let address =

@@ -5,7 +5,9 @@
 //! device mismatch) and decoded windows that ingest refuses (profile mismatch, not mergeable,
 //! older than the retention).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use outpost_shared::wire::Channel;
@@ -30,6 +32,12 @@ pub struct Metrics {
     pub bundles_refused: AtomicU64,
     pub http_unauthenticated: AtomicU64,
     pub http_forbidden: AtomicU64,
+    /// API requests refused with 429 because their source was denied too often.
+    pub http_rate_limited: AtomicU64,
+    /// API requests whose handler panicked (answered 500).
+    pub http_panics: AtomicU64,
+    /// Restarts of supervised background tasks after a panic, by task name.
+    task_restarts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// The device → control channels, in counter order.
@@ -47,6 +55,19 @@ pub fn bump(counter: &AtomicU64) {
 }
 
 impl Metrics {
+    /// Counts one restart of the supervised task `name`.
+    pub fn task_restarted(&self, name: &'static str) {
+        let mut restarts =
+            self.task_restarts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *restarts.entry(name).or_default() += 1;
+    }
+
+    /// Restarts of the supervised task `name` so far.
+    pub fn task_restarts(&self, name: &str) -> u64 {
+        let restarts = self.task_restarts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        restarts.get(name).copied().unwrap_or(0)
+    }
+
     /// The Prometheus text format of every counter; `devices_online` is read by the caller.
     pub fn render(&self, devices_online: u64) -> String {
         let mut text = String::new();
@@ -140,7 +161,33 @@ impl Metrics {
             vec![
                 ("{status=\"401\"}".into(), load(&self.http_unauthenticated)),
                 ("{status=\"403\"}".into(), load(&self.http_forbidden)),
+                ("{status=\"429\"}".into(), load(&self.http_rate_limited)),
             ],
+        );
+        family(
+            "outpost_http_panics_total",
+            "counter",
+            "API requests whose handler panicked (answered 500; the server keeps running).",
+            vec![(String::new(), load(&self.http_panics))],
+        );
+        let restarts: Vec<(String, u64)> = self
+            .task_restarts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(task, count)| (format!("{{task=\"{task}\"}}"), *count))
+            .collect();
+        family(
+            "outpost_task_restarts_total",
+            "counter",
+            "Background tasks restarted after a panic, by task.",
+            restarts,
+        );
+        family(
+            "outpost_panics_total",
+            "counter",
+            "Panics in this process (each logged with its location; none ends the process).",
+            vec![(String::new(), crate::panics::panics_total())],
         );
         text
     }

@@ -15,6 +15,7 @@ pub mod instance;
 pub mod metrics;
 pub mod mqtt;
 pub mod samples;
+pub mod supervise;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -109,6 +110,9 @@ fn load_trust_root(config: &ServerConfig) -> Result<Option<Verified<TrustRoot>>,
 /// Starts every part and returns when the API and the MQTT client are running.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     tls::install_crypto_provider();
+    // Counts and logs every panic; `outpost serve` installs it first, without the default
+    // report, so here it only matters when the server is started in-process.
+    crate::panics::install_hook(true);
     let data_dir_lock = instance::lock_data_dir(&config.data_dir)?;
     let trust_root = load_trust_root(&config)?;
     let url = match &config.database.url {
@@ -145,47 +149,75 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut tasks = Vec::new();
     let ingest = ingest::Ingest::new(store.clone(), config.ingest.clone());
     let (mqtt_client, event_loop) = mqtt::client(options);
-    tasks.push(tokio::spawn(mqtt::run_subscriber(
-        mqtt_client.clone(),
-        event_loop,
-        endpoint.external.is_some(),
-        mqtt::Handlers::new(store.clone(), ingest.clone(), metrics.clone()),
-        stop_receiver.clone(),
-    )));
-    tasks.push(tokio::spawn(run_maintenance(
-        ingest,
-        config.ingest.maintenance_interval,
-        stop_receiver.clone(),
-    )));
+    // Every background task is supervised: a panic restarts it after a backoff. The MQTT
+    // event loop outlives a panicking subscriber, so its session and queue carry over.
+    let event_loop = Arc::new(tokio::sync::Mutex::new(event_loop));
+    let handlers = mqtt::Handlers::new(store.clone(), ingest.clone(), metrics.clone());
+    let shared_subscriptions = endpoint.external.is_some();
+    tasks.push(supervise::supervise("mqtt_subscriber", metrics.clone(), stop_receiver.clone(), {
+        let (client, stop) = (mqtt_client.clone(), stop_receiver.clone());
+        move || {
+            let (client, handlers, stop) = (client.clone(), handlers.clone(), stop.clone());
+            let event_loop = event_loop.clone();
+            async move {
+                let mut event_loop = event_loop.lock().await;
+                mqtt::run_subscriber(client, &mut event_loop, shared_subscriptions, handlers, stop)
+                    .await;
+            }
+        }
+    }));
+    let interval = config.ingest.maintenance_interval;
+    tasks.push(supervise::supervise("maintenance", metrics.clone(), stop_receiver.clone(), {
+        let stop = stop_receiver.clone();
+        move || run_maintenance(ingest.clone(), interval, stop.clone())
+    }));
     let rollout_wake = Arc::new(tokio::sync::Notify::new());
-    let driver = crate::rollout::driver::Driver::new(
-        store.clone(),
-        Some(mqtt_client.clone()),
-        crate::rollout::driver::DriverConfig {
-            tick: config.rollouts.tick,
-            lease: config.rollouts.lease,
-            owner: instance::instance_id(&config.data_dir)?,
-        },
-    );
-    tasks.push(tokio::spawn(driver.run(rollout_wake.clone(), stop_receiver.clone())));
+    let driver_config = crate::rollout::driver::DriverConfig {
+        tick: config.rollouts.tick,
+        lease: config.rollouts.lease,
+        owner: instance::instance_id(&config.data_dir)?,
+    };
+    tasks.push(supervise::supervise("rollout_driver", metrics.clone(), stop_receiver.clone(), {
+        let (store, client) = (store.clone(), mqtt_client.clone());
+        let (wake, stop) = (rollout_wake.clone(), stop_receiver.clone());
+        move || {
+            let driver = crate::rollout::driver::Driver::new(
+                store.clone(),
+                Some(client.clone()),
+                driver_config.clone(),
+            );
+            driver.run(wake.clone(), stop.clone())
+        }
+    }));
     let audit_log = Arc::new(crate::audit::log::AuditLog::new(store.clone(), &config.data_dir));
-    tasks.push(tokio::spawn(crate::audit::log::run(
-        audit_log.clone(),
-        config.audit.clone(),
-        stop_receiver.clone(),
-    )));
-    tasks.push(tokio::spawn(samples::run(
-        store.clone(),
-        Some(mqtt_client.clone()),
-        config.drift.evaluate_interval,
-        stop_receiver.clone(),
-    )));
-    tasks.push(tokio::spawn(drift_monitor::run(
-        store.clone(),
-        Some(mqtt_client.clone()),
-        config.drift.clone(),
-        stop_receiver,
-    )));
+    tasks.push(supervise::supervise("audit_log", metrics.clone(), stop_receiver.clone(), {
+        let (log, audit_config, stop) =
+            (audit_log.clone(), config.audit.clone(), stop_receiver.clone());
+        move || crate::audit::log::run(log.clone(), audit_config.clone(), stop.clone())
+    }));
+    tasks.push(supervise::supervise("samples", metrics.clone(), stop_receiver.clone(), {
+        let (store, client, stop) = (store.clone(), mqtt_client.clone(), stop_receiver.clone());
+        let interval = config.drift.evaluate_interval;
+        move || samples::run(store.clone(), Some(client.clone()), interval, stop.clone())
+    }));
+    tasks.push(supervise::supervise("drift_monitor", metrics.clone(), stop_receiver.clone(), {
+        let (store, client, stop) = (store.clone(), mqtt_client.clone(), stop_receiver.clone());
+        let drift_config = config.drift.clone();
+        move || {
+            drift_monitor::run(
+                store.clone(),
+                Some(client.clone()),
+                drift_config.clone(),
+                stop.clone(),
+            )
+        }
+    }));
+
+    let denials = Arc::new(crate::api::denials::Denials::new(config.api.denials.clone()));
+    tasks.push(supervise::supervise("denial_audit", metrics.clone(), stop_receiver.clone(), {
+        let (denials, store, stop) = (denials.clone(), store.clone(), stop_receiver.clone());
+        move || crate::api::denials::run_writer(denials.clone(), store.clone(), stop.clone())
+    }));
 
     let state = ApiState {
         store: store.clone(),
@@ -196,6 +228,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         fleet_ca: Arc::new(crate::ca::FleetCaCell::new(&config.data_dir)),
         audit: audit_log,
         rollout_wake,
+        denials,
+        tokens: config.api.tokens,
     };
     let listener = std::net::TcpListener::bind(config.api.listen)
         .map_err(|source| ServerError::Bind { what: "API", address: config.api.listen, source })?;
@@ -205,7 +239,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         source,
     })?;
     let api_handle = axum_server::Handle::new();
-    let service = router(state).into_make_service();
+    // The client's address is what denied requests are limited and recorded by.
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let scheme = match &config.api.tls {
         Some(files) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(

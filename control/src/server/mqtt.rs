@@ -239,7 +239,7 @@ impl Handlers {
 /// windows it holds (their acknowledgements still go out) before disconnecting.
 pub async fn run_subscriber(
     client: AsyncClient,
-    mut event_loop: EventLoop,
+    event_loop: &mut EventLoop,
     shared_subscriptions: bool,
     handlers: Handlers,
     mut shutdown: watch::Receiver<bool>,
@@ -312,7 +312,7 @@ pub async fn run_subscriber(
         );
     }
     let _ = client.disconnect().await;
-    drain(&mut event_loop).await;
+    drain(event_loop).await;
     // The folder stops on the same signal; readers fold whatever it leaves.
     let _ = folder.await;
 }

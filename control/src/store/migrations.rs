@@ -64,6 +64,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0009_device_samples.sql"),
         include_str!("../../migrations/postgres/0009_device_samples.sql"),
     ),
+    (
+        25,
+        "access: token expiry and revocation, user removal",
+        include_str!("../../migrations/sqlite/0025_access.sql"),
+        include_str!("../../migrations/postgres/0025_access.sql"),
+    ),
 ];
 
 /// The migrator for `backend`.

@@ -17,7 +17,8 @@ fn call(site: &Site, route: &Route, token: Option<&str>, request_number: usize) 
         .path
         .replace("{name}", "no-such-model")
         .replace("{version}", "1.0")
-        .replace("{device}", "no-such-device");
+        .replace("{device}", "no-such-device")
+        .replace("{id}", "0000000000000000");
     let result = match (route.method, route.path) {
         (HttpMethod::Get, _) => client.get_json(&path, &[]),
         (HttpMethod::Post, "/v1/users") => client.post_json(
@@ -37,7 +38,14 @@ fn call(site: &Site, route: &Route, token: Option<&str>, request_number: usize) 
 
 #[test]
 fn every_route_enforces_its_roles_and_denials_are_audited() {
-    let site = Site::start(Backend::Sqlite, SiteOptions::default());
+    // Every denial here comes from one address; the limit on denied requests is not under test.
+    let site = Site::start(
+        Backend::Sqlite,
+        SiteOptions {
+            environment: vec![("OUTPOST__API__DENIED_BURST".into(), "1000000".into())],
+            ..SiteOptions::default()
+        },
+    );
     let mut callers: Vec<(String, Option<UserRole>, Option<String>)> = vec![
         ("anonymous".into(), None, None),
         ("unknown token".into(), None, Some("outpost_not-a-real-token".into())),

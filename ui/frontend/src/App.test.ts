@@ -6,7 +6,13 @@ vi.mock("./lib/bindings", () => ({
     appInfo: vi.fn(async () => ({ name: "Outpost Console", version: "0.1.0" })),
     connectionInfo: vi.fn(async () => ({
       status: "ok",
-      data: { remembered: { url: null, ca_file: null }, has_remembered_token: false, keyring: { available: true, detail: null }, session: null, preset_url: null },
+      data: {
+        remembered: { url: null, ca_file: null },
+        has_remembered_token: false,
+        keyring: { available: true, detail: null },
+        session: null,
+        preset_url: null,
+      },
     })),
     disconnect: vi.fn(),
   },
@@ -17,9 +23,18 @@ import App from "./App.svelte";
 describe("App", () => {
   it("starts on the Connect page when not connected, with every view in the navigation", async () => {
     render(App);
-    await waitFor(() => expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Connect"));
+    await waitFor(() =>
+      expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Connect"),
+    );
     const nav = screen.getByRole("navigation", { name: "Views" });
-    expect([...nav.querySelectorAll("a")].map((a) => a.textContent)).toEqual(["Fleet", "Models", "Rollouts", "Drift", "Audit", "Connect"]);
+    expect([...nav.querySelectorAll("a")].map((a) => a.textContent)).toEqual([
+      "Fleet",
+      "Models",
+      "Rollouts",
+      "Drift",
+      "Audit",
+      "Connect",
+    ]);
     await waitFor(() => expect(screen.getByText("0.1.0")).toBeTruthy());
   });
 });

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use super::ingest::{RunInfo, results_json, run_engine, write_results};
+use super::ingest::{RunInfo, json_number, results_json, run_engine, write_results};
 use super::report::Record;
 use crate::process::{cargo, run, step, target_dir};
 
@@ -96,13 +96,13 @@ pub fn bench_drift(options: &DriftOptions, check: bool) -> Result<()> {
 /// The results as JSON: the run, the target's verdict and one object per phase.
 pub fn to_json(info: &RunInfo, records: &[Record]) -> String {
     let verdict = judge(records);
-    let target = format!(
-        "{{\"figure\": \"fleet drift of one model version from stored aggregates, seconds\", \
-         \"below\": {TARGET_SECONDS}, \"measured\": {}, \"pass\": {}}}",
-        verdict.map_or("null".into(), |v| v.0.to_string()),
-        verdict.map_or("null".into(), |v| v.1.to_string())
-    );
-    results_json("drift", info, &target, "phases", records)
+    let target = serde_json::json!({
+        "figure": "fleet drift of one model version from stored aggregates, seconds",
+        "below": TARGET_SECONDS,
+        "measured": json_number(verdict.map(|v| v.0)),
+        "pass": verdict.map(|v| v.1),
+    });
+    results_json("drift", info, target, "phases", records)
 }
 
 /// The drift section of `docs/benchmarks.md`, markers included.

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use serde_json::{Value, json};
+
 use super::report::Record;
 use crate::process::{cargo, display, repo_root, run, step, target_dir};
 
@@ -267,73 +269,71 @@ pub fn judge(records: &[Record]) -> Verdict {
     Verdict { ratio, devices, pass }
 }
 
-pub fn json_string(text: &str) -> String {
-    let mut out = String::from("\"");
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
+/// A finite number as JSON (integers without a fraction), anything else as `null`.
+pub fn json_number(value: Option<f64>) -> Value {
+    match value.filter(|value| value.is_finite()) {
+        Some(value) if value.fract() == 0.0 && value.abs() < 1e15 => Value::from(value as i64),
+        Some(value) => Value::from(value),
+        None => Value::Null,
     }
-    out.push('"');
-    out
 }
 
 /// The results as JSON: the run, the target's verdict, one object per backend with every field
 /// the engine reported (numbers as numbers).
 pub fn to_json(info: &RunInfo, records: &[Record]) -> String {
     let verdict = judge(records);
-    let optional = |value: Option<f64>| value.map_or("null".to_string(), |v| format!("{v}"));
-    let target = format!(
-        "{{\"figure\": \"ingest rate / bare subscriber rate, PostgreSQL, {TARGET_DEVICES} \
-         devices\", \"at_least\": {TARGET_RATIO}, \"measured\": {}, \"pass\": {}}}",
-        optional(verdict.ratio),
-        verdict.pass.map_or("null".to_string(), |pass| pass.to_string())
-    );
-    results_json("ingest", info, &target, "runs", records)
+    let target = json!({
+        "figure": format!(
+            "ingest rate / bare subscriber rate, PostgreSQL, {TARGET_DEVICES} devices"
+        ),
+        "at_least": TARGET_RATIO,
+        "measured": json_number(verdict.ratio),
+        "pass": verdict.pass,
+    });
+    results_json("ingest", info, target, "runs", records)
 }
 
-/// A benchmark's results document: the run (date, revision, machine, load), its `target`
-/// (a JSON object, written as given) and under `list` one object per record with every field
-/// the engine reported (numbers as numbers, the rest as strings).
+/// A benchmark's results document: the run (date, revision, machine, load), its `target` and
+/// under `list` one object per record with every field the engine reported (numbers as
+/// numbers, the rest as strings).
 pub fn results_json(
     benchmark: &str,
     info: &RunInfo,
-    target: &str,
+    target: Value,
     list: &str,
     records: &[Record],
 ) -> String {
-    let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"benchmark\": {},", json_string(benchmark));
-    let _ = writeln!(out, "  \"date\": {},", json_string(&info.date));
-    let _ = writeln!(out, "  \"timestamp\": {},", json_string(&info.timestamp));
-    let _ = writeln!(out, "  \"revision\": {},", json_string(&info.revision));
-    let _ = writeln!(out, "  \"cpu\": {},", json_string(&info.cpu));
-    let _ = writeln!(out, "  \"cores\": {},", info.cores);
-    let _ = writeln!(out, "  \"load_average\": {},", json_string(&info.load_average));
-    let _ = writeln!(out, "  \"target\": {target},");
-    let _ = writeln!(out, "  {}: [", json_string(list));
-    for (index, record) in records.iter().enumerate() {
-        let fields: Vec<String> = record
-            .fields
-            .iter()
-            .map(|(key, value)| {
-                let value = match value.parse::<f64>() {
-                    Ok(number) if number.is_finite() => value.clone(),
-                    _ => json_string(value),
-                };
-                format!("{}: {value}", json_string(key))
-            })
-            .collect();
-        let comma = if index + 1 < records.len() { "," } else { "" };
-        let _ = writeln!(out, "    {{{}}}{comma}", fields.join(", "));
-    }
-    out.push_str("  ]\n}\n");
-    out
+    let records: Vec<Value> = records
+        .iter()
+        .map(|record| {
+            let fields: serde_json::Map<String, Value> = record
+                .fields
+                .iter()
+                .map(|(key, value)| {
+                    let value = match value.parse::<f64>() {
+                        Ok(parsed) if parsed.is_finite() => json_number(Some(parsed)),
+                        _ => Value::from(value.as_str()),
+                    };
+                    (key.clone(), value)
+                })
+                .collect();
+            Value::Object(fields)
+        })
+        .collect();
+    let mut document = json!({
+        "benchmark": benchmark,
+        "date": info.date,
+        "timestamp": info.timestamp,
+        "revision": info.revision,
+        "cpu": info.cpu,
+        "cores": info.cores,
+        "load_average": info.load_average,
+        "target": target,
+    });
+    document[list] = Value::Array(records);
+    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// The ingest section of `docs/benchmarks.md`, markers included.

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::http;
-use super::json::{self, Json};
 use super::{Outcome, print_indented};
 use crate::process::{run_captured, shell_quote};
+use serde_json::Value;
 
 /// The devices of the demo fleet: id, site tag, and whether it is fed drifting data.
 pub const DEVICES: &[(&str, &str, bool)] = &[
@@ -760,13 +760,13 @@ impl Fleet {
     }
 
     /// GET on the API with the admin token; the body as JSON, which must answer 200.
-    fn api_json(&self, path: &str) -> Result<Json> {
+    fn api_json(&self, path: &str) -> Result<Value> {
         let token = self.token.as_deref().context("no admin token")?;
         let response = http::get(self.api_port, path, Some(token))?;
         if response.status != 200 {
             bail!("GET {path} answered {}: {}", response.status, response.body);
         }
-        json::parse(&response.body).with_context(|| format!("the answer of GET {path}"))
+        serde_json::from_str(&response.body).with_context(|| format!("the answer of GET {path}"))
     }
 
     fn device_stats(&self) -> Result<String> {
@@ -777,10 +777,8 @@ impl Fleet {
         for (index, (id, _, _)) in DEVICES.iter().enumerate() {
             let listing = self.api_json(&format!("/v1/aggregates?device={id}"))?;
             let digest = listing
-                .get("models")
-                .map(Json::as_array)
-                .and_then(<[Json]>::first)
-                .and_then(Json::as_str)
+                .pointer("/models/0")
+                .and_then(Value::as_str)
                 .with_context(|| format!("no statistics for {id} yet"))?
                 .to_string();
             let path = format!("/v1/aggregates?device={id}&model={digest}");
@@ -793,14 +791,15 @@ impl Fleet {
             }
             let answer = self.api_json(&path)?;
             let total = answer.get("total").context("no merged total")?;
-            let number = |key: &str| total.get(key).and_then(Json::as_f64).unwrap_or(0.0);
+            let number = |key: &str| total.get(key).and_then(Value::as_f64).unwrap_or(0.0);
             let input_means = total
                 .get("inputs")
-                .map(Json::as_array)
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
                 .unwrap_or_default()
                 .iter()
                 .map(|input| {
-                    input.at(&["moments", "mean"]).and_then(Json::as_f64).unwrap_or(f64::NAN)
+                    input.pointer("/moments/mean").and_then(Value::as_f64).unwrap_or(f64::NAN)
                 })
                 .collect();
             merged.push((number("windows"), number("count"), input_means));
@@ -927,9 +926,9 @@ impl Fleet {
             }
             let answer = self.api_json(&path)?;
             let text =
-                |key: &str| answer.get(key).and_then(Json::as_str).unwrap_or("?").to_string();
-            let wave = answer.get("wave").and_then(Json::as_f64).unwrap_or(f64::NAN);
-            let admitted = answer.get("devices_admitted").and_then(Json::as_f64).unwrap_or(0.0);
+                |key: &str| answer.get(key).and_then(Value::as_str).unwrap_or("?").to_string();
+            let wave = answer.get("wave").and_then(Value::as_f64).unwrap_or(f64::NAN);
+            let admitted = answer.get("devices_admitted").and_then(Value::as_f64).unwrap_or(0.0);
             let state = text("state");
             let line = format!(
                 "{state:<10} wave {} ({}), {admitted} device(s) admitted",
@@ -1123,11 +1122,10 @@ fn parse_rows(text: &str) -> Result<Vec<Vec<f64>>> {
 
 /// An OIP v2 inference request for one row of `width` features.
 fn infer_body(row: &[f64], width: usize) -> String {
-    let data = row.iter().map(f64::to_string).collect::<Vec<_>>().join(",");
-    format!(
-        "{{\"inputs\":[{{\"name\":\"{INPUT}\",\"datatype\":\"FP32\",\"shape\":[1,{width}],\
-         \"data\":[{data}]}}]}}"
-    )
+    serde_json::json!({
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [1, width], "data": row}]
+    })
+    .to_string()
 }
 
 #[cfg(test)]
@@ -1171,10 +1169,13 @@ mod tests {
     #[test]
     fn csv_rows_become_inference_requests() -> Result<()> {
         let rows = parse_rows("f0,f1,f2,f3,f4,f5,f6,f7\n1,2,3,4,5,6,7,-0.5\n\n")?;
+        let body: Value = serde_json::from_str(&infer_body(&rows[0], FEATURES))?;
         assert_eq!(
-            infer_body(&rows[0], FEATURES),
-            "{\"inputs\":[{\"name\":\"features\",\"datatype\":\"FP32\",\"shape\":[1,8],\
-             \"data\":[1,2,3,4,5,6,7,-0.5]}]}"
+            body,
+            serde_json::json!({"inputs": [{
+                "name": "features", "datatype": "FP32", "shape": [1, 8],
+                "data": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -0.5]
+            }]})
         );
         assert!(parse_rows("h\n1,2\n").is_err());
         Ok(())

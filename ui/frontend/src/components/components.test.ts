@@ -7,7 +7,8 @@ import { device } from "../lib/testing";
 
 beforeEach(() => {
   // jsdom has no layout: requestAnimationFrame for the keyboard focus.
-  globalThis.requestAnimationFrame ??= ((cb: FrameRequestCallback) => setTimeout(() => cb(0), 0)) as typeof requestAnimationFrame;
+  globalThis.requestAnimationFrame ??= ((cb: FrameRequestCallback) =>
+    setTimeout(() => cb(0), 0)) as typeof requestAnimationFrame;
 });
 
 describe("FleetTable", () => {
@@ -31,7 +32,11 @@ describe("ErrorBox", () => {
   it("says what went wrong and what to do, and retries", async () => {
     const retry = vi.fn();
     render(ErrorBox, {
-      error: { kind: "unauthorized", message: "the server refused (401): unknown token", hint: "ask an admin for a token" },
+      error: {
+        kind: "unauthorized",
+        message: "the server refused (401): unknown token",
+        hint: "ask an admin for a token",
+      },
       retry,
     });
     expect(screen.getByRole("alert").textContent).toContain("Token refused");
@@ -45,9 +50,18 @@ describe("ErrorBox", () => {
 describe("Heatmap", () => {
   it("colours cells by threshold and selects a feature by keyboard-reachable buttons", async () => {
     const onselect = vi.fn();
-    const values: Record<string, number | null> = { "f1:1": 0.01, "f1:2": 0.12, "f2:1": 0.4, "f2:2": null };
+    const values: Record<string, number | null> = {
+      "f1:1": 0.01,
+      "f1:2": 0.12,
+      "f2:1": 0.4,
+      "f2:2": null,
+    };
     const { container } = render(Heatmap, {
-      features: ["f1", "f2"], buckets: [1, 2], warn: 0.1, alert: 0.25, onselect,
+      features: ["f1", "f2"],
+      buckets: [1, 2],
+      warn: 0.1,
+      alert: 0.25,
+      onselect,
       value: (f: string, b: number) => values[`${f}:${b}`] ?? null,
     });
     const cells = container.querySelectorAll("button.cell");

@@ -4,22 +4,45 @@ import type { DriftReport, FeatureDrift, WindowDrift } from "./types";
 
 function feature(name: string, psi: number): FeatureDrift {
   return {
-    feature: name, kind: "numeric", reference_count: 100, current_count: 50,
-    bins: { edges: [0, 1] }, reference_counts: [10, 80, 10], current_counts: [0, 25, 25],
-    psi, js_distance: 0.1, verdict: psi >= 0.25 ? "alert" : "ok", reasons: [],
+    feature: name,
+    kind: "numeric",
+    reference_count: 100,
+    current_count: 50,
+    bins: { edges: [0, 1] },
+    reference_counts: [10, 80, 10],
+    current_counts: [0, 25, 25],
+    psi,
+    js_distance: 0.1,
+    verdict: psi >= 0.25 ? "alert" : "ok",
+    reasons: [],
   };
 }
 
 function window(features: FeatureDrift[]): WindowDrift {
   const dataset = { features, judged: features.length, alerting: 0, drift_share: 0, verdict: "ok" };
-  return { windows: 1, requests: 10, inputs: dataset, outputs: { ...dataset, features: [] }, not_comparable: [] };
+  return {
+    windows: 1,
+    requests: 10,
+    inputs: dataset,
+    outputs: { ...dataset, features: [] },
+    not_comparable: [],
+  };
 }
 
 const report: DriftReport = {
-  model: "sha256:ab", kind: "cohort", key: "*", from_ms: 0, to_ms: 10, verdict: "alert",
+  model: "sha256:ab",
+  kind: "cohort",
+  key: "*",
+  from_ms: 0,
+  to_ms: 10,
+  verdict: "alert",
   total: window([feature("f1", 0.01), feature("f2", 0.4)]),
   buckets: [
-    { bucket_start_ms: 1000, bucket_ms: 60000, drift: window([feature("f1", 0.02), feature("f2", 0.3)]) },
+    {
+      bucket_start_ms: 1000,
+      bucket_ms: 60000,
+      drift: window([feature("f1", 0.02), feature("f2", 0.3)]),
+    },
     { bucket_start_ms: 61000, bucket_ms: 60000, drift: window([feature("f1", 0.03)]) },
   ],
 };

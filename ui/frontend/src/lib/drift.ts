@@ -20,7 +20,11 @@ export function featureNames(report: DriftReport): string[] {
 }
 
 /** PSI of `feature` in each bucket (null where the bucket has no figure). */
-export function trend(report: DriftReport, feature: string, metric: "psi" | "js_distance" = "psi"): (number | null)[] {
+export function trend(
+  report: DriftReport,
+  feature: string,
+  metric: "psi" | "js_distance" = "psi",
+): (number | null)[] {
   return report.buckets.map((b) => {
     const f = allFeatures(b.drift).find((x) => x.feature === feature);
     const v = f?.[metric];
@@ -57,12 +61,20 @@ export function overlay(feature: FeatureDrift): Overlay {
   if (edges && feature.reference_counts.length === edges.length + 1) {
     const fmt = (v: number) => Number(v.toPrecision(3)).toString();
     labels = feature.reference_counts.map((_, i) =>
-      i === 0 ? `< ${fmt(edges[0])}` : i === edges.length ? `≥ ${fmt(edges[edges.length - 1])}` : `${fmt(edges[i - 1])}–${fmt(edges[i])}`,
+      i === 0
+        ? `< ${fmt(edges[0])}`
+        : i === edges.length
+          ? `≥ ${fmt(edges[edges.length - 1])}`
+          : `${fmt(edges[i - 1])}–${fmt(edges[i])}`,
     );
   } else if (feature.bins.categories) {
     labels = [...feature.bins.categories];
   } else {
     labels = feature.reference_counts.map((_, i) => `bin ${i}`);
   }
-  return { labels, reference: share(feature.reference_counts), current: share(feature.current_counts) };
+  return {
+    labels,
+    reference: share(feature.reference_counts),
+    current: share(feature.current_counts),
+  };
 }

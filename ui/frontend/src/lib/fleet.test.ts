@@ -6,14 +6,22 @@ const fleet = Array.from({ length: 10_000 }, (_, i) => device(i));
 
 describe("fleet filters", () => {
   it("parses tag selectors and names a malformed pair", () => {
-    expect(parseTags("site=berlin, hw=rpi4").pairs).toEqual([["site", "berlin"], ["hw", "rpi4"]]);
+    expect(parseTags("site=berlin, hw=rpi4").pairs).toEqual([
+      ["site", "berlin"],
+      ["hw", "rpi4"],
+    ]);
     expect(parseTags("site").error).toContain('"site" is not key=value');
     expect(parseTags("").pairs).toEqual([]);
   });
 
   it("filters 10,000 devices by tags, status and model quickly", () => {
     const started = performance.now();
-    const shown = filterDevices(fleet, { ...emptyFilter, tags: "site=berlin", status: "online", model: "fraud@2.0.0" });
+    const shown = filterDevices(fleet, {
+      ...emptyFilter,
+      tags: "site=berlin",
+      status: "online",
+      model: "fraud@2.0.0",
+    });
     const took = performance.now() - started;
     expect(shown.length).toBeGreaterThan(0);
     for (const d of shown) {
@@ -21,7 +29,9 @@ describe("fleet filters", () => {
       expect(d.presence).toBe("online");
       expect(d.active_model?.version).toBe("2.0.0");
     }
-    expect(shown.length).toBe(fleet.filter((d, i) => i % 3 === 0 && i % 5 !== 0 && i % 4 === 0).length);
+    expect(shown.length).toBe(
+      fleet.filter((d, i) => i % 3 === 0 && i % 5 !== 0 && i % 4 === 0).length,
+    );
     expect(took).toBeLessThan(100);
   });
 

@@ -5,9 +5,30 @@ describe("rollout helpers", () => {
   it("reads the server's gate evaluation", () => {
     const gates = gateResults({
       gates: [
-        { gate: "error_rate", value: 0.01, comparison: "<=", threshold: 0.05, status: "pass", detail: "1 of 100" },
-        { gate: "p95_latency_ratio", value: null, comparison: "<=", threshold: 2, status: "no_data", detail: "" },
-        { gate: "install_failure_rate", value: 0.5, comparison: "<=", threshold: 0, status: "fail", detail: "1 of 2" },
+        {
+          gate: "error_rate",
+          value: 0.01,
+          comparison: "<=",
+          threshold: 0.05,
+          status: "pass",
+          detail: "1 of 100",
+        },
+        {
+          gate: "p95_latency_ratio",
+          value: null,
+          comparison: "<=",
+          threshold: 2,
+          status: "no_data",
+          detail: "",
+        },
+        {
+          gate: "install_failure_rate",
+          value: 0.5,
+          comparison: "<=",
+          threshold: 0,
+          status: "fail",
+          detail: "1 of 2",
+        },
       ],
       judgement: { verdict: "fail", reasons: [] },
     });

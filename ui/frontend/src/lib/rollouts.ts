@@ -22,19 +22,43 @@ export function gateResults(gates: unknown): GateResult[] {
     let passed: boolean | null = null;
     if (typeof g.passed === "boolean") passed = g.passed;
     else if (typeof g.ok === "boolean") passed = g.ok;
-    else if (typeof g.status === "string") passed = g.status === "pass" || g.status === "passed" ? true : g.status === "fail" || g.status === "failed" ? false : null;
-    else if (typeof g.verdict === "string") passed = g.verdict === "pass" ? true : g.verdict === "fail" ? false : null;
+    else if (typeof g.status === "string")
+      passed =
+        g.status === "pass" || g.status === "passed"
+          ? true
+          : g.status === "fail" || g.status === "failed"
+            ? false
+            : null;
+    else if (typeof g.verdict === "string")
+      passed = g.verdict === "pass" ? true : g.verdict === "fail" ? false : null;
     return {
       gate: String(g.gate ?? g.name ?? name),
       value: n(g.value ?? g.actual),
       threshold: n(g.threshold ?? g.limit),
       passed,
       comparison: typeof g.comparison === "string" ? g.comparison : "",
-      status: typeof g.status === "string" ? g.status : passed === true ? "pass" : passed === false ? "fail" : "waiting",
-      detail: typeof g.detail === "string" ? g.detail : typeof g.reason === "string" ? g.reason : typeof g.status === "string" ? g.status : undefined,
+      status:
+        typeof g.status === "string"
+          ? g.status
+          : passed === true
+            ? "pass"
+            : passed === false
+              ? "fail"
+              : "waiting",
+      detail:
+        typeof g.detail === "string"
+          ? g.detail
+          : typeof g.reason === "string"
+            ? g.reason
+            : typeof g.status === "string"
+              ? g.status
+              : undefined,
     };
   };
-  if (Array.isArray(gates)) return gates.filter((g) => g && typeof g === "object").map((g, i) => toResult(`gate ${i + 1}`, g as Record<string, unknown>));
+  if (Array.isArray(gates))
+    return gates
+      .filter((g) => g && typeof g === "object")
+      .map((g, i) => toResult(`gate ${i + 1}`, g as Record<string, unknown>));
   if (gates && typeof gates === "object") {
     const object = gates as Record<string, unknown>;
     if (Array.isArray(object.results)) return gateResults(object.results);
@@ -100,7 +124,12 @@ export function defaultDraft(): RolloutDraft {
     cohort: "*",
     waves: [defaultWave("1"), defaultWave("10%"), defaultWave("50%"), defaultWave("100%")],
     holdout_percent: 0,
-    health: { watch_seconds: 300, min_requests: 20, max_error_rate: 0.05, max_p95_latency_ratio: 2 },
+    health: {
+      watch_seconds: 300,
+      min_requests: 20,
+      max_error_rate: 0.05,
+      max_p95_latency_ratio: 2,
+    },
     expires_in_hours: 72,
     advance: "auto",
     on_gate_fail: "pause",

@@ -19,4 +19,3 @@ export function device(i: number, over: Partial<Device> = {}): Device {
     ...over,
   };
 }
-
